@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+# Needs only python3 (3.11+), pip and make; everything else goes into .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+SINK_PORT ?= 2525
+MAIL_DIR  ?= var/mail
+
+.PHONY: run test install install-test clean
+
+run: $(VENV)/.installed-dev .env
+	@mkdir -p $(MAIL_DIR)
+	@echo "herald-smtp on :8084; mails land in $(MAIL_DIR)/*.eml (capture SMTP server on 127.0.0.1:$(SINK_PORT))"
+	@$(BIN)/herald-smtp sink --port $(SINK_PORT) --dir $(MAIL_DIR) & sink=$$!; \
+	 trap 'kill $$sink 2>/dev/null' EXIT INT TERM; \
+	 $(BIN)/herald-smtp serve
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+install: $(VENV)/.installed-dev
+install-test: $(VENV)/.installed-test
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-dev: $(VENV)/bin/python setup.cfg pyproject.toml
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+$(VENV)/.installed-test: $(VENV)/bin/python setup.cfg pyproject.toml
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,test]'
+	@touch $@
+
+.env:
+	cp .env.example .env
+
+clean:
+	rm -rf $(VENV) var .pytest_cache *.egg-info

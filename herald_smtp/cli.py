@@ -1,0 +1,35 @@
+"""The `herald-smtp` command: serve | sink."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import load_settings_or_exit
+from .logs import configure_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="herald-smtp", description="Send Herald's mail over SMTP.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the HTTP service under gunicorn (settings from the environment and .env)")
+    sink = commands.add_parser("sink", help="run a local SMTP server that stores each mail as a .eml file")
+    sink.add_argument("--host", default="127.0.0.1")
+    sink.add_argument("--port", type=int, default=2525)
+    sink.add_argument("--dir", default="var/mail", help="where .eml files go (default: var/mail)")
+    args = parser.parse_args(argv)
+
+    settings = load_settings_or_exit()
+    configure_logging(settings)
+    if args.command == "serve":
+        from .server import HeraldServer
+
+        HeraldServer(settings).run()
+        return 0
+    from .sink import run_sink
+
+    return run_sink(args.host, args.port, args.dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

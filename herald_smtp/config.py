@@ -1,0 +1,272 @@
+"""Settings: the one configuration object, read from the environment and `.env`.
+
+Everything is parsed and validated once, at startup. A bad value raises
+ConfigError whose message is one line naming the variable and the expected
+form; the entry points print it and exit. Secret values never appear in
+those messages.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, fields
+from typing import Callable, Mapping
+
+from dotenv import dotenv_values
+
+SERVICE_NAME = "herald-smtp"
+
+LOG_LEVELS = {
+    "trace": "DEBUG",
+    "debug": "DEBUG",
+    "info": "INFO",
+    "warn": "WARNING",
+    "warning": "WARNING",
+    "error": "ERROR",
+}
+
+
+class ConfigError(ValueError):
+    """A configuration variable holds a value we cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "0.0.0.0"
+    port: int = 8084
+    api_keys: tuple[str, ...] = ()
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_user: str = ""
+    smtp_password: str = ""
+    smtp_from: str = ""
+    smtp_from_name: str = ""
+    smtp_use_starttls: bool = True
+    smtp_use_tls: bool = False
+    smtp_tls_verify: bool = True
+    smtp_tls_ca_file: str = ""
+    smtp_timeout_seconds: float = 10.0
+    smtp_retries: int = 2
+    smtp_idle_seconds: float = 30.0
+    smtp_max_messages_per_connection: int = 100
+    smtp_circuit_threshold: int = 5
+    smtp_circuit_cooldown_seconds: float = 30.0
+    redis_url: str = ""
+    redis_key_prefix: str = "herald-smtp:"
+    idempotency_ttl_seconds: int = 300
+    idempotency_wait_seconds: float = 10.0
+    idempotency_failure_mode: str = "open"
+    max_request_bytes: int = 65536
+    log_level: str = "INFO"
+    log_format: str = "json"
+    web_concurrency: int = 0  # 0: derived from the CPU count, see workers()
+    web_threads: int = 4
+
+    @property
+    def smtp_configured(self) -> bool:
+        return bool(self.smtp_host and self.smtp_from)
+
+    @property
+    def bind(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def workers(self) -> int:
+        """Gunicorn worker processes: one without Redis, whose cache is per process."""
+        if not self.redis_url:
+            return 1
+        if self.web_concurrency:
+            return self.web_concurrency
+        return (os.cpu_count() or 1) * 2 + 1
+
+    def redacted(self) -> dict:
+        """The effective configuration for the startup log: secrets only as set/unset."""
+        secret = {"api_keys", "smtp_password"}
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in secret:
+                out[f.name] = "set" if value else "unset"
+            elif f.name == "redis_url":
+                out[f.name] = _redact_url(value)
+            else:
+                out[f.name] = value
+        out["workers"] = self.workers()
+        return out
+
+
+def _redact_url(url: str) -> str:
+    # redis://user:password@host -> redis://user:***@host
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url) if url else ""
+
+
+# --- parsers: each takes the raw string and returns the value or raises ValueError
+# with the expected form.
+
+
+def _int(minimum: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        if not re.fullmatch(r"[+-]?\d+", raw.strip()):
+            raise ValueError(f"an integer >= {minimum}")
+        value = int(raw)
+        if value < minimum:
+            raise ValueError(f"an integer >= {minimum}")
+        return value
+
+    return parse
+
+
+def _seconds(minimum: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"a number of seconds > {minimum:g}") from None
+        if not value > minimum or value != value or value == float("inf"):
+            raise ValueError(f"a number of seconds > {minimum:g}")
+        return value
+
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("true or false")
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(" or ".join(choices))
+        return value
+
+    return parse
+
+
+def _text(raw: str) -> str:
+    return raw.strip()
+
+
+def _address(raw: str) -> str:
+    value = raw.strip()
+    if value and not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", value):
+        raise ValueError("an email address like noreply@example.com")
+    return value
+
+
+def _port_number(raw: str) -> int:
+    value = _int(1)(raw)
+    if value > 65535:
+        raise ValueError("a port number 1-65535")
+    return value
+
+
+def _listen(raw: str) -> tuple[str, int]:
+    # ":8084", "8084" or "127.0.0.1:8084"
+    host, _, port = raw.strip().rpartition(":")
+    try:
+        return (host or "0.0.0.0", _port_number(port))
+    except ValueError:
+        raise ValueError("a port like :8084, 8084 or 127.0.0.1:8084") from None
+
+
+def _api_keys(raw: str) -> tuple[str, ...]:
+    return tuple(k.strip() for k in raw.split(",") if k.strip())
+
+
+def _redis_url(raw: str) -> str:
+    value = raw.strip()
+    if value and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("a URL starting with redis://, rediss:// or unix://")
+    return value
+
+
+def _log_level(raw: str) -> str:
+    return LOG_LEVELS[_choice(*LOG_LEVELS)(raw)]
+
+
+# variable -> (Settings field, parser). Defaults live on the dataclass.
+_VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
+    "API_KEY": ("api_keys", _api_keys),
+    "SMTP_HOST": ("smtp_host", _text),
+    "SMTP_PORT": ("smtp_port", _port_number),
+    "SMTP_USER": ("smtp_user", _text),
+    "SMTP_PASSWORD": ("smtp_password", lambda raw: raw),
+    "SMTP_FROM": ("smtp_from", _address),
+    "SMTP_FROM_NAME": ("smtp_from_name", _text),
+    "SMTP_USE_STARTTLS": ("smtp_use_starttls", _bool),
+    "SMTP_USE_TLS": ("smtp_use_tls", _bool),
+    "SMTP_TLS_VERIFY": ("smtp_tls_verify", _bool),
+    "SMTP_TLS_CA_FILE": ("smtp_tls_ca_file", _text),
+    "SMTP_TIMEOUT_SECONDS": ("smtp_timeout_seconds", _seconds(0)),
+    "SMTP_RETRIES": ("smtp_retries", _int(0)),
+    "SMTP_IDLE_SECONDS": ("smtp_idle_seconds", _seconds(0)),
+    "SMTP_MAX_MESSAGES_PER_CONNECTION": ("smtp_max_messages_per_connection", _int(1)),
+    "SMTP_CIRCUIT_THRESHOLD": ("smtp_circuit_threshold", _int(1)),
+    "SMTP_CIRCUIT_COOLDOWN_SECONDS": ("smtp_circuit_cooldown_seconds", _seconds(0)),
+    "REDIS_URL": ("redis_url", _redis_url),
+    "REDIS_KEY_PREFIX": ("redis_key_prefix", _text),
+    "IDEMPOTENCY_TTL_SECONDS": ("idempotency_ttl_seconds", _int(1)),
+    "IDEMPOTENCY_WAIT_SECONDS": ("idempotency_wait_seconds", _seconds(0)),
+    "IDEMPOTENCY_FAILURE_MODE": ("idempotency_failure_mode", _choice("open", "closed")),
+    "MAX_REQUEST_BYTES": ("max_request_bytes", _int(1024)),
+    "LOG_LEVEL": ("log_level", _log_level),
+    "LOG_FORMAT": ("log_format", _choice("json", "text")),
+    "WEB_CONCURRENCY": ("web_concurrency", _int(1)),
+    "WEB_THREADS": ("web_threads", _int(1)),
+}
+
+
+def load_settings(environ: Mapping[str, str] | None = None, dotenv_path: str | None = ".env") -> Settings:
+    """Build Settings from `.env` overlaid by the environment (the environment wins)."""
+    source: dict[str, str] = {}
+    if dotenv_path and os.path.isfile(dotenv_path):
+        source.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+    source.update(os.environ if environ is None else environ)
+    return settings_from(source)
+
+
+def settings_from(source: Mapping[str, str]) -> Settings:
+    values: dict[str, object] = {}
+    for name, (field_name, parse) in _VARIABLES.items():
+        raw = source.get(name)
+        if raw is None or raw.strip() == "":
+            continue  # unset or empty: the default
+        try:
+            values[field_name] = parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: expected {exc}") from None
+    raw_port = source.get("PORT", "")
+    if raw_port.strip():
+        try:
+            values["host"], values["port"] = _listen(raw_port)
+        except ValueError as exc:
+            raise ConfigError(f"PORT: expected {exc}") from None
+    settings = Settings(**values)
+    _check_combinations(settings)
+    return settings
+
+
+def _check_combinations(settings: Settings) -> None:
+    if settings.smtp_use_tls and settings.smtp_use_starttls:
+        raise ConfigError(
+            "SMTP_USE_TLS, SMTP_USE_STARTTLS: expected at most one true "
+            "(SMTP_USE_TLS=true for implicit TLS, usually port 465; SMTP_USE_STARTTLS=true for port 587)"
+        )
+    if settings.smtp_tls_ca_file and not os.path.isfile(settings.smtp_tls_ca_file):
+        raise ConfigError("SMTP_TLS_CA_FILE: expected the path of a readable PEM CA bundle")
+    if settings.smtp_password and not settings.smtp_user:
+        raise ConfigError("SMTP_USER: expected a user name when SMTP_PASSWORD is set")
+
+
+def load_settings_or_exit() -> Settings:
+    """For entry points: a bad value ends the process with one line on stderr."""
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        raise SystemExit(f"herald-smtp: configuration error: {exc}") from None

@@ -1,0 +1,28 @@
+"""The per-process objects a request needs (settings, store, send service).
+
+create_app() builds one Services and keeps it in `app.extensions`; blueprints
+read it through services() instead of globals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app
+
+from .config import Settings
+from .idempotency import Store
+from .service import SendService
+
+EXTENSION = "herald_smtp"
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    store: Store
+    send: SendService
+
+
+def services() -> Services:
+    return current_app.extensions[EXTENSION]

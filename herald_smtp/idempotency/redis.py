@@ -1,0 +1,95 @@
+"""Redis idempotency store, shared by every worker and replica.
+
+reserve: SET key reservation NX PX hold  (atomic: one winner per key)
+finish:  Lua compare-and-set, then SETEX with IDEMPOTENCY_TTL_SECONDS
+release: Lua compare-and-delete
+The reservation value holds a random token, so an owner whose reservation
+expired and was taken over cannot overwrite or delete the newer one.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import redis
+
+from . import Claim, Record, StoreUnavailable, new_reservation
+
+_FINISH = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SETEX', KEYS[1], ARGV[3], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+@contextmanager
+def _translate_errors():
+    """redis-py errors -> StoreUnavailable with the cause, for the failure mode to act on."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise StoreUnavailable(f"idempotency store (Redis) unavailable: {type(exc).__name__}: {exc}") from None
+
+
+# Short socket timeouts: a hung Redis must fail fast into IDEMPOTENCY_FAILURE_MODE,
+# not eat the request's SMTP budget.
+_SOCKET_TIMEOUT = 2.0
+
+
+class RedisStore:
+    name = "redis"
+
+    def __init__(self, client: redis.Redis, prefix: str):
+        self._redis = client
+        self._prefix = prefix + "idempotency:"
+        self._finish = client.register_script(_FINISH)
+        self._release = client.register_script(_RELEASE)
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str) -> "RedisStore":
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=_SOCKET_TIMEOUT,
+            socket_connect_timeout=_SOCKET_TIMEOUT,
+            decode_responses=True,
+            health_check_interval=30,
+        )
+        return cls(client, prefix)
+
+    def reserve(self, key: str, fingerprint: str, hold_seconds: float) -> Claim:
+        reservation = new_reservation(fingerprint)
+        hold_ms = max(1, int(hold_seconds * 1000))
+        with _translate_errors():
+            while True:
+                if self._redis.set(self._prefix + key, reservation, nx=True, px=hold_ms):
+                    return Claim(key, reservation=reservation)
+                value = self._redis.get(self._prefix + key)
+                if value is not None:
+                    return Claim(key, existing=Record.decode(value))
+                # It expired between SET NX and GET: try to take it again.
+
+    def finish(self, claim: Claim, record: Record, ttl_seconds: int) -> bool:
+        with _translate_errors():
+            keys, args = [self._prefix + claim.key], [claim.reservation, record.encode(), int(ttl_seconds)]
+            return bool(self._finish(keys=keys, args=args))
+
+    def release(self, claim: Claim) -> bool:
+        with _translate_errors():
+            return bool(self._release(keys=[self._prefix + claim.key], args=[claim.reservation]))
+
+    def get(self, key: str) -> Record | None:
+        with _translate_errors():
+            value = self._redis.get(self._prefix + key)
+        return None if value is None else Record.decode(value)
+
+    def ping(self) -> None:
+        with _translate_errors():
+            self._redis.ping()

@@ -1,0 +1,95 @@
+"""Logging: JSON lines on stdout for the app and for gunicorn, masking, startup lines.
+
+Every line carries time, level, logger, message, `service` and, inside a
+request, `request_id`. The same dictConfig serves gunicorn (`logconfig_dict`)
+and the other entry points, so all output has one shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+
+from .config import SERVICE_NAME, Settings
+
+log = logging.getLogger("herald_smtp")
+
+
+class ContextFilter(logging.Filter):
+    """Adds `service` and the current request id to every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.service = SERVICE_NAME
+        if not hasattr(record, "request_id"):
+            record.request_id = _current_request_id()
+        return True
+
+
+def _current_request_id() -> str | None:
+    # Imported lazily: logging must work outside Flask (gunicorn master, CLI).
+    from flask import g, has_request_context
+
+    if has_request_context():
+        return g.get("request_id")
+    return None
+
+
+def logging_dict(settings: Settings) -> dict:
+    """A logging.config.dictConfig dict for the app and gunicorn's loggers."""
+    if settings.log_format == "json":
+        formatter = {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s %(service)s %(request_id)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+            "timestamp": False,
+        }
+    else:
+        formatter = {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"context": {"()": ContextFilter}},
+        "formatters": {"main": formatter},
+        "handlers": {
+            "stdout": {
+                "class": "logging.StreamHandler",
+                "stream": "ext://sys.stdout",
+                "formatter": "main",
+                "filters": ["context"],
+            }
+        },
+        "root": {"level": settings.log_level, "handlers": ["stdout"]},
+        "loggers": {
+            # gunicorn's loggers propagate to root instead of keeping their own handlers.
+            "gunicorn.error": {"level": settings.log_level, "handlers": [], "propagate": True},
+            "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": True},
+            # aiosmtpd (the dev sink) narrates every SMTP command at INFO.
+            "mail.log": {"level": "WARNING"},
+        },
+    }
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.config.dictConfig(logging_dict(settings))
+
+
+def mask_email(address: str) -> str:
+    """j***@example.com: enough to correlate, not enough to harvest."""
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return "***"
+    return f"{local[:1]}***@{domain[:100]}"
+
+
+def log_startup(settings: Settings) -> None:
+    """The one-line effective configuration, then the warnings an operator must see."""
+    log.info("starting herald-smtp", extra={"config": settings.redacted()})
+    if not settings.api_keys:
+        log.warning("API_KEY is empty: /v1/send needs no key; anyone who can reach the port can send mail")
+    if not settings.smtp_configured:
+        log.warning("SMTP not configured; /v1/send will return 503")
+    if not settings.redis_url:
+        log.warning(
+            "REDIS_URL is empty: idempotency records live in this process only and are not shared "
+            "between workers or replicas; running a single worker process"
+        )

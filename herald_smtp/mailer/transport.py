@@ -1,0 +1,210 @@
+"""One SMTP connection and one mail transaction over it, phase by phase.
+
+Opening a connection covers connect, TLS (STARTTLS or implicit) and AUTH;
+`transmit` covers MAIL, RCPT and DATA. Any failure is raised as SmtpFailure
+carrying the phase it happened in, which is what classification needs: the
+same error means "retry" before the end of DATA and "unknown" after it.
+Kept free of pooling and retry policy so those can wrap it (see __init__).
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+
+from ..config import Settings
+
+# Transaction phases, in order. AFTER_DATA starts once the final dot is sent:
+# from then on the server may have accepted the mail.
+CONNECT, TLS, AUTH, MAIL, RCPT, DATA, AFTER_DATA = (
+    "connect", "tls", "auth", "mail", "rcpt", "data", "after_data"
+)
+
+
+@dataclass
+class SmtpFailure(Exception):
+    phase: str
+    detail: str  # human-readable cause, never a credential
+    code: int | None = None  # SMTP reply code when the server answered
+    error: BaseException | None = None  # the underlying exception, if any
+
+    def __str__(self) -> str:
+        return f"{self.phase}: {self.detail}"
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if settings.smtp_tls_ca_file:
+        context.load_verify_locations(cafile=settings.smtp_tls_ca_file)
+    if not settings.smtp_tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def open_connection(settings: Settings, context: ssl.SSLContext | None, deadline: float) -> smtplib.SMTP:
+    """Connect, secure and authenticate; the caller owns (and closes) the result.
+
+    `deadline` (time.monotonic) bounds the whole exchange, not each read.
+    """
+    conn = _connect(settings, context, _remaining(CONNECT, deadline))
+    try:
+        _ehlo(conn, deadline)
+        if settings.smtp_use_starttls:
+            _starttls(conn, settings, context, deadline)
+        if settings.smtp_user:
+            _login(conn, settings, deadline)
+    except BaseException:
+        close_quietly(conn)
+        raise
+    return conn
+
+
+def transmit(conn: smtplib.SMTP, sender: str, recipient: str, payload: bytes, deadline: float) -> tuple[int, str]:
+    """MAIL, RCPT, DATA. Returns the server's final reply, which may be a refusal."""
+    code, reply = _command(conn, MAIL, lambda: conn.mail(sender), deadline)
+    if code != 250:
+        raise SmtpFailure(MAIL, f"MAIL FROM:<{sender}> refused: {code} {reply}", code)
+    code, reply = _command(conn, RCPT, lambda: conn.rcpt(recipient), deadline)
+    if code not in (250, 251):
+        raise SmtpFailure(RCPT, f"RCPT TO refused: {code} {reply}", code)
+    code, reply = _command(conn, DATA, lambda: conn.docmd("DATA"), deadline)
+    if code != 354:
+        raise SmtpFailure(DATA, f"DATA refused: {code} {reply}", code)
+    _command(conn, DATA, lambda: conn.send(_dot_stuffed(payload)), deadline)
+    # The final dot is out: whatever breaks from here on leaves the outcome unknown.
+    return _command(conn, AFTER_DATA, conn.getreply, deadline)
+
+
+def reset(conn: smtplib.SMTP) -> None:
+    """RSET after a refused transaction, so the connection can be reused."""
+    try:
+        conn.rset()
+    except (smtplib.SMTPException, OSError):
+        close_quietly(conn)
+
+
+def close_quietly(conn: smtplib.SMTP) -> None:
+    """QUIT and close; a mail already accepted must not turn into an error here."""
+    try:
+        conn.quit()
+    except (smtplib.SMTPException, OSError):
+        pass
+    finally:
+        try:
+            conn.close()
+        except OSError:
+            pass
+
+
+def _connect(settings: Settings, context: ssl.SSLContext | None, timeout: float) -> smtplib.SMTP:
+    where = f"{settings.smtp_host}:{settings.smtp_port}"
+    try:
+        if settings.smtp_use_tls:
+            return smtplib.SMTP_SSL(settings.smtp_host, settings.smtp_port, timeout=timeout, context=context)
+        return smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=timeout)
+    except ssl.SSLError as exc:
+        raise SmtpFailure(TLS, f"TLS handshake with {where} failed: {_reason(exc)}", error=exc) from None
+    except smtplib.SMTPConnectError as exc:
+        raise SmtpFailure(CONNECT, f"{where} refused the session: {exc.smtp_code} {_text(exc.smtp_error)}",
+                          exc.smtp_code, exc) from None
+    except socket.gaierror as exc:
+        raise SmtpFailure(CONNECT, f"cannot resolve {settings.smtp_host}: {exc.strerror}", error=exc) from None
+    except (OSError, smtplib.SMTPException) as exc:
+        raise SmtpFailure(CONNECT, f"connect to {where} failed: {_reason(exc)}", error=exc) from None
+
+
+def _ehlo(conn: smtplib.SMTP, deadline: float) -> None:
+    code, reply = _command(conn, CONNECT, conn.ehlo, deadline)
+    if code != 250:
+        raise SmtpFailure(CONNECT, f"EHLO refused: {code} {reply}", code)
+
+
+def _starttls(conn: smtplib.SMTP, settings: Settings, context: ssl.SSLContext, deadline: float) -> None:
+    if not conn.has_extn("starttls"):
+        raise SmtpFailure(
+            TLS,
+            f"{settings.smtp_host}:{settings.smtp_port} does not offer STARTTLS and SMTP_USE_STARTTLS=true; "
+            "refusing to send without TLS (use SMTP_USE_TLS=true for an implicit-TLS port such as 465)",
+        )
+    try:
+        conn.sock.settimeout(_remaining(TLS, deadline))
+        conn.starttls(context=context)
+    except ssl.SSLError as exc:
+        raise SmtpFailure(TLS, f"STARTTLS handshake failed: {_reason(exc)}", error=exc) from None
+    except smtplib.SMTPResponseException as exc:
+        raise SmtpFailure(TLS, f"STARTTLS refused: {exc.smtp_code} {_text(exc.smtp_error)}",
+                          exc.smtp_code, exc) from None
+    except (OSError, smtplib.SMTPException) as exc:
+        raise SmtpFailure(TLS, f"STARTTLS failed: {_reason(exc)}", error=exc) from None
+    _ehlo(conn, deadline)
+
+
+def _login(conn: smtplib.SMTP, settings: Settings, deadline: float) -> None:
+    try:
+        conn.sock.settimeout(_remaining(AUTH, deadline))
+        conn.login(settings.smtp_user, settings.smtp_password)
+    except smtplib.SMTPAuthenticationError as exc:
+        raise SmtpFailure(
+            AUTH,
+            f"authentication failed: {exc.smtp_code} {_text(exc.smtp_error)} (check SMTP_USER and SMTP_PASSWORD)",
+            exc.smtp_code, exc,
+        ) from None
+    except smtplib.SMTPNotSupportedError:
+        raise SmtpFailure(AUTH, "server does not offer AUTH, but SMTP_USER is set") from None
+    except smtplib.SMTPResponseException as exc:
+        raise SmtpFailure(AUTH, f"authentication failed: {exc.smtp_code} {_text(exc.smtp_error)}",
+                          exc.smtp_code, exc) from None
+    except (OSError, smtplib.SMTPException) as exc:
+        raise SmtpFailure(AUTH, f"authentication failed: {_reason(exc)}", error=exc) from None
+
+
+def _remaining(phase: str, deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise SmtpFailure(phase, "SMTP time budget exhausted (SMTP_TIMEOUT_SECONDS or the request's timeout_seconds)")
+    return left
+
+
+def _command(conn: smtplib.SMTP, phase: str, call, deadline: float):
+    """Run one SMTP exchange; a network or protocol error becomes SmtpFailure(phase)."""
+    try:
+        if conn.sock is None:
+            raise smtplib.SMTPServerDisconnected("not connected")
+        conn.sock.settimeout(_remaining(phase, deadline))
+        result = call()
+    except smtplib.SMTPResponseException as exc:
+        raise SmtpFailure(phase, f"{exc.smtp_code} {_text(exc.smtp_error)}", exc.smtp_code, exc) from None
+    except (OSError, smtplib.SMTPException) as exc:
+        raise SmtpFailure(phase, f"connection failed: {_reason(exc)}", error=exc) from None
+    if isinstance(result, tuple):
+        code, reply = result
+        return code, _text(reply)
+    return result
+
+
+def _dot_stuffed(payload: bytes) -> bytes:
+    # RFC 5321 4.5.2: a line starting with "." gets another "."; then the final dot.
+    data = re.sub(rb"(?m)^\.", b"..", payload)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data + b".\r\n"
+
+
+def _text(reply) -> str:
+    if isinstance(reply, bytes):
+        reply = reply.decode("utf-8", "replace")
+    return " ".join(str(reply).split())[:300]
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "timed out"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verification failed: {exc.verify_message} (SMTP_TLS_CA_FILE adds a CA; SMTP_TLS_VERIFY=false disables checks)"
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())[:300]

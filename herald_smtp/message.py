@@ -1,0 +1,29 @@
+"""SendRequest -> email.message.EmailMessage: headers, Message-ID, UTF-8 body."""
+
+from __future__ import annotations
+
+import uuid
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import formatdate
+
+from .config import Settings
+from .payload import SendRequest
+
+
+def new_message_id(sender: str) -> str:
+    """A globally unique id on the sender's domain, without angle brackets."""
+    domain = sender.rpartition("@")[2] or "herald-smtp.invalid"
+    return f"{uuid.uuid4().hex}@{domain}"
+
+
+def build_message(request: SendRequest, settings: Settings, message_id: str) -> EmailMessage:
+    msg = EmailMessage()
+    local, _, domain = settings.smtp_from.rpartition("@")
+    msg["From"] = Address(display_name=settings.smtp_from_name, username=local, domain=domain)
+    msg["To"] = request.to
+    msg["Subject"] = request.subject
+    msg["Date"] = formatdate(localtime=False, usegmt=True)
+    msg["Message-ID"] = f"<{message_id}>"
+    msg.set_content(request.body, charset="utf-8")
+    return msg

