@@ -208,6 +208,8 @@ class _FaultyHandler:
         rejected = {a.lower() for a in self.owner.reject_rcpt}
         if address.lower() in rejected:
             return f"550 5.1.1 <{address}>: Recipient address rejected"
+        if self.owner.rcpt_delay:
+            await asyncio.sleep(self.owner.rcpt_delay)
         if self.owner.rcpt_reply:
             return self.owner.rcpt_reply
         envelope.rcpt_tos.append(address)
@@ -221,6 +223,9 @@ class _FaultyHandler:
             server.transport.close()
             # Never reply: connection_lost() cancels this task (or stop() does).
             await asyncio.get_running_loop().create_future()
+        if self.owner.data_delay:
+            # A slow server: the mail is accepted only when the 250 goes out.
+            await asyncio.sleep(self.owner.data_delay)
         if self.owner.data_reply:
             return self.owner.data_reply
         self.owner._record(self.owner._messages, received)
@@ -259,7 +264,8 @@ class SmtpTestServer:
     """aiosmtpd server on 127.0.0.1 with optional STARTTLS / implicit TLS / AUTH.
 
     Fault knobs (plain attributes, change them any time): reject_rcpt,
-    rcpt_reply, mail_reply, data_reply, drop_after_data; reset_faults().
+    rcpt_reply, mail_reply, data_reply, drop_after_data, rcpt_delay,
+    data_delay; reset_faults().
     Observations: messages, dropped, connections, auth_attempts, auth_failures.
     """
 
@@ -416,6 +422,8 @@ class SmtpTestServer:
         self.mail_reply: str | None = None
         self.data_reply: str | None = None
         self.drop_after_data = False
+        self.rcpt_delay = 0.0  # seconds to stall before answering RCPT
+        self.data_delay = 0.0  # seconds to stall before answering the final dot
 
     def close_connections(self, timeout: float = 5.0) -> None:
         """Hang up on every open client connection from the server side (no reply)."""

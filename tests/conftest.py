@@ -1,0 +1,100 @@
+"""Fixtures: a real Redis, a real SMTP server (STARTTLS + AUTH), settings and app clients.
+
+Servers are started once per session and reset between tests. Nothing is
+skipped: a server that cannot start fails the test with the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+import redis
+
+from herald_smtp.app import create_app
+from herald_smtp.config import Settings, settings_from
+from tests.servers import RedisServer, SmtpTestServer
+
+SMTP_USER = "herald-user"
+SMTP_PASSWORD = "s3cret-smtp-pa55word"
+API_KEY = "test-api-key-0123456789"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> str:
+    """REDIS_URL from the environment if given, else a redis-server we start."""
+    external = os.environ.get("REDIS_URL")
+    if external:
+        yield external
+        return
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server.url
+
+
+@pytest.fixture
+def redis_client(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def _smtp_session(tmp_path_factory):
+    server = SmtpTestServer(starttls=True, auth=(SMTP_USER, SMTP_PASSWORD),
+                            certdir=tmp_path_factory.mktemp("certs"))
+    with server:
+        yield server
+
+
+@pytest.fixture
+def smtp(_smtp_session) -> SmtpTestServer:
+    """The STARTTLS + AUTH server, with no mail and no faults at the start of each test."""
+    _smtp_session.reset_faults()
+    _smtp_session.clear()
+    yield _smtp_session
+    _smtp_session.reset_faults()
+
+
+def smtp_env(server: SmtpTestServer) -> dict[str, str]:
+    """Environment variables that point the service at `server`."""
+    env = {
+        "SMTP_HOST": server.host,
+        "SMTP_PORT": str(server.port),
+        "SMTP_FROM": "noreply@herald.test",
+        "SMTP_FROM_NAME": "Herald Test",
+        "SMTP_USE_STARTTLS": "true" if server.starttls else "false",
+        "SMTP_USE_TLS": "true" if server.implicit_tls else "false",
+        "SMTP_TIMEOUT_SECONDS": "5",
+    }
+    if server.starttls or server.implicit_tls:
+        env["SMTP_TLS_CA_FILE"] = str(server.ca_file)
+    if server.auth:
+        env["SMTP_USER"], env["SMTP_PASSWORD"] = server.auth
+    return env
+
+
+@pytest.fixture
+def settings(smtp) -> Settings:
+    """Settings for the in-process store against the STARTTLS + AUTH server."""
+    return settings_from(smtp_env(smtp) | {"IDEMPOTENCY_WAIT_SECONDS": "3"})
+
+
+def with_changes(settings: Settings, **changes) -> Settings:
+    return dataclasses.replace(settings, **changes)
+
+
+@pytest.fixture
+def client(settings):
+    return create_app(settings).test_client()
+
+
+@pytest.fixture
+def make_client():
+    """Build a test client for given settings (and optionally a given store)."""
+
+    def make(settings: Settings, store=None):
+        return create_app(settings, store=store).test_client()
+
+    return make

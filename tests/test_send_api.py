@@ -1,0 +1,234 @@
+"""POST /v1/send contract: fields, content resolution, the error table, headers.
+
+The app runs in-process (Flask test client) but sends through the real
+STARTTLS + AUTH SMTP server of conftest.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from herald_smtp.config import settings_from
+from herald_smtp.payload import DEFAULT_SUBJECT, NO_CODE_BODY
+from tests.conftest import API_KEY, with_changes
+
+
+def send(client, body=None, headers=None, **kwargs):
+    return client.post("/v1/send", json=body, headers=headers or {}, **kwargs)
+
+
+def assert_error(response, status: int, error_code: str, message_part: str = ""):
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.is_json, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["ok"] is False
+    assert body["error_code"] == error_code
+    assert message_part in body["error_message"]
+    return body
+
+
+# --- success and content
+
+
+def test_send_delivers_mail_and_answers_with_its_message_id(client, smtp):
+    response = send(client, {"to": "alice@example.com", "params": {"code": "424242"}})
+
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["ok"] is True and body["provider"] == "smtp"
+    [mail] = smtp.wait_for(1)
+    assert mail.rcpt_tos == ["alice@example.com"]
+    assert mail.mail_from == "noreply@herald.test"
+    msg = mail.message
+    assert msg["Message-ID"] == f"<{body['message_id']}>"
+    assert msg["To"] == "alice@example.com"
+    assert msg["From"].addresses[0].display_name == "Herald Test"
+    assert msg["Subject"] == DEFAULT_SUBJECT
+    assert msg["Date"] and msg["MIME-Version"] == "1.0"
+    assert msg.get_content().strip() == "Your verification code is: 424242"
+    assert smtp.auth_attempts >= 1
+
+
+@pytest.mark.parametrize(
+    "fields, expected",
+    [
+        ({"body": "Custom text", "params": {"code": "1"}}, "Custom text"),
+        ({"body": "", "params": {"code": "987654"}}, "Your verification code is: 987654"),
+        ({"params": {"other": "x"}}, NO_CODE_BODY),
+        ({}, NO_CODE_BODY),
+    ],
+)
+def test_content_resolution(client, smtp, fields, expected):
+    response = send(client, {"to": "bob@example.com", **fields})
+
+    assert response.status_code == 200, response.get_json()
+    assert smtp.wait_for(1)[0].message.get_content().strip() == expected
+
+
+def test_chinese_subject_and_body_arrive_intact(client, smtp):
+    subject, body = "您的验证码", "您好！您的验证码是：七八九〇。请勿泄露。"
+    response = send(client, {"to": "li@example.com", "subject": subject, "body": body})
+
+    assert response.status_code == 200
+    msg = smtp.wait_for(1)[0].message
+    assert msg["Subject"] == subject
+    assert msg.get_content_charset() == "utf-8"
+    assert msg.get_content().strip() == body
+    # The raw header must be RFC 2047-encoded ASCII, not raw UTF-8.
+    assert smtp.messages[0].raw.split(b"\r\n\r\n")[0].isascii()
+
+
+def test_channel_email_and_unknown_fields_are_accepted(client, smtp):
+    response = send(client, {"to": "c@example.com", "channel": "email", "template": "otp", "locale": "zh-CN",
+                             "timeout_seconds": 5, "whatever": [1, 2]})
+    assert response.status_code == 200
+    assert len(smtp.wait_for(1)) == 1
+
+
+# --- the error table
+
+
+@pytest.mark.parametrize(
+    "body, error_code, message_part",
+    [
+        ({}, "invalid_destination", "to is required"),
+        ({"to": ""}, "invalid_destination", "to is required"),
+        ({"to": "not-an-address"}, "invalid_destination", "not a valid email address"),
+        ({"to": "a b@example.com"}, "invalid_destination", "not a valid email address"),
+        ({"to": "Alice <a@example.com>"}, "invalid_destination", "not a valid email address"),
+        ({"to": "a@example.com\r\nBcc: victim@example.com"}, "invalid_destination", "CR or LF"),
+        ({"to": "a@example.com\nX: y"}, "invalid_destination", "CR or LF"),
+        ({"to": "a@example.com", "subject": "Hi\r\nBcc: victim@example.com"}, "invalid_request", "CR or LF"),
+        ({"to": "a@example.com", "subject": "Hi\nthere"}, "invalid_request", "CR or LF"),
+        ({"to": 5}, "invalid_request", "to must be a string"),
+        ({"to": "a@example.com", "subject": 1}, "invalid_request", "subject"),
+        ({"to": "a@example.com", "body": ["x"]}, "invalid_request", "body"),
+        ({"to": "a@example.com", "params": []}, "invalid_request", "params"),
+        ({"to": "a@example.com", "params": {"code": 123}}, "invalid_request", "params"),
+        ({"to": "a@example.com", "template": {}}, "invalid_request", "template"),
+        ({"to": "a@example.com", "locale": 3}, "invalid_request", "locale"),
+        ({"to": "a@example.com", "timeout_seconds": "10"}, "invalid_request", "timeout_seconds"),
+        ({"to": "a@example.com", "timeout_seconds": 1.5}, "invalid_request", "timeout_seconds"),
+        ({"to": "a@example.com", "timeout_seconds": True}, "invalid_request", "timeout_seconds"),
+        ({"to": "a@example.com", "timeout_seconds": 0}, "invalid_request", "timeout_seconds"),
+        ({"to": "a@example.com", "channel": "sms"}, "invalid_request", "channel"),
+        ({"to": "a@example.com", "channel": 1}, "invalid_request", "channel"),
+        ({"to": "a@example.com", "idempotency_key": ""}, "invalid_request", "idempotency key"),
+        ({"to": "a@example.com", "idempotency_key": "has space"}, "invalid_request", "idempotency key"),
+        ({"to": "a@example.com", "idempotency_key": "tab\there"}, "invalid_request", "idempotency key"),
+        ({"to": "a@example.com", "idempotency_key": "x" * 257}, "invalid_request", "idempotency key"),
+        ({"to": "a@example.com", "idempotency_key": 7}, "invalid_request", "idempotency_key"),
+    ],
+)
+def test_bad_requests_get_exact_error_and_send_nothing(client, smtp, body, error_code, message_part):
+    assert_error(send(client, body), 400, error_code, message_part)
+    assert smtp.messages == []
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"[1, 2]", b'"text"', b"null", b"\xff\xfe", b"{" * 5000, b""])
+def test_body_that_is_not_a_json_object_is_invalid_request(client, smtp, raw):
+    response = client.post("/v1/send", data=raw, content_type="application/json")
+    assert_error(response, 400, "invalid_request")
+    assert smtp.messages == []
+
+
+def test_idempotency_key_of_256_characters_is_accepted(client, smtp):
+    assert send(client, {"to": "a@example.com", "idempotency_key": "k" * 256}).status_code == 200
+
+
+def test_header_and_body_idempotency_keys_must_agree(client, smtp):
+    response = send(client, {"to": "a@example.com", "idempotency_key": "one"}, {"Idempotency-Key": "two"})
+    assert_error(response, 400, "invalid_request", "differ")
+    assert smtp.messages == []
+
+
+def test_bad_idempotency_key_header_is_invalid_request(client, smtp):
+    response = send(client, {"to": "a@example.com"}, {"Idempotency-Key": "x" * 300})
+    assert_error(response, 400, "invalid_request", "idempotency key")
+
+
+def test_body_over_max_request_bytes_is_413_json(settings, make_client, smtp):
+    client = make_client(with_changes(settings, max_request_bytes=2048))
+    response = send(client, {"to": "a@example.com", "body": "x" * 4096})
+    assert_error(response, 413, "invalid_request", "too large")
+    assert smtp.messages == []
+
+
+def test_missing_or_wrong_api_key_is_401(settings, make_client, smtp):
+    client = make_client(with_changes(settings, api_keys=(API_KEY, "second-key")))
+    for headers in ({}, {"X-API-Key": "wrong"}, {"X-API-Key": API_KEY + "x"}):
+        assert_error(send(client, {"to": "a@example.com"}, headers), 401, "unauthorized",
+                     "invalid or missing API key")
+    assert smtp.messages == []
+    # Both keys of a rotation are accepted.
+    assert send(client, {"to": "a@example.com"}, {"X-API-Key": API_KEY}).status_code == 200
+    assert send(client, {"to": "a@example.com"}, {"X-API-Key": "second-key"}).status_code == 200
+    assert len(smtp.wait_for(2)) == 2
+
+
+def test_unauthorized_is_checked_before_the_body(settings, make_client):
+    client = make_client(with_changes(settings, api_keys=(API_KEY,)))
+    response = client.post("/v1/send", data=b"garbage")
+    assert_error(response, 401, "unauthorized")
+
+
+def test_smtp_not_configured_is_503_provider_down_with_retry_after(make_client):
+    client = make_client(settings_from({}))
+    response = send(client, {"to": "a@example.com"})
+    assert_error(response, 503, "provider_down", "SMTP not configured")
+    assert int(response.headers["Retry-After"]) > 0
+
+
+def test_recipient_rejected_by_server_is_invalid_destination(client, smtp):
+    smtp.reject_rcpt = {"nobody@example.com"}
+    body = assert_error(send(client, {"to": "nobody@example.com"}), 400, "invalid_destination", "550")
+    assert body["retryable"] is False
+    assert smtp.messages == []
+
+
+def test_server_refusing_the_message_is_send_failed_with_reply(client, smtp):
+    smtp.data_reply = "554 5.7.1 rejected as spam"
+    body = assert_error(send(client, {"to": "a@example.com"}), 500, "send_failed", "554 5.7.1 rejected as spam")
+    assert body["retryable"] is False
+
+
+# --- every response is JSON
+
+
+def test_404_and_405_are_json(client):
+    assert_error(client.get("/nope"), 404, "not_found")
+    assert_error(client.get("/v1/send"), 405, "method_not_allowed")
+    assert_error(client.put("/healthz"), 405, "method_not_allowed")
+
+
+def test_unexpected_error_is_json_internal_error(settings):
+    from herald_smtp.app import create_app
+
+    app = create_app(settings)
+
+    # A route that fails the way a bug would, to exercise the app's own handler.
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("bug")
+
+    response = app.test_client().get("/boom")
+    assert_error(response, 500, "internal_error")
+    assert "bug" not in response.get_data(as_text=True)
+
+
+# --- headers
+
+
+def test_request_id_is_echoed_or_generated(client):
+    assert client.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
+    generated = client.get("/healthz").headers["X-Request-ID"]
+    assert len(generated) >= 16
+    # An unsafe id is replaced, not echoed into headers and logs.
+    assert client.get("/healthz", headers={"X-Request-ID": "a b"}).headers["X-Request-ID"] != "a b"
+    assert send(client, {}, {"X-Request-ID": "rid-9"}).headers["X-Request-ID"] == "rid-9"
+
+
+def test_healthz(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "healthy", "service": "herald-smtp"}
