@@ -15,11 +15,12 @@ DEFAULT_SUBJECT = "Verification code"
 NO_CODE_BODY = "You have a verification message. Please check your code."
 MAX_KEY_LENGTH = 256
 
-# One plain mailbox: no display name, no comments, no whitespace.
+# One plain mailbox: no display name, no comments, no whitespace; a dotted domain
+# (a bare "user@host" is not deliverable on the internet).
 _ADDRESS = re.compile(
     r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}"
     r"@(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
 )
 _CRLF = re.compile(r"[\r\n]")
 

@@ -248,6 +248,13 @@ class _TrackedSMTP(SMTP):
         self._owner._live.discard(self)
         super().connection_lost(error)
 
+    async def smtp_QUIT(self, arg):
+        if self._owner.break_quit:
+            # The mail was accepted (250 sent); now the connection dies instead of answering QUIT.
+            self.transport.abort()
+            return
+        await super().smtp_QUIT(arg)
+
 
 class _TrackingController(Controller):
     def __init__(self, owner: "SmtpTestServer", *args, **kwargs):
@@ -264,8 +271,8 @@ class SmtpTestServer:
     """aiosmtpd server on 127.0.0.1 with optional STARTTLS / implicit TLS / AUTH.
 
     Fault knobs (plain attributes, change them any time): reject_rcpt,
-    rcpt_reply, mail_reply, data_reply, drop_after_data, rcpt_delay,
-    data_delay; reset_faults().
+    rcpt_reply, mail_reply, data_reply, drop_after_data, break_quit,
+    rcpt_delay, data_delay; reset_faults().
     Observations: messages, dropped, connections, auth_attempts, auth_failures.
     """
 
@@ -422,6 +429,7 @@ class SmtpTestServer:
         self.mail_reply: str | None = None
         self.data_reply: str | None = None
         self.drop_after_data = False
+        self.break_quit = False  # abort the connection instead of answering QUIT
         self.rcpt_delay = 0.0  # seconds to stall before answering RCPT
         self.data_delay = 0.0  # seconds to stall before answering the final dot
 

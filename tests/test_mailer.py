@@ -113,3 +113,23 @@ def test_stall_after_the_final_dot_is_an_unknown_outcome(client, smtp):
     smtp.data_delay = 3.0
     assert_error(send(client, {"to": "a@example.com", "timeout_seconds": 1}), 500, "send_failed",
                  "outcome unknown")
+
+
+def test_accepted_mail_is_a_success_even_if_quit_breaks(client, smtp):
+    smtp.break_quit = True
+    response = send(client, {"to": "a@example.com", "idempotency_key": "k-quit"})
+    assert response.status_code == 200, response.get_json()
+    assert len(smtp.wait_for(1)) == 1
+
+
+@pytest.mark.parametrize("body", [
+    ".leading dot\n..two dots\nend",
+    "line one\n.\nMAIL FROM:<evil@example.com>\nstill the same mail",
+    "windows\r\nline\r\nendings",
+])
+def test_body_lines_with_dots_arrive_intact_as_one_mail(client, smtp, body):
+    response = send(client, {"to": "a@example.com", "body": body})
+    assert response.status_code == 200
+    [mail] = smtp.wait_for(1)
+    assert mail.message.get_content().rstrip("\n").splitlines() == body.splitlines()
+    assert mail.mail_from == "noreply@herald.test"

@@ -94,6 +94,8 @@ def test_channel_email_and_unknown_fields_are_accepted(client, smtp):
         ({}, "invalid_destination", "to is required"),
         ({"to": ""}, "invalid_destination", "to is required"),
         ({"to": "not-an-address"}, "invalid_destination", "not a valid email address"),
+        ({"to": "a@localhost"}, "invalid_destination", "not a valid email address"),
+        ({"to": "a@-bad.example.com"}, "invalid_destination", "not a valid email address"),
         ({"to": "a b@example.com"}, "invalid_destination", "not a valid email address"),
         ({"to": "Alice <a@example.com>"}, "invalid_destination", "not a valid email address"),
         ({"to": "a@example.com\r\nBcc: victim@example.com"}, "invalid_destination", "CR or LF"),
@@ -232,3 +234,25 @@ def test_healthz(client):
     response = client.get("/healthz")
     assert response.status_code == 200
     assert response.get_json() == {"status": "healthy", "service": "herald-smtp"}
+
+
+def test_arbitrary_input_always_gets_a_json_4xx_and_sends_nothing(client, smtp):
+    import json
+    import random
+
+    rng = random.Random(20261125)  # fixed seed: a reproducible sample of odd inputs
+    values = [None, True, 0, -1, 1e308, "", "x" * 300, "\x00", "\r\n", "ü", [], {}, [{}], {"code": 1}]
+    fields = ["to", "subject", "body", "params", "template", "locale", "channel", "idempotency_key",
+              "timeout_seconds"]
+    for _ in range(300):
+        body = {f: rng.choice(values) for f in rng.sample(fields, rng.randint(1, len(fields)))}
+        body["to"] = rng.choice(["", "bad", "a@b", "a@example.com\r\n", 7, None])
+        response = client.post("/v1/send", data=json.dumps(body), content_type=rng.choice(
+            ["application/json", "text/plain", "application/x-www-form-urlencoded"]))
+        assert 400 <= response.status_code < 500, (body, response.get_data(as_text=True))
+        assert response.is_json and response.get_json()["ok"] is False
+    for _ in range(100):
+        raw = bytes(rng.randrange(256) for _ in range(rng.randint(0, 200)))
+        response = client.post("/v1/send", data=raw)
+        assert response.status_code == 400 and response.get_json()["error_code"] == "invalid_request"
+    assert smtp.messages == []
