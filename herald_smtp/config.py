@@ -12,6 +12,7 @@ import os
 import re
 from dataclasses import dataclass, fields
 from typing import Callable, Mapping
+from urllib.parse import urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 
@@ -96,8 +97,17 @@ class Settings:
 
 
 def _redact_url(url: str) -> str:
-    # redis://user:password@host -> redis://user:***@host
-    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url) if url else ""
+    """redis://user:password@host/0?password=x -> redis://user:***@host/0?password=***"""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{hostport}" if ":" in userinfo else netloc
+    query = re.sub(r"(?i)(password=)[^&]*", r"\1***", parts.query)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 # --- parsers: each takes the raw string and returns the value or raises ValueError
@@ -106,7 +116,7 @@ def _redact_url(url: str) -> str:
 
 def _int(minimum: int) -> Callable[[str], int]:
     def parse(raw: str) -> int:
-        if not re.fullmatch(r"[+-]?\d+", raw.strip()):
+        if not re.fullmatch(r"[+-]?[0-9]+", raw.strip()):
             raise ValueError(f"an integer >= {minimum}")
         value = int(raw)
         if value < minimum:
@@ -118,11 +128,10 @@ def _int(minimum: int) -> Callable[[str], int]:
 
 def _seconds(minimum: float) -> Callable[[str], float]:
     def parse(raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError(f"a number of seconds > {minimum:g}") from None
-        if not value > minimum or value != value or value == float("inf"):
+        if not re.fullmatch(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)", raw.strip()):
+            raise ValueError(f"a number of seconds > {minimum:g}")
+        value = float(raw)
+        if not value > minimum:
             raise ValueError(f"a number of seconds > {minimum:g}")
         return value
 
@@ -170,6 +179,8 @@ def _listen(raw: str) -> tuple[str, int]:
     # ":8084", "8084" or "127.0.0.1:8084"
     host, _, port = raw.strip().rpartition(":")
     try:
+        if re.search(r"\s", host):
+            raise ValueError(host)
         return (host or "0.0.0.0", _port_number(port))
     except ValueError:
         raise ValueError("a port like :8084, 8084 or 127.0.0.1:8084") from None
@@ -181,7 +192,7 @@ def _api_keys(raw: str) -> tuple[str, ...]:
 
 def _redis_url(raw: str) -> str:
     value = raw.strip()
-    if value and not value.startswith(("redis://", "rediss://", "unix://")):
+    if value and not value.lower().startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("a URL starting with redis://, rediss:// or unix://")
     return value
 
@@ -247,6 +258,9 @@ def settings_from(source: Mapping[str, str]) -> Settings:
             values["host"], values["port"] = _listen(raw_port)
         except ValueError as exc:
             raise ConfigError(f"PORT: expected {exc}") from None
+    if values.get("smtp_use_tls") and "smtp_use_starttls" not in values:
+        # SMTP_USE_TLS=true alone means implicit TLS; STARTTLS is only on by default.
+        values["smtp_use_starttls"] = False
     settings = Settings(**values)
     _check_combinations(settings)
     return settings
@@ -259,7 +273,7 @@ def _check_combinations(settings: Settings) -> None:
             "(SMTP_USE_TLS=true for implicit TLS, usually port 465; SMTP_USE_STARTTLS=true for port 587)"
         )
     if settings.smtp_tls_ca_file and not os.path.isfile(settings.smtp_tls_ca_file):
-        raise ConfigError("SMTP_TLS_CA_FILE: expected the path of a readable PEM CA bundle")
+        raise ConfigError("SMTP_TLS_CA_FILE: expected the path of an existing PEM CA bundle")
     if settings.smtp_password and not settings.smtp_user:
         raise ConfigError("SMTP_USER: expected a user name when SMTP_PASSWORD is set")
 

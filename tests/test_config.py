@@ -1,0 +1,327 @@
+"""Configuration (SPEC §5): defaults, accepted forms, one-line errors, .env, redaction, and startup exit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from herald_smtp.config import ConfigError, load_settings, settings_from
+
+HERALD_SMTP = Path(sys.executable).parent / "herald-smtp"
+
+
+def config_error(env: dict[str, str]) -> str:
+    """The message of the ConfigError that `env` raises (fails the test if none is raised)."""
+    with pytest.raises(ConfigError) as info:
+        settings_from(env)
+    return str(info.value)
+
+
+# --- defaults
+
+
+def test_defaults_match_spec():
+    s = settings_from({})
+    assert (s.host, s.port, s.bind) == ("0.0.0.0", 8084, "0.0.0.0:8084")
+    assert s.api_keys == ()
+    assert s.smtp_port == 587
+    assert s.smtp_use_starttls is True
+    assert s.smtp_use_tls is False
+    assert s.smtp_tls_verify is True
+    assert s.smtp_tls_ca_file == ""
+    assert s.smtp_timeout_seconds == 10
+    assert s.smtp_retries == 2
+    assert s.smtp_idle_seconds == 30
+    assert s.smtp_max_messages_per_connection == 100
+    assert (s.smtp_circuit_threshold, s.smtp_circuit_cooldown_seconds) == (5, 30)
+    assert s.redis_url == ""
+    assert s.redis_key_prefix == "herald-smtp:"
+    assert s.idempotency_ttl_seconds == 300
+    assert s.idempotency_wait_seconds == 10
+    assert s.idempotency_failure_mode == "open"
+    assert s.max_request_bytes == 65536
+    assert s.log_level == "INFO"
+    assert s.log_format == "json"
+
+
+@pytest.mark.parametrize(
+    "env, configured",
+    [
+        ({}, False),
+        ({"SMTP_HOST": "smtp.example.com"}, False),
+        ({"SMTP_FROM": "noreply@example.com"}, False),
+        ({"SMTP_HOST": "smtp.example.com", "SMTP_FROM": "noreply@example.com"}, True),
+    ],
+)
+def test_smtp_configured_needs_host_and_from(env, configured):
+    assert settings_from(env).smtp_configured is configured
+
+
+# --- accepted forms
+
+
+@pytest.mark.parametrize(
+    "raw, host, port",
+    [
+        (":8084", "0.0.0.0", 8084),
+        ("8084", "0.0.0.0", 8084),
+        (":9001", "0.0.0.0", 9001),
+        ("127.0.0.1:9000", "127.0.0.1", 9000),
+    ],
+)
+def test_port_forms(raw, host, port):
+    s = settings_from({"PORT": raw})
+    assert (s.host, s.port) == (host, port)
+    assert s.bind == f"{host}:{port}"
+
+
+@pytest.mark.parametrize(
+    "raw, keys",
+    [
+        ("a, b,,c", ("a", "b", "c")),
+        ("only-one", ("only-one",)),
+        (" , ,", ()),
+    ],
+)
+def test_api_key_list(raw, keys):
+    assert settings_from({"API_KEY": raw}).api_keys == keys
+
+
+@pytest.mark.parametrize(
+    "raw, level",
+    [
+        ("trace", "DEBUG"),
+        ("debug", "DEBUG"),
+        ("info", "INFO"),
+        ("warn", "WARNING"),
+        ("warning", "WARNING"),
+        ("error", "ERROR"),
+        ("ERROR", "ERROR"),
+    ],
+)
+def test_log_level_maps_to_logging_names(raw, level):
+    assert settings_from({"LOG_LEVEL": raw}).log_level == level
+
+
+@pytest.mark.parametrize(
+    "raw, value",
+    [
+        ("true", True),
+        ("false", False),
+        ("1", True),
+        ("0", False),
+        ("yes", True),
+        ("no", False),
+        ("TRUE", True),
+        ("No", False),
+    ],
+)
+def test_boolean_forms(raw, value):
+    assert settings_from({"SMTP_TLS_VERIFY": raw}).smtp_tls_verify is value
+    # SMTP_USE_TLS is only allowed on with STARTTLS off.
+    assert settings_from({"SMTP_USE_TLS": raw, "SMTP_USE_STARTTLS": "false"}).smtp_use_tls is value
+
+
+def test_implicit_tls_with_starttls_off_is_accepted():
+    s = settings_from({"SMTP_USE_TLS": "true", "SMTP_USE_STARTTLS": "false", "SMTP_PORT": "465"})
+    assert (s.smtp_use_tls, s.smtp_use_starttls, s.smtp_port) == (True, False, 465)
+
+
+def test_existing_ca_file_is_accepted(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert settings_from({"SMTP_TLS_CA_FILE": str(ca)}).smtp_tls_ca_file == str(ca)
+
+
+# --- invalid values: one line, starting with the variable, saying the expected form
+
+INVALID = [
+    # (variable, value, a word of the expected form)
+    ("SMTP_PORT", "abc", "integer"),
+    ("SMTP_PORT", "70000", "65535"),
+    ("IDEMPOTENCY_TTL_SECONDS", "-5", "integer"),
+    ("SMTP_TIMEOUT_SECONDS", "0", "seconds"),
+    ("SMTP_USE_TLS", "maybe", "true or false"),
+    ("IDEMPOTENCY_FAILURE_MODE", "sometimes", "open or closed"),
+    ("LOG_LEVEL", "loud", "debug"),
+    ("LOG_FORMAT", "xml", "json or text"),
+    ("REDIS_URL", "http://x", "redis://"),
+    ("PORT", "abc", ":8084"),
+    ("SMTP_FROM", "not-an-address", "email address"),
+    ("WEB_CONCURRENCY", "0", "integer >= 1"),
+    ("SMTP_TLS_CA_FILE", "/nonexistent.pem", "PEM"),
+]
+
+
+@pytest.mark.parametrize("variable, value, form", INVALID, ids=[f"{v}={x}" for v, x, _ in INVALID])
+def test_invalid_value_is_one_line_naming_variable_and_form(variable, value, form):
+    message = config_error({variable: value})
+    assert "\n" not in message
+    assert message.startswith(f"{variable}: expected ")
+    assert form in message
+
+
+def test_both_tls_modes_on_names_both():
+    message = config_error({"SMTP_USE_TLS": "true", "SMTP_USE_STARTTLS": "true"})
+    assert "\n" not in message
+    assert "SMTP_USE_TLS" in message and "SMTP_USE_STARTTLS" in message
+    assert "expected" in message
+
+
+def test_password_without_user_names_user():
+    message = config_error({"SMTP_PASSWORD": "pw-without-user"})
+    assert "\n" not in message
+    assert message.startswith("SMTP_USER: expected ")
+    assert "pw-without-user" not in message
+
+
+SECRET_LEAKS = [
+    ({"SMTP_USER": "u", "SMTP_PASSWORD": "hunter2-secret", "SMTP_PORT": "abc"}, "hunter2-secret"),
+    ({"SMTP_PASSWORD": "hunter2-secret"}, "hunter2-secret"),
+    ({"API_KEY": "key-secret-123", "SMTP_PORT": "abc"}, "key-secret-123"),
+    ({"REDIS_URL": "http://:redis-secret@x:6379"}, "redis-secret"),
+]
+
+
+@pytest.mark.parametrize("env, secret", SECRET_LEAKS, ids=["bad-port", "no-user", "api-key", "redis-url"])
+def test_secret_never_in_error_message(env, secret):
+    assert secret not in config_error(env)
+
+
+# --- .env
+
+
+def write_dotenv(tmp_path: Path, text: str) -> str:
+    path = tmp_path / ".env"
+    path.write_text(text)
+    return str(path)
+
+
+def test_dotenv_is_loaded(tmp_path):
+    dotenv = write_dotenv(
+        tmp_path, "SMTP_HOST=smtp.example.com\nSMTP_FROM=noreply@example.com\nSMTP_PORT=2525\n"
+    )
+    s = load_settings(environ={}, dotenv_path=dotenv)
+    assert (s.smtp_host, s.smtp_from, s.smtp_port) == ("smtp.example.com", "noreply@example.com", 2525)
+    assert s.smtp_configured
+
+
+def test_environment_wins_over_dotenv(tmp_path):
+    dotenv = write_dotenv(tmp_path, "SMTP_PORT=2525\nLOG_FORMAT=text\n")
+    s = load_settings(environ={"SMTP_PORT": "465"}, dotenv_path=dotenv)
+    assert s.smtp_port == 465
+    assert s.log_format == "text"  # not overridden: still from .env
+
+
+def test_empty_values_mean_the_default(tmp_path):
+    dotenv = write_dotenv(tmp_path, "SMTP_PORT=\nLOG_LEVEL=\n")
+    s = load_settings(environ={"IDEMPOTENCY_TTL_SECONDS": "", "PORT": "  "}, dotenv_path=dotenv)
+    assert s.smtp_port == 587
+    assert s.log_level == "INFO"
+    assert s.idempotency_ttl_seconds == 300
+    assert s.port == 8084
+
+
+def test_invalid_value_in_dotenv_is_reported(tmp_path):
+    dotenv = write_dotenv(tmp_path, "SMTP_PORT=abc\n")
+    with pytest.raises(ConfigError, match=r"^SMTP_PORT: expected "):
+        load_settings(environ={}, dotenv_path=dotenv)
+
+
+def test_missing_dotenv_gives_defaults(tmp_path):
+    s = load_settings(environ={}, dotenv_path=str(tmp_path / "no-such.env"))
+    assert s.smtp_port == 587 and s.port == 8084
+
+
+# --- redaction and workers
+
+
+def test_redacted_shows_secrets_only_as_set_or_unset():
+    s = settings_from(
+        {
+            "API_KEY": "key-one,key-two",
+            "SMTP_USER": "mailer",
+            "SMTP_PASSWORD": "hunter2-secret",
+            "REDIS_URL": "redis://:pw@host:6379/0",
+        }
+    )
+    out = s.redacted()
+    assert out["api_keys"] == "set"
+    assert out["smtp_password"] == "set"
+    assert "pw" not in out["redis_url"]
+    assert out["redis_url"].startswith("redis://") and "host:6379/0" in out["redis_url"]
+    text = repr(out)
+    for secret in ("key-one", "key-two", "hunter2-secret", ":pw@"):
+        assert secret not in text
+    assert out["smtp_user"] == "mailer"  # not a secret
+
+
+def test_redacted_unset_secrets():
+    out = settings_from({}).redacted()
+    assert out["api_keys"] == "unset"
+    assert out["smtp_password"] == "unset"
+    assert out["redis_url"] == ""
+
+
+@pytest.mark.parametrize(
+    "env, workers",
+    [
+        ({"WEB_CONCURRENCY": "4"}, 1),
+        ({"WEB_CONCURRENCY": "4", "REDIS_URL": "redis://localhost:6379/0"}, 4),
+    ],
+)
+def test_workers(env, workers):
+    s = settings_from(env)
+    assert s.workers() == workers
+    assert s.redacted()["workers"] == workers
+
+
+# --- the process: a bad value stops `herald-smtp serve` with one line on stderr
+
+
+@pytest.mark.parametrize(
+    "extra, names",
+    [
+        ({"SMTP_PORT": "abc"}, ["SMTP_PORT"]),
+        ({"SMTP_USE_TLS": "true", "SMTP_USE_STARTTLS": "true"}, ["SMTP_USE_TLS", "SMTP_USE_STARTTLS"]),
+    ],
+    ids=["bad-port", "both-tls"],
+)
+def test_serve_exits_with_one_line_on_bad_config(tmp_path, extra, names):
+    env = {**os.environ, **extra, "SMTP_USER": "u", "SMTP_PASSWORD": "hunter2-secret"}
+    result = subprocess.run(
+        [str(HERALD_SMTP), "serve"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].strip(), result.stderr
+    for name in names:
+        assert name in lines[0]
+    assert "expected" in lines[0]
+    assert "hunter2-secret" not in result.stderr
+
+
+def test_implicit_tls_alone_turns_the_starttls_default_off():
+    settings = settings_from({"SMTP_USE_TLS": "true", "SMTP_PORT": "465"})
+    assert settings.smtp_use_tls is True and settings.smtp_use_starttls is False
+
+
+def test_redis_password_in_the_query_is_masked_too():
+    shown = settings_from({"REDIS_URL": "redis://h:6379/0?password=q-secret"}).redacted()["redis_url"]
+    assert "q-secret" not in shown and shown.startswith("redis://h:6379/0")
+
+
+@pytest.mark.parametrize("name, value", [("SMTP_RETRIES", "١٢"), ("SMTP_TIMEOUT_SECONDS", "1_0"),
+                                         ("SMTP_TIMEOUT_SECONDS", "inf"), ("PORT", "1.2.3.4 :80")])
+def test_odd_number_forms_are_rejected(name, value):
+    with pytest.raises(ConfigError, match=f"^{name}: expected"):
+        settings_from({name: value})
