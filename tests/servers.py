@@ -187,19 +187,39 @@ def _parse(envelope) -> Received:
     return Received(envelope.mail_from, list(envelope.rcpt_tos), raw, message)
 
 
+# Where a fault can be injected, in the order a session meets them.
+# "data" is the DATA command (before 354); "message" is the end of the mail (after the final dot).
+PHASES = ("ehlo", "mail", "rcpt", "data", "message", "quit")
+
+
+@dataclass
+class Fault:
+    phase: str
+    reply: str | None = None  # answer this instead of going on
+    drop: bool = False  # hang up without answering
+    delay: float = 0.0  # stall this long first
+    times: int | None = None  # how many sessions it hits; None: every one
+
+
 class _FaultyHandler:
-    """aiosmtpd handler: records mail, obeys the owner's fault knobs."""
+    """aiosmtpd handler: records mail, obeys the owner's injected faults."""
 
     def __init__(self, owner: "SmtpTestServer"):
         self.owner = owner
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        reply = await self.owner._apply_fault("ehlo", server)
+        return [reply] if reply else responses
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         # auth_required=True in aiosmtpd warns on every connection when TLS is
         # not required, so the "must authenticate first" rule lives here.
         if self.owner.auth and not session.authenticated:
             return "530 5.7.0 Authentication required"
-        if self.owner.mail_reply:
-            return self.owner.mail_reply
+        reply = await self.owner._apply_fault("mail", server)
+        if reply:
+            return reply
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"
@@ -208,26 +228,19 @@ class _FaultyHandler:
         rejected = {a.lower() for a in self.owner.reject_rcpt}
         if address.lower() in rejected:
             return f"550 5.1.1 <{address}>: Recipient address rejected"
-        if self.owner.rcpt_delay:
-            await asyncio.sleep(self.owner.rcpt_delay)
-        if self.owner.rcpt_reply:
-            return self.owner.rcpt_reply
+        reply = await self.owner._apply_fault("rcpt", server)
+        if reply:
+            return reply
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
         received = _parse(envelope)
-        if self.owner.drop_after_data:
-            self.owner._record(self.owner._dropped, received)
-            server.transport.close()
-            # Never reply: connection_lost() cancels this task (or stop() does).
-            await asyncio.get_running_loop().create_future()
-        if self.owner.data_delay:
-            # A slow server: the mail is accepted only when the 250 goes out.
-            await asyncio.sleep(self.owner.data_delay)
-        if self.owner.data_reply:
-            return self.owner.data_reply
+        # A drop here was transmitted but never answered: kept in .dropped.
+        reply = await self.owner._apply_fault("message", server, dropping=received)
+        if reply:
+            return reply
         self.owner._record(self.owner._messages, received)
         return "250 OK: queued"
 
@@ -248,10 +261,20 @@ class _TrackedSMTP(SMTP):
         self._owner._live.discard(self)
         super().connection_lost(error)
 
+    async def smtp_DATA(self, arg):
+        # No handler hook exists before the 354, so the "data" phase lives here.
+        if self.envelope.rcpt_tos:
+            reply = await self._owner._apply_fault("data", self)
+            if reply:
+                await self.push(reply)
+                return
+        await super().smtp_DATA(arg)
+
     async def smtp_QUIT(self, arg):
-        if self._owner.break_quit:
-            # The mail was accepted (250 sent); now the connection dies instead of answering QUIT.
-            self.transport.abort()
+        reply = await self._owner._apply_fault("quit", self)
+        if reply:
+            await self.push(reply)
+            self.transport.close()
             return
         await super().smtp_QUIT(arg)
 
@@ -270,9 +293,9 @@ class _TrackingController(Controller):
 class SmtpTestServer:
     """aiosmtpd server on 127.0.0.1 with optional STARTTLS / implicit TLS / AUTH.
 
-    Fault knobs (plain attributes, change them any time): reject_rcpt,
-    rcpt_reply, mail_reply, data_reply, drop_after_data, break_quit,
-    rcpt_delay, data_delay; reset_faults().
+    Faults: inject(phase, reply=/drop=/delay=/times=) at any PHASES step,
+    reject_rcpt (a set of addresses), reset_faults(). idle_timeout closes
+    connections silent for that many seconds, as real servers do.
     Observations: messages, dropped, connections, auth_attempts, auth_failures.
     """
 
@@ -283,6 +306,7 @@ class SmtpTestServer:
         implicit_tls: bool = False,
         auth: tuple[str, str] | None = None,
         certdir: Path | None = None,
+        idle_timeout: float | None = None,
     ):
         if starttls and implicit_tls:
             raise ValueError("choose starttls or implicit_tls, not both")
@@ -291,6 +315,7 @@ class SmtpTestServer:
         self.starttls = starttls
         self.implicit_tls = implicit_tls
         self.auth = auth
+        self.idle_timeout = idle_timeout
         self.ca_file: str | None = None
         self._server_ctx: ssl.SSLContext | None = None
         self._tmp_certdir: tempfile.TemporaryDirectory | None = None
@@ -342,6 +367,8 @@ class SmtpTestServer:
             "server_hostname": "localhost",
             "ready_timeout": 5.0,
         }
+        if self.idle_timeout:
+            kwargs["timeout"] = self.idle_timeout  # aiosmtpd closes silent sessions after this
         if self.starttls:
             kwargs.update(tls_context=self._server_ctx, require_starttls=False)
         if self.implicit_tls:
@@ -424,14 +451,43 @@ class SmtpTestServer:
     # -- faults
 
     def reset_faults(self) -> None:
-        self.reject_rcpt: set[str] = set()
-        self.rcpt_reply: str | None = None
-        self.mail_reply: str | None = None
-        self.data_reply: str | None = None
-        self.drop_after_data = False
-        self.break_quit = False  # abort the connection instead of answering QUIT
-        self.rcpt_delay = 0.0  # seconds to stall before answering RCPT
-        self.data_delay = 0.0  # seconds to stall before answering the final dot
+        with self._lock:
+            self.reject_rcpt: set[str] = set()
+            self._faults: list[Fault] = []
+
+    def inject(self, phase: str, *, reply: str | None = None, drop: bool = False, delay: float = 0.0,
+               times: int | None = None) -> None:
+        """From now on, at `phase`: stall `delay` s, then hang up (`drop`) or answer `reply`.
+
+        E.g. inject("rcpt", reply="451 4.3.0 try later", times=1): the next RCPT only.
+        """
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}")
+        with self._lock:
+            self._faults.append(Fault(phase, reply, drop, delay, times))
+
+    async def _apply_fault(self, phase: str, session, dropping: "Received | None" = None) -> str | None:
+        fault = self._take_fault(phase)
+        if fault is None:
+            return None
+        if fault.delay:
+            await asyncio.sleep(fault.delay)
+        if fault.drop:
+            if dropping is not None:
+                self._record(self._dropped, dropping)
+            session.transport.abort()
+            # Never reply: connection_lost() cancels this task (or stop() does).
+            await asyncio.get_running_loop().create_future()
+        return fault.reply
+
+    def _take_fault(self, phase: str) -> Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.phase == phase and fault.times != 0:
+                    if fault.times is not None:
+                        fault.times -= 1
+                    return fault
+        return None
 
     def close_connections(self, timeout: float = 5.0) -> None:
         """Hang up on every open client connection from the server side (no reply)."""
@@ -470,7 +526,7 @@ class SmtpTestServer:
 
     @property
     def dropped(self) -> list[Received]:
-        """Mails fully transmitted, then hung up on (drop_after_data)."""
+        """Mails fully transmitted, then hung up on (inject("message", drop=True))."""
         with self._lock:
             return list(self._dropped)
 

@@ -56,7 +56,7 @@ def assert_one_mail_per_key(by_key, smtp):
 @pytest.mark.timeout(180)
 def test_duplicates_across_four_workers_on_redis_send_exactly_one_mail_per_key(tmp_path, smtp, redis_client,
                                                                             redis_url):
-    smtp.data_delay = 0.2  # keep the originals in flight while the duplicates arrive
+    smtp.inject("message", delay=0.2)  # keep the originals in flight while the duplicates arrive
     env = smtp_env(smtp) | {"REDIS_URL": redis_url, "WEB_CONCURRENCY": "4", "WEB_THREADS": "16"}
     with HeraldProcess(tmp_path, env) as service:
         by_key = fire_duplicates(service.url)
@@ -67,7 +67,7 @@ def test_duplicates_across_four_workers_on_redis_send_exactly_one_mail_per_key(t
 
 @pytest.mark.timeout(180)
 def test_duplicates_on_the_in_process_store_with_threads(tmp_path, smtp):
-    smtp.data_delay = 0.2
+    smtp.inject("message", delay=0.2)
     env = smtp_env(smtp) | {"WEB_CONCURRENCY": "4", "WEB_THREADS": "16"}  # no REDIS_URL: one worker
     with HeraldProcess(tmp_path, env) as service:
         by_key = fire_duplicates(service.url)
@@ -84,7 +84,7 @@ def test_logs_are_json_lines_with_the_operators_messages_and_no_secrets(tmp_path
         assert post(service.url, {"to": "alice@example.com", "params": {"code": codes[0]}}, auth)[0] == 200
         assert post(service.url, {"to": "alice@example.com", "params": {"code": codes[1]}},
                     {"X-API-Key": "bad"})[0] == 401
-        smtp.rcpt_reply = "451 4.3.0 greylisted"
+        smtp.inject("rcpt", reply="451 4.3.0 greylisted")
         assert post(service.url, {"to": "bob@example.com", "body": f"code {codes[1]}", "idempotency_key": "k1"},
                     auth)[0] == 500
         smtp.reset_faults()

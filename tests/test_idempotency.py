@@ -128,7 +128,7 @@ def test_same_key_with_another_payload_is_409_and_sends_nothing(idem_client, smt
 
 def test_transient_failure_releases_the_key_so_a_retry_really_sends(idem_client, smtp):
     payload = {"to": "a@example.com", "idempotency_key": "k-transient"}
-    smtp.rcpt_reply = "451 4.3.0 try later"
+    smtp.inject("rcpt", reply="451 4.3.0 try later")
     assert_error(send(idem_client, payload), 500, "send_failed", "451")
     assert smtp.messages == []
 
@@ -155,7 +155,7 @@ def test_permanent_failure_is_kept_and_replayed(idem_client, smtp):
 
 def test_unknown_outcome_is_kept_and_never_resent(idem_client, smtp):
     payload = {"to": "a@example.com", "idempotency_key": "k-unknown"}
-    smtp.drop_after_data = True
+    smtp.inject("message", drop=True)
     assert_error(send(idem_client, payload), 500, "send_failed", "outcome unknown")
 
     smtp.reset_faults()
@@ -165,7 +165,7 @@ def test_unknown_outcome_is_kept_and_never_resent(idem_client, smtp):
 
 
 def test_duplicate_in_flight_waits_for_the_original_result(idem_client, smtp):
-    smtp.data_delay = 0.5
+    smtp.inject("message", delay=0.5)
     payload = {"to": "a@example.com", "idempotency_key": "k-wait"}
     answers = []
     threads = [threading.Thread(target=lambda: answers.append(send(idem_client, payload))) for _ in range(3)]

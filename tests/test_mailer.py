@@ -82,19 +82,19 @@ def test_connection_refused_is_retryable_send_failed(settings, make_client):
 
 
 def test_temporary_rcpt_failure_is_retryable(client, smtp):
-    smtp.rcpt_reply = "451 4.3.0 try again later"
+    smtp.inject("rcpt", reply="451 4.3.0 try again later")
     body = assert_error(send(client, {"to": "a@example.com"}), 500, "send_failed", "451 4.3.0 try again later")
     assert body["retryable"] is True
     assert smtp.messages == []
 
 
 def test_sender_refused_is_send_failed_with_reply(client, smtp):
-    smtp.mail_reply = "553 5.7.1 sender not allowed"
+    smtp.inject("mail", reply="553 5.7.1 sender not allowed")
     assert_error(send(client, {"to": "a@example.com"}), 500, "send_failed", "553 5.7.1 sender not allowed")
 
 
 def test_connection_lost_after_the_final_dot_is_an_unknown_outcome(client, smtp):
-    smtp.drop_after_data = True
+    smtp.inject("message", drop=True)
     body = assert_error(send(client, {"to": "a@example.com"}), 500, "send_failed", "outcome unknown")
     assert body["retryable"] is False
     assert len(smtp.dropped) == 1 and smtp.messages == []
@@ -102,7 +102,7 @@ def test_connection_lost_after_the_final_dot_is_an_unknown_outcome(client, smtp)
 
 def test_request_timeout_caps_the_smtp_budget(client, smtp):
     # The server stalls RCPT for 3 s: within SMTP_TIMEOUT_SECONDS (5), beyond the request's 1.
-    smtp.rcpt_delay = 3.0
+    smtp.inject("rcpt", delay=3.0)
     body = assert_error(send(client, {"to": "a@example.com", "timeout_seconds": 1}), 500, "send_failed",
                         "timed out")
     assert body["retryable"] is True
@@ -110,13 +110,13 @@ def test_request_timeout_caps_the_smtp_budget(client, smtp):
 
 
 def test_stall_after_the_final_dot_is_an_unknown_outcome(client, smtp):
-    smtp.data_delay = 3.0
+    smtp.inject("message", delay=3.0)
     assert_error(send(client, {"to": "a@example.com", "timeout_seconds": 1}), 500, "send_failed",
                  "outcome unknown")
 
 
 def test_accepted_mail_is_a_success_even_if_quit_breaks(client, smtp):
-    smtp.break_quit = True
+    smtp.inject("quit", drop=True)
     response = send(client, {"to": "a@example.com", "idempotency_key": "k-quit"})
     assert response.status_code == 200, response.get_json()
     assert len(smtp.wait_for(1)) == 1

@@ -189,7 +189,7 @@ def test_recipient_rejected_by_server_is_invalid_destination(client, smtp):
 
 
 def test_server_refusing_the_message_is_send_failed_with_reply(client, smtp):
-    smtp.data_reply = "554 5.7.1 rejected as spam"
+    smtp.inject("message", reply="554 5.7.1 rejected as spam")
     body = assert_error(send(client, {"to": "a@example.com"}), 500, "send_failed", "554 5.7.1 rejected as spam")
     assert body["retryable"] is False
 

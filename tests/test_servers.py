@@ -174,14 +174,14 @@ def test_reject_rcpt_550_records_nothing(smtp_factory):
 
 def test_mail_and_rcpt_replies(smtp_factory):
     server = smtp_factory()
-    server.mail_reply = "421 4.3.2 shutting down"
+    server.inject("mail", reply="421 4.3.2 shutting down")
     with smtplib.SMTP(server.host, server.port, timeout=5) as client:
         with pytest.raises(smtplib.SMTPSenderRefused) as info:
             client.send_message(make_mail())
     assert info.value.smtp_code == 421
 
     server.reset_faults()
-    server.rcpt_reply = "451 4.3.0 try later"
+    server.inject("rcpt", reply="451 4.3.0 try later")
     with smtplib.SMTP(server.host, server.port, timeout=5) as client:
         with pytest.raises(smtplib.SMTPRecipientsRefused) as info:
             client.send_message(make_mail())
@@ -191,7 +191,7 @@ def test_mail_and_rcpt_replies(smtp_factory):
 
 def test_data_reply_554(smtp_factory):
     server = smtp_factory()
-    server.data_reply = "554 5.7.1 rejected as spam"
+    server.inject("message", reply="554 5.7.1 rejected as spam")
     with smtplib.SMTP(server.host, server.port, timeout=5) as client:
         with pytest.raises(smtplib.SMTPDataError) as info:
             client.send_message(make_mail())
@@ -207,7 +207,7 @@ def test_data_reply_554(smtp_factory):
 @pytest.mark.parametrize("tls", ["plain", "starttls", "implicit"])
 def test_drop_after_data(smtp_factory, tls):
     server = smtp_factory(starttls=tls == "starttls", implicit_tls=tls == "implicit")
-    server.drop_after_data = True
+    server.inject("message", drop=True)
     if tls == "implicit":
         client = smtplib.SMTP_SSL(server.host, server.port, context=server.client_context(), timeout=5)
     else:
@@ -341,3 +341,48 @@ def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 5.0) -> N
         except OSError:
             time.sleep(0.05)
     raise AssertionError(f"sink did not listen on {port} within {timeout}s")
+
+
+def test_injected_fault_hits_only_as_many_times_as_asked(smtp_factory):
+    server = smtp_factory()
+    server.inject("rcpt", reply="451 4.3.0 try later", times=1)
+    with smtplib.SMTP(server.host, server.port, timeout=5) as client:
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            client.sendmail("a@example.com", ["b@example.com"], b"Subject: x\r\n\r\nbody\r\n")
+        client.sendmail("a@example.com", ["b@example.com"], b"Subject: y\r\n\r\nbody\r\n")
+    assert [m.message["Subject"] for m in server.wait_for(1)] == ["y"]
+
+
+@pytest.mark.parametrize("phase, error", [("mail", smtplib.SMTPSenderRefused), ("data", smtplib.SMTPDataError)])
+def test_fault_replies_at_each_phase(smtp_factory, phase, error):
+    server = smtp_factory()
+    server.inject(phase, reply="554 5.7.1 no")
+    with smtplib.SMTP(server.host, server.port, timeout=5) as client:
+        with pytest.raises(error):
+            client.sendmail("a@example.com", ["b@example.com"], b"Subject: x\r\n\r\nbody\r\n")
+    assert server.messages == []
+
+
+def test_fault_reply_at_ehlo(smtp_factory):
+    server = smtp_factory()
+    server.inject("ehlo", reply="421 4.3.2 shutting down")
+    with smtplib.SMTP(server.host, server.port, timeout=5) as client:
+        assert client.ehlo()[0] == 421
+
+
+def test_drop_at_mail_hangs_up(smtp_factory):
+    server = smtp_factory()
+    server.inject("mail", drop=True)
+    with pytest.raises(smtplib.SMTPServerDisconnected):
+        with smtplib.SMTP(server.host, server.port, timeout=5) as client:
+            client.sendmail("a@example.com", ["b@example.com"], b"Subject: x\r\n\r\nbody\r\n")
+
+
+def test_idle_timeout_closes_a_silent_connection(smtp_factory):
+    server = smtp_factory(idle_timeout=0.5)
+    client = smtplib.SMTP(server.host, server.port, timeout=5)
+    client.ehlo()
+    time.sleep(1.0)
+    with pytest.raises(smtplib.SMTPServerDisconnected):
+        client.mail("a@example.com")
+    client.close()
