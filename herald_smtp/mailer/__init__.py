@@ -1,83 +1,108 @@
 """The mailer: sends one EmailMessage over SMTP and returns a Result.
 
-`Mailer.send` is the only entry point the service uses. Today it opens one
-connection per mail; connection reuse, retries and the circuit breaker wrap
-`_attempt` without changing the interface.
+    circuit breaker -> [attempt: pooled connection -> MAIL/RCPT/DATA] -> retry transient failures -> Result
+
+`Mailer.send` is the only entry point the service uses. Retries happen only
+while nothing of the message was committed (before the final dot), with a
+short backoff, inside the request's time budget. A pooled connection found
+dead at MAIL FROM is replaced at once, without counting as a retry.
 """
 
 from __future__ import annotations
 
 import email.policy
-import ssl
+import logging
 import time
 from email.message import EmailMessage
 
 from ..config import Settings
 from ..outcomes import Result
 from . import transport
-from .transport import AFTER_DATA, AUTH, CONNECT, RCPT, TLS, SmtpFailure
+from .breaker import CircuitBreaker
+from .classify import classify_failure, classify_reply
+from .pool import ConnectionPool, PooledConnection
+from .transport import MAIL, SmtpFailure
 
-# Failures before MAIL FROM that no retry will fix: the setup is wrong.
-_SETUP_PHASES = (CONNECT, TLS, AUTH)
+log = logging.getLogger("herald_smtp.mailer")
+
+# Backoff before retry n (0-based): 0.2 s, 0.4 s, 0.8 s ... kept short, the caller waits.
+_BACKOFF_SECONDS = 0.2
+# A retry is only worth starting with at least this much of the budget left.
+_MIN_ATTEMPT_SECONDS = 0.5
 
 
 class Mailer:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.tls_context = transport.tls_context(settings) if _uses_tls(settings) else None
+        context = transport.tls_context(settings) if settings.smtp_use_tls or settings.smtp_use_starttls else None
+        self.pool = ConnectionPool(settings, context)
+        self.breaker = CircuitBreaker(settings.smtp_circuit_threshold, settings.smtp_circuit_cooldown_seconds)
 
     def send(self, msg: EmailMessage, recipient: str, timeout: float | None = None) -> Result:
         budget = min(self.settings.smtp_timeout_seconds, timeout or self.settings.smtp_timeout_seconds)
+        deadline = time.monotonic() + budget
         message_id = msg["Message-ID"].strip("<>")
-        try:
-            code, reply = self._attempt(msg, recipient, time.monotonic() + budget)
-        except SmtpFailure as failure:
-            return classify_failure(failure)
-        return classify_reply(code, reply, message_id)
-
-    def _attempt(self, msg: EmailMessage, recipient: str, deadline: float) -> tuple[int, str]:
         payload = msg.as_bytes(policy=email.policy.SMTP)
-        conn = transport.open_connection(self.settings, self.tls_context, deadline)
+        for attempt in range(self.settings.smtp_retries + 1):
+            if not self.breaker.allow():
+                return Result("circuit_open", "SMTP circuit breaker is open after repeated connection failures; "
+                              "failing fast", retry_after=self.breaker.retry_after())
+            try:
+                code, reply = self._attempt(payload, recipient, deadline)
+            except SmtpFailure as failure:
+                verdict = classify_failure(failure)
+                self.breaker.record(verdict.connection_failure, cause=failure.detail)
+                if not (verdict.retry and self._retry_fits(attempt, deadline)):
+                    return verdict.result
+                log.info("smtp retry", extra={"attempt": attempt + 1, "phase": failure.phase,
+                                               "smtp_code": failure.code, "errmsg": failure.detail})
+                time.sleep(_BACKOFF_SECONDS * 2**attempt)
+                continue
+            except Exception:
+                self.breaker.record(False)  # a bug of ours, not the server's: free a half-open trial
+                raise
+            self.breaker.record(False)
+            return classify_reply(code, reply, message_id)
+        raise AssertionError("unreachable: the last attempt always returns")
+
+    def close(self) -> None:
+        self.pool.close_all()
+
+    def _retry_fits(self, attempt: int, deadline: float) -> bool:
+        if attempt >= self.settings.smtp_retries:
+            return False
+        return deadline - time.monotonic() - _BACKOFF_SECONDS * 2**attempt >= _MIN_ATTEMPT_SECONDS
+
+    def _attempt(self, payload: bytes, recipient: str, deadline: float) -> tuple[int, str]:
+        pooled = self.pool.acquire(deadline)
         try:
-            code, reply = transport.transmit(conn, self.settings.smtp_from, recipient, payload, deadline)
+            return self._transmit(pooled, payload, recipient, deadline)
         except SmtpFailure as failure:
-            if failure.phase != AFTER_DATA:
-                transport.reset(conn)
+            if not (pooled.reused and _dead_before_mail(failure)):
+                raise
+        # The server closed the idle connection (or said 421 at MAIL FROM): replace it quietly.
+        log.debug("smtp connection was dead at MAIL FROM; reconnecting")
+        return self._transmit(self.pool.open(deadline), payload, recipient, deadline)
+
+    def _transmit(self, pooled: PooledConnection, payload: bytes, recipient: str,
+                  deadline: float) -> tuple[int, str]:
+        try:
+            code, reply = transport.transmit(pooled.conn, self.settings.smtp_from, recipient, payload, deadline)
+        except SmtpFailure as failure:
+            self._after_failure(pooled, failure)
             raise
-        finally:
-            transport.close_quietly(conn)
+        pooled.sent += 1
+        self.pool.release(pooled)
         return code, reply
 
-
-def _uses_tls(settings: Settings) -> bool:
-    return settings.smtp_use_tls or settings.smtp_use_starttls
-
-
-def classify_reply(code: int, reply: str, message_id: str) -> Result:
-    """The server's answer to the end of DATA."""
-    if 200 <= code < 300:
-        return Result("sent", message_id=message_id, smtp_code=code, phase=AFTER_DATA)
-    outcome = "smtp_transient" if 400 <= code < 500 else "smtp_permanent"
-    return Result(outcome, f"SMTP server refused the message: {code} {reply}", smtp_code=code, phase=AFTER_DATA)
+    def _after_failure(self, pooled: PooledConnection, failure: SmtpFailure) -> None:
+        # A refusal (a reply code, but not 421 "closing") leaves the session usable
+        # after RSET; anything else leaves it in an unknown state.
+        if failure.code not in (None, 421) and transport.reset(pooled.conn):
+            self.pool.release(pooled)
+        else:
+            self.pool.discard(pooled)
 
 
-def classify_failure(failure: SmtpFailure) -> Result:
-    code, phase = failure.code, failure.phase
-    if phase == AFTER_DATA:
-        return Result(
-            "smtp_unknown",
-            "outcome unknown: the connection failed after the whole message was sent and before the "
-            f"server replied ({failure.detail}); not retried, to avoid a duplicate mail",
-            smtp_code=code, phase=phase,
-        )
-    message = f"SMTP {phase} failed: {failure.detail}"
-    if code is not None and code >= 500:
-        if phase == RCPT:
-            return Result("recipient_rejected", f"recipient rejected: {failure.detail}", smtp_code=code, phase=phase)
-        # 5xx before MAIL (e.g. 535 bad credentials) is a setup problem: nothing was sent, release the key.
-        outcome = "smtp_setup" if phase in _SETUP_PHASES else "smtp_permanent"
-        return Result(outcome, message, smtp_code=code, phase=phase)
-    if phase in (TLS, AUTH) and (failure.error is None or isinstance(failure.error, ssl.SSLError)):
-        # STARTTLS not offered, certificate rejected, AUTH not offered: fix the setup, not retry.
-        return Result("smtp_setup", message, smtp_code=code, phase=phase)
-    return Result("smtp_transient", message, smtp_code=code, phase=phase)
+def _dead_before_mail(failure: SmtpFailure) -> bool:
+    return failure.phase == MAIL and (failure.code is None or failure.code == 421)

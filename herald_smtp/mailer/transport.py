@@ -4,7 +4,7 @@ Opening a connection covers connect, TLS (STARTTLS or implicit) and AUTH;
 `transmit` covers MAIL, RCPT and DATA. Any failure is raised as SmtpFailure
 carrying the phase it happened in, which is what classification needs: the
 same error means "retry" before the end of DATA and "unknown" after it.
-Kept free of pooling and retry policy so those can wrap it (see __init__).
+Pooling, retries and the breaker wrap it (see __init__, pool, breaker).
 """
 
 from __future__ import annotations
@@ -80,17 +80,23 @@ def transmit(conn: smtplib.SMTP, sender: str, recipient: str, payload: bytes, de
     return _command(conn, AFTER_DATA, conn.getreply, deadline)
 
 
-def reset(conn: smtplib.SMTP) -> None:
-    """RSET after a refused transaction, so the connection can be reused."""
+def reset(conn: smtplib.SMTP) -> bool:
+    """RSET after a refused transaction; True if the connection is fit for reuse."""
     try:
-        conn.rset()
+        return conn.rset()[0] == 250
     except (smtplib.SMTPException, OSError):
-        close_quietly(conn)
+        return False
+
+
+# QUIT is a courtesy: never wait long for a server that may be gone.
+_QUIT_TIMEOUT_SECONDS = 1.0
 
 
 def close_quietly(conn: smtplib.SMTP) -> None:
     """QUIT and close; a mail already accepted must not turn into an error here."""
     try:
+        if conn.sock is not None:
+            conn.sock.settimeout(_QUIT_TIMEOUT_SECONDS)
         conn.quit()
     except (smtplib.SMTPException, OSError):
         pass

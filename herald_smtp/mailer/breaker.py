@@ -1,0 +1,71 @@
+"""Circuit breaker for the SMTP server, per worker process.
+
+closed    -> every send goes through; SMTP_CIRCUIT_THRESHOLD consecutive
+             connection-level failures open it.
+open      -> sends fail fast (503 provider_down, Retry-After) for
+             SMTP_CIRCUIT_COOLDOWN_SECONDS.
+half-open -> after the cooldown one trial send goes through; its success
+             closes the circuit, its connection failure opens it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+
+log = logging.getLogger("herald_smtp.mailer")
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+
+class CircuitBreaker:
+    def __init__(self, threshold: int, cooldown_seconds: float, clock=time.monotonic):
+        self.threshold = threshold
+        self.cooldown = cooldown_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state = CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+        self._trial_running = False
+
+    @property
+    def state(self) -> str:
+        with self._lock:
+            return self._state
+
+    def allow(self) -> bool:
+        """May a send start now? In half-open state, only one trial at a time."""
+        with self._lock:
+            if self._state == OPEN and self._clock() - self._opened_at >= self.cooldown:
+                self._state = HALF_OPEN
+                log.info("smtp circuit half-open: letting one trial send through")
+            if self._state == CLOSED:
+                return True
+            if self._state == HALF_OPEN and not self._trial_running:
+                self._trial_running = True
+                return True
+            return False
+
+    def retry_after(self) -> int:
+        with self._lock:
+            left = self.cooldown - (self._clock() - self._opened_at)
+        return max(1, math.ceil(left))
+
+    def record(self, connection_failure: bool, cause: str = "") -> None:
+        """The end of one attempt: did it fail to reach or talk to the server?"""
+        with self._lock:
+            self._trial_running = False
+            if not connection_failure:
+                if self._state != CLOSED:
+                    log.info("smtp circuit closed: the SMTP server answers again")
+                self._state, self._failures = CLOSED, 0
+                return
+            self._failures += 1
+            if self._state == HALF_OPEN or self._failures >= self.threshold:
+                if self._state != OPEN:
+                    log.warning("smtp circuit open: failing fast", extra={
+                        "consecutive_failures": self._failures, "cooldown_seconds": self.cooldown, "cause": cause})
+                self._state, self._opened_at = OPEN, self._clock()

@@ -1,0 +1,132 @@
+"""The classification table: what each SMTP outcome means.
+
+Every failure is known by its *phase* (how far the transaction got) and its
+*evidence* (what we saw):
+  network  no SMTP reply: refused, reset, closed, timed out, DNS
+  local    we stopped: STARTTLS or AUTH not offered, TLS handshake or certificate rejected
+  2xx/4xx/5xx  the server's reply code
+From (phase, evidence) the table gives an outcome (outcomes.py maps it to
+error_code, HTTP status, retryable and keep/release); from the outcome and
+phase follow whether the mailer retries within the request and whether the
+failure counts towards the circuit breaker. docs/DELIVERY.md shows this
+table; a test keeps the two identical.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from dataclasses import dataclass
+
+from ..outcomes import OUTCOMES, Result
+from .transport import AFTER_DATA, AUTH, CONNECT, DATA, MAIL, RCPT, TLS, SmtpFailure
+
+PHASES = (CONNECT, TLS, AUTH, MAIL, RCPT, DATA, AFTER_DATA)
+EVIDENCE = ("network", "local", "2xx", "4xx", "5xx")
+
+_BEFORE_DATA_END = (CONNECT, TLS, AUTH, MAIL, RCPT, DATA)
+
+# (phases, evidence, outcome, example) - first match wins.
+RULES: tuple[tuple[tuple[str, ...], str, str, str], ...] = (
+    ((AFTER_DATA,), "2xx", "sent", "250 after the final dot: accepted, whatever fails afterwards"),
+    ((AFTER_DATA,), "network", "smtp_unknown", "connection lost after the final dot, before the reply"),
+    ((AFTER_DATA,), "4xx", "smtp_transient", "451 after the final dot: not accepted; never retried in-request"),
+    ((AFTER_DATA,), "5xx", "smtp_permanent", "554 5.7.1 rejected as spam"),
+    (_BEFORE_DATA_END, "network", "smtp_transient", "connection refused, reset, timeout, DNS failure"),
+    (_BEFORE_DATA_END, "4xx", "smtp_transient", "421 busy, 451 try later, 452 out of storage, 454 TLS/AUTH unavailable"),
+    ((CONNECT, TLS, AUTH), "5xx", "smtp_setup", "554 greeting, 535 bad credentials"),
+    ((CONNECT, TLS, AUTH), "local", "smtp_setup", "STARTTLS not offered, certificate not trusted, AUTH not offered"),
+    ((RCPT,), "5xx", "recipient_rejected", "550 5.1.1 no such user"),
+    ((MAIL, DATA), "5xx", "smtp_permanent", "553 sender not allowed, 554 DATA refused"),
+)
+
+
+def evidence_of(failure: SmtpFailure) -> str:
+    if failure.code is not None:
+        return f"{failure.code // 100}xx"
+    error = failure.error
+    if error is None:
+        return "local"
+    if isinstance(error, ssl.SSLError) and not isinstance(error, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+        return "local"
+    return "network"
+
+
+def outcome_for(phase: str, evidence: str) -> str:
+    for phases, ev, outcome, _ in RULES:
+        if phase in phases and ev == evidence:
+            return outcome
+    # Not expected (e.g. a 2xx where a refusal was raised); err on the side that never duplicates.
+    return "smtp_unknown" if phase == AFTER_DATA else "smtp_transient"
+
+
+def retried_in_request(phase: str, outcome: str) -> bool:
+    """Transient failures are retried only while nothing of the message was committed."""
+    return outcome == "smtp_transient" and phase != AFTER_DATA
+
+
+def counts_for_breaker(phase: str, evidence: str) -> bool:
+    """Connection-level failures: the server cannot be reached or will not talk to us."""
+    return phase in (CONNECT, TLS) and evidence in ("network", "4xx")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    result: Result
+    retry: bool
+    connection_failure: bool
+
+
+def classify_failure(failure: SmtpFailure) -> Verdict:
+    evidence = evidence_of(failure)
+    outcome = outcome_for(failure.phase, evidence)
+    return Verdict(
+        Result(outcome, _message(failure, outcome), smtp_code=failure.code, phase=failure.phase),
+        retry=retried_in_request(failure.phase, outcome),
+        connection_failure=counts_for_breaker(failure.phase, evidence),
+    )
+
+
+def classify_reply(code: int, reply: str, message_id: str) -> Result:
+    """The server's answer to the end of DATA."""
+    outcome = outcome_for(AFTER_DATA, f"{code // 100}xx")
+    if outcome == "sent":
+        return Result("sent", message_id=message_id, smtp_code=code, phase=AFTER_DATA)
+    return Result(outcome, f"SMTP server refused the message: {code} {reply}", smtp_code=code, phase=AFTER_DATA)
+
+
+def _message(failure: SmtpFailure, outcome: str) -> str:
+    if outcome == "smtp_unknown":
+        return (
+            "outcome unknown: the connection failed after the whole message was sent and before the "
+            f"server replied ({failure.detail}); not retried, to avoid a duplicate mail"
+        )
+    if outcome == "recipient_rejected":
+        return f"recipient rejected: {failure.detail}"
+    return f"SMTP {failure.phase} failed: {failure.detail}"
+
+
+def markdown_table() -> str:
+    """The table as docs/DELIVERY.md shows it."""
+    lines = [
+        "| phase | evidence | outcome | error_code | HTTP | retryable | record | retried in-request | opens breaker | example |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for phases, evidence, outcome, example in RULES:
+        info = OUTCOMES[outcome]
+        retried = {retried_in_request(p, outcome) for p in phases}
+        breaker = {counts_for_breaker(p, evidence) for p in phases}
+        lines.append(
+            f"| {', '.join(phases)} | {evidence} | {outcome} | {info.error_code or '(ok)'} | {info.http_status} "
+            f"| {_yes(info.retryable)} | {'kept' if info.keep else 'released'} | {_yes_set(retried)} "
+            f"| {_yes_set(breaker)} | {example} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _yes_set(flags: set[bool]) -> str:
+    return _yes(flags.pop()) if len(flags) == 1 else "connect, tls only"

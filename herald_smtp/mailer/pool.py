@@ -1,0 +1,83 @@
+"""Reusable SMTP connections, per worker process, safe under gunicorn threads.
+
+A connection pays TCP, TLS, EHLO and AUTH once and then carries mails until
+it has been idle longer than SMTP_IDLE_SECONDS or has carried
+SMTP_MAX_MESSAGES_PER_CONNECTION mails. Each thread takes a connection out
+for one transaction and gives it back; idle ones wait in a LIFO stack, so
+the warmest is reused first and the others age out.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+
+from ..config import Settings
+from . import transport
+
+
+@dataclass
+class PooledConnection:
+    conn: smtplib.SMTP
+    reused: bool = False
+    sent: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class PoolStats:
+    opened: int = 0
+    reused: int = 0
+
+
+class ConnectionPool:
+    def __init__(self, settings: Settings, context: ssl.SSLContext | None, clock=time.monotonic):
+        self.settings = settings
+        self.context = context
+        self.stats = PoolStats()
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._idle: list[PooledConnection] = []
+
+    def acquire(self, deadline: float) -> PooledConnection:
+        """A warm connection if one is fit for use, else a new one."""
+        while True:
+            with self._lock:
+                pooled = self._idle.pop() if self._idle else None
+                if pooled is not None and self._fit(pooled):
+                    self.stats.reused += 1
+                    pooled.reused = True
+                    return pooled
+            if pooled is None:
+                return self.open(deadline)
+            transport.close_quietly(pooled.conn)  # aged out
+
+    def open(self, deadline: float) -> PooledConnection:
+        conn = transport.open_connection(self.settings, self.context, deadline)
+        with self._lock:
+            self.stats.opened += 1
+        return PooledConnection(conn, last_used=self._clock())
+
+    def release(self, pooled: PooledConnection) -> None:
+        """Give back a connection that is between transactions and healthy."""
+        pooled.last_used = self._clock()
+        if pooled.sent >= self.settings.smtp_max_messages_per_connection:
+            transport.close_quietly(pooled.conn)
+            return
+        with self._lock:
+            self._idle.append(pooled)
+
+    def discard(self, pooled: PooledConnection) -> None:
+        transport.close_quietly(pooled.conn)
+
+    def close_all(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for pooled in idle:
+            transport.close_quietly(pooled.conn)
+
+    def _fit(self, pooled: PooledConnection) -> bool:
+        return self._clock() - pooled.last_used < self.settings.smtp_idle_seconds

@@ -1,0 +1,236 @@
+"""SPEC §4 delivery: connection reuse, transparent reconnects, bounded retries, the breaker.
+
+Each test counts what a real SMTP server actually received.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+from herald_smtp.config import settings_from
+from tests.conftest import smtp_env
+from tests.servers import SmtpTestServer
+from tests.test_send_api import assert_error, send
+
+
+@pytest.fixture
+def server_factory(tmp_path):
+    started = []
+
+    def build(**kwargs) -> SmtpTestServer:
+        server = SmtpTestServer(certdir=tmp_path, **kwargs).start()
+        started.append(server)
+        return server
+
+    yield build
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def service(make_client):
+    """A client for `server` with extra environment variables."""
+
+    def make(server: SmtpTestServer, **env):
+        return make_client(settings_from(smtp_env(server) | {k.upper(): str(v) for k, v in env.items()}))
+
+    return make
+
+
+def mail(n: int) -> dict:
+    return {"to": f"user{n}@example.com", "params": {"code": str(n)}}
+
+
+# --- connection reuse
+
+
+def test_healthy_connection_carries_many_mails_with_one_handshake(server_factory, service):
+    server = server_factory(starttls=True, auth=("u", "p"))
+    client = service(server)
+    for n in range(5):
+        assert send(client, mail(n)).status_code == 200
+    assert len(server.wait_for(5)) == 5
+    assert server.connections == 1
+    assert server.auth_attempts == 1
+
+
+def test_connection_is_replaced_after_max_messages(server_factory, service):
+    server = server_factory()
+    client = service(server, smtp_max_messages_per_connection=2)
+    for n in range(5):
+        assert send(client, mail(n)).status_code == 200
+    assert server.connections == 3
+
+
+def test_connection_idle_past_smtp_idle_seconds_is_replaced(server_factory, service):
+    server = server_factory()
+    client = service(server, smtp_idle_seconds=0.3)
+    assert send(client, mail(1)).status_code == 200
+    assert send(client, mail(2)).status_code == 200
+    assert server.connections == 1
+    time.sleep(0.5)
+    assert send(client, mail(3)).status_code == 200
+    assert server.connections == 2
+
+
+# --- dead connections are replaced transparently
+
+
+def test_server_idle_timeout_is_invisible_to_the_caller(server_factory, service):
+    server = server_factory(idle_timeout=0.3)
+    client = service(server, smtp_retries=0)  # not a retry: the reconnect is free
+    assert send(client, mail(1)).status_code == 200
+    time.sleep(0.6)  # the server hangs up on the idle pooled connection
+    assert send(client, mail(2)).status_code == 200
+    assert len(server.wait_for(2)) == 2
+    assert server.connections == 2
+
+
+def test_server_hangup_between_mails_is_invisible_to_the_caller(server_factory, service):
+    server = server_factory(starttls=True, auth=("u", "p"))
+    client = service(server, smtp_retries=0)
+    assert send(client, mail(1)).status_code == 200
+    server.close_connections()
+    assert send(client, mail(2)).status_code == 200
+    assert len(server.wait_for(2)) == 2
+
+
+def test_421_at_mail_from_on_a_reused_connection_reconnects(server_factory, service):
+    server = server_factory()
+    client = service(server, smtp_retries=0)
+    assert send(client, mail(1)).status_code == 200
+    server.inject("mail", reply="421 4.4.2 idle too long, closing", times=1)
+    assert send(client, mail(2)).status_code == 200
+    assert len(server.wait_for(2)) == 2
+    assert server.connections == 2
+
+
+# --- retries: transient failures, only before the message was committed
+
+
+@pytest.mark.parametrize("phase, reply", [("rcpt", "451 4.3.0 try later"), ("mail", "452 4.3.1 out of storage"),
+                                          ("data", "451 4.3.0 local error"), ("ehlo", "421 4.3.2 busy")])
+def test_transient_failure_before_data_is_retried_and_sends_once(server_factory, service, phase, reply):
+    server = server_factory()
+    server.inject(phase, reply=reply, times=2)
+    client = service(server, smtp_retries=2)
+    assert send(client, mail(1)).status_code == 200
+    assert len(server.wait_for(1)) == 1
+    time.sleep(0.1)
+    assert len(server.messages) == 1
+
+
+def test_retries_are_bounded_by_smtp_retries(server_factory, service):
+    server = server_factory()
+    server.inject("rcpt", reply="451 4.3.0 try later", times=3)
+    client = service(server, smtp_retries=2)
+    body = assert_error(send(client, mail(1)), 500, "send_failed", "451 4.3.0")
+    assert body["retryable"] is True
+    assert server.messages == []
+    # The fault is used up after 3 attempts (1 + SMTP_RETRIES); the next request goes through.
+    assert send(client, mail(2)).status_code == 200
+
+
+def test_dropped_connection_before_mail_is_retried(server_factory, service):
+    server = server_factory()
+    server.inject("mail", drop=True, times=1)
+    assert send(service(server), mail(1)).status_code == 200
+    assert len(server.wait_for(1)) == 1
+
+
+def test_drop_after_rcpt_is_retried(server_factory, service):
+    server = server_factory()
+    server.inject("data", drop=True, times=1)
+    assert send(service(server), mail(1)).status_code == 200
+    assert len(server.wait_for(1)) == 1
+
+
+def test_no_retry_after_the_final_dot_even_when_the_connection_drops(server_factory, service):
+    server = server_factory()
+    server.inject("message", drop=True, times=1)
+    assert_error(send(service(server, smtp_retries=2), mail(1)), 500, "send_failed", "outcome unknown")
+    time.sleep(0.3)
+    assert len(server.dropped) == 1
+    assert server.messages == []  # a retry would have delivered it a second time
+
+
+def test_no_retry_after_the_final_dot_on_a_4xx_reply(server_factory, service):
+    server = server_factory()
+    server.inject("message", reply="451 4.3.0 queue full", times=1)
+    body = assert_error(send(service(server, smtp_retries=2), mail(1)), 500, "send_failed", "451 4.3.0 queue full")
+    assert body["retryable"] is True
+    time.sleep(0.3)
+    assert server.messages == []
+
+
+def test_permanent_refusal_is_not_retried(server_factory, service):
+    server = server_factory()
+    server.inject("mail", reply="550 5.7.1 sender not allowed", times=1)
+    assert_error(send(service(server, smtp_retries=2), mail(1)), 500, "send_failed", "550 5.7.1")
+    assert server.messages == []
+    assert server.connections == 1
+
+
+def test_mail_accepted_then_broken_quit_is_a_success(server_factory, service):
+    server = server_factory()
+    server.inject("quit", drop=True)
+    client = service(server, smtp_max_messages_per_connection=1)  # QUIT after every mail
+    for n in range(2):
+        assert send(client, mail(n)).status_code == 200
+    assert len(server.wait_for(2)) == 2
+
+
+# --- circuit breaker
+
+
+def test_breaker_opens_fails_fast_half_opens_and_closes(server_factory, service, caplog):
+    caplog.set_level(logging.INFO, logger="herald_smtp.mailer")
+    server = server_factory()
+    server.inject("ehlo", reply="421 4.3.2 service not available")
+    client = service(server, smtp_retries=0, smtp_circuit_threshold=2, smtp_circuit_cooldown_seconds=1)
+
+    for n in range(2):
+        assert_error(send(client, mail(n)), 500, "send_failed", "421")
+    assert server.connections == 2
+
+    fast = send(client, mail(3))
+    assert_error(fast, 503, "provider_down", "circuit breaker is open")
+    assert 1 <= int(fast.headers["Retry-After"]) <= 1
+    assert server.connections == 2  # failed fast: the server saw nothing
+    assert "smtp circuit open: failing fast" in caplog.messages
+
+    time.sleep(1.1)  # cooldown over: one trial; it fails, so the circuit opens again
+    assert_error(send(client, mail(4)), 500, "send_failed", "421")
+    assert_error(send(client, mail(5)), 503, "provider_down")
+    assert server.connections == 3
+
+    server.reset_faults()
+    time.sleep(1.1)
+    assert send(client, mail(6)).status_code == 200  # the trial succeeds and closes the circuit
+    assert send(client, mail(7)).status_code == 200
+    assert "smtp circuit closed: the SMTP server answers again" in caplog.messages
+    assert len(server.wait_for(2)) == 2
+
+
+def test_breaker_ignores_refusals_that_are_not_connection_failures(server_factory, service):
+    server = server_factory()
+    server.reject_rcpt = {"user1@example.com"}
+    client = service(server, smtp_circuit_threshold=2)
+    for _ in range(4):
+        assert_error(send(client, mail(1)), 400, "invalid_destination")
+    assert send(client, mail(2)).status_code == 200
+
+
+def test_circuit_open_releases_the_idempotency_key(server_factory, service):
+    server = server_factory()
+    server.inject("ehlo", reply="421 4.3.2 busy")
+    client = service(server, smtp_retries=0, smtp_circuit_threshold=1, smtp_circuit_cooldown_seconds=0.5)
+    assert_error(send(client, mail(1)), 500, "send_failed")
+    assert_error(send(client, mail(1) | {"idempotency_key": "k-breaker"}), 503, "provider_down")
+    server.reset_faults()
+    time.sleep(0.6)
+    response = send(client, mail(1) | {"idempotency_key": "k-breaker"})
+    assert response.status_code == 200 and "Idempotent-Replayed" not in response.headers
