@@ -1,4 +1,4 @@
-"""The `herald-smtp` command: serve | sink."""
+"""The `herald-smtp` command: serve | sink | doctor."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="herald-smtp", description="Send Herald's mail over SMTP.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the HTTP service under gunicorn (settings from the environment and .env)")
+    doctor = commands.add_parser("doctor", help="check the SMTP setup step by step and name the fix")
+    doctor.add_argument("--to", metavar="ADDRESS", help="also send a test mail to ADDRESS")
     sink = commands.add_parser("sink", help="run a local SMTP server that stores each mail as a .eml file")
     sink.add_argument("--host", default="127.0.0.1")
     sink.add_argument("--port", type=int, default=2525)
@@ -26,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
 
         HeraldServer(settings).run()
         return 0
+    if args.command == "doctor":
+        from .doctor import run_doctor
+
+        return run_doctor(settings, args.to)
     from .sink import run_sink
 
     return run_sink(args.host, args.port, args.dir)

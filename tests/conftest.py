@@ -57,6 +57,21 @@ def smtp(_smtp_session) -> SmtpTestServer:
     _smtp_session.reset_faults()
 
 
+@pytest.fixture
+def server_factory(tmp_path):
+    """Builds dedicated SmtpTestServers (counters start at zero) and stops them afterwards."""
+    started = []
+
+    def build(**kwargs) -> SmtpTestServer:
+        server = SmtpTestServer(certdir=tmp_path, **kwargs).start()
+        started.append(server)
+        return server
+
+    yield build
+    for server in started:
+        server.stop()
+
+
 def smtp_env(server: SmtpTestServer) -> dict[str, str]:
     """Environment variables that point the service at `server`."""
     env = {

@@ -307,6 +307,7 @@ class SmtpTestServer:
         auth: tuple[str, str] | None = None,
         certdir: Path | None = None,
         idle_timeout: float | None = None,
+        cert_names: tuple[str, ...] = ("localhost", LOCALHOST),
     ):
         if starttls and implicit_tls:
             raise ValueError("choose starttls or implicit_tls, not both")
@@ -316,6 +317,7 @@ class SmtpTestServer:
         self.implicit_tls = implicit_tls
         self.auth = auth
         self.idle_timeout = idle_timeout
+        self.cert_names = cert_names
         self.ca_file: str | None = None
         self._server_ctx: ssl.SSLContext | None = None
         self._tmp_certdir: tempfile.TemporaryDirectory | None = None
@@ -344,7 +346,7 @@ class SmtpTestServer:
         certdir = Path(certdir)
         certdir.mkdir(parents=True, exist_ok=True)
         ca = trustme.CA()
-        cert = ca.issue_cert("localhost", LOCALHOST)
+        cert = ca.issue_cert(*self.cert_names)
         # Port in the names: several servers may share one certdir.
         self.ca_file = str(certdir / f"smtp-{self.port}-ca.pem")
         ca.cert_pem.write_to_path(self.ca_file)

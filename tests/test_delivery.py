@@ -17,20 +17,6 @@ from tests.test_send_api import assert_error, send
 
 
 @pytest.fixture
-def server_factory(tmp_path):
-    started = []
-
-    def build(**kwargs) -> SmtpTestServer:
-        server = SmtpTestServer(certdir=tmp_path, **kwargs).start()
-        started.append(server)
-        return server
-
-    yield build
-    for server in started:
-        server.stop()
-
-
-@pytest.fixture
 def service(make_client):
     """A client for `server` with extra environment variables."""
 

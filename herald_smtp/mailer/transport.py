@@ -114,14 +114,14 @@ def _connect(settings: Settings, context: ssl.SSLContext | None, timeout: float)
             return smtplib.SMTP_SSL(settings.smtp_host, settings.smtp_port, timeout=timeout, context=context)
         return smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=timeout)
     except ssl.SSLError as exc:
-        raise SmtpFailure(TLS, f"TLS handshake with {where} failed: {_reason(exc)}", error=exc) from None
+        raise SmtpFailure(TLS, f"TLS handshake with {where} failed: {describe_error(exc)}", error=exc) from None
     except smtplib.SMTPConnectError as exc:
         raise SmtpFailure(CONNECT, f"{where} refused the session: {exc.smtp_code} {_text(exc.smtp_error)}",
                           exc.smtp_code, exc) from None
     except socket.gaierror as exc:
         raise SmtpFailure(CONNECT, f"cannot resolve {settings.smtp_host}: {exc.strerror}", error=exc) from None
     except (OSError, smtplib.SMTPException) as exc:
-        raise SmtpFailure(CONNECT, f"connect to {where} failed: {_reason(exc)}", error=exc) from None
+        raise SmtpFailure(CONNECT, f"connect to {where} failed: {describe_error(exc)}", error=exc) from None
 
 
 def _ehlo(conn: smtplib.SMTP, deadline: float) -> None:
@@ -141,12 +141,12 @@ def _starttls(conn: smtplib.SMTP, settings: Settings, context: ssl.SSLContext, d
         conn.sock.settimeout(_remaining(TLS, deadline))
         conn.starttls(context=context)
     except ssl.SSLError as exc:
-        raise SmtpFailure(TLS, f"STARTTLS handshake failed: {_reason(exc)}", error=exc) from None
+        raise SmtpFailure(TLS, f"STARTTLS handshake failed: {describe_error(exc)}", error=exc) from None
     except smtplib.SMTPResponseException as exc:
         raise SmtpFailure(TLS, f"STARTTLS refused: {exc.smtp_code} {_text(exc.smtp_error)}",
                           exc.smtp_code, exc) from None
     except (OSError, smtplib.SMTPException) as exc:
-        raise SmtpFailure(TLS, f"STARTTLS failed: {_reason(exc)}", error=exc) from None
+        raise SmtpFailure(TLS, f"STARTTLS failed: {describe_error(exc)}", error=exc) from None
     _ehlo(conn, deadline)
 
 
@@ -166,7 +166,7 @@ def _login(conn: smtplib.SMTP, settings: Settings, deadline: float) -> None:
         raise SmtpFailure(AUTH, f"authentication failed: {exc.smtp_code} {_text(exc.smtp_error)}",
                           exc.smtp_code, exc) from None
     except (OSError, smtplib.SMTPException) as exc:
-        raise SmtpFailure(AUTH, f"authentication failed: {_reason(exc)}", error=exc) from None
+        raise SmtpFailure(AUTH, f"authentication failed: {describe_error(exc)}", error=exc) from None
 
 
 def _remaining(phase: str, deadline: float) -> float:
@@ -186,7 +186,7 @@ def _command(conn: smtplib.SMTP, phase: str, call, deadline: float):
     except smtplib.SMTPResponseException as exc:
         raise SmtpFailure(phase, f"{exc.smtp_code} {_text(exc.smtp_error)}", exc.smtp_code, exc) from None
     except (OSError, smtplib.SMTPException) as exc:
-        raise SmtpFailure(phase, f"connection failed: {_reason(exc)}", error=exc) from None
+        raise SmtpFailure(phase, f"connection failed: {describe_error(exc)}", error=exc) from None
     if isinstance(result, tuple):
         code, reply = result
         return code, _text(reply)
@@ -207,7 +207,7 @@ def _text(reply) -> str:
     return " ".join(str(reply).split())[:300]
 
 
-def _reason(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return "timed out"
     if isinstance(exc, ssl.SSLCertVerificationError):

@@ -1,0 +1,135 @@
+"""`herald-smtp doctor` against real servers, one misconfiguration at a time."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from herald_smtp.config import settings_from
+from herald_smtp.doctor import run_doctor
+from tests.conftest import smtp_env
+from tests.servers import free_port
+
+
+def doctor(env: dict, to: str | None = None) -> tuple[int, list[str]]:
+    lines: list[str] = []
+    code = run_doctor(settings_from(env | {"SMTP_TIMEOUT_SECONDS": "1"}), to, out=lines.append)
+    return code, lines
+
+
+def failed_line(lines: list[str]) -> str:
+    [line] = [line for line in lines if line.startswith("FAIL")]
+    assert line == lines[-1], "the doctor stops at the first failure"
+    return line
+
+
+@pytest.fixture
+def good(server_factory):
+    return server_factory(starttls=True, auth=("user@example.com", "app-pass-1234"))
+
+
+def test_everything_passes_and_a_test_mail_arrives(good):
+    code, lines = doctor(smtp_env(good), to="ops@example.com")
+    assert code == 0, lines
+    assert [line.split()[1] for line in lines] == ["config", "dns", "tcp", "banner", "ehlo", "starttls", "auth",
+                                                   "mail", "rcpt", "test"]
+    assert all(line.startswith("ok ") for line in lines)
+    [mail] = good.wait_for(1)
+    assert mail.rcpt_tos == ["ops@example.com"] and "doctor" in mail.message["Subject"]
+    assert "app-pass-1234" not in "\n".join(lines)
+
+
+def test_without_to_no_mail_is_sent_and_rcpt_is_skipped(good):
+    code, lines = doctor(smtp_env(good))
+    assert code == 0
+    assert lines[-1].startswith("skip rcpt")
+    assert good.messages == []
+
+
+def test_implicit_tls_works(server_factory):
+    server = server_factory(implicit_tls=True, auth=("u", "p"))
+    code, lines = doctor(smtp_env(server))
+    assert code == 0, lines
+    assert any(line.startswith("ok   tls") and "certificate for" in line for line in lines)
+
+
+def test_starttls_configured_on_an_implicit_tls_port(server_factory):
+    server = server_factory(implicit_tls=True)
+    env = smtp_env(server) | {"SMTP_USE_TLS": "false", "SMTP_USE_STARTTLS": "true"}
+    code, lines = doctor(env)
+    assert code == 1
+    line = failed_line(lines)
+    assert "banner" in line and "SMTP_USE_TLS=true" in line
+
+
+def test_implicit_tls_configured_on_a_starttls_port(server_factory):
+    server = server_factory(starttls=True)
+    env = smtp_env(server) | {"SMTP_USE_TLS": "true", "SMTP_USE_STARTTLS": "false"}
+    code, lines = doctor(env)
+    line = failed_line(lines)
+    assert code == 1 and " tls " in line and "SMTP_USE_STARTTLS=true" in line
+
+
+def test_bad_credentials_get_the_app_password_hint(good):
+    code, lines = doctor(smtp_env(good) | {"SMTP_PASSWORD": "account-password"})
+    line = failed_line(lines)
+    assert code == 1 and "535" in line and "app password" in line
+    assert "account-password" not in "\n".join(lines)
+
+
+def test_server_without_starttls(server_factory):
+    server = server_factory()
+    code, lines = doctor(smtp_env(server) | {"SMTP_USE_STARTTLS": "true"})
+    line = failed_line(lines)
+    assert code == 1 and "does not offer STARTTLS" in line and "fix:" in line
+
+
+def test_self_signed_certificate(good):
+    code, lines = doctor(smtp_env(good) | {"SMTP_TLS_CA_FILE": ""})
+    line = failed_line(lines)
+    assert code == 1 and "certificate rejected" in line and "SMTP_TLS_CA_FILE" in line
+
+
+def test_certificate_for_another_host(server_factory):
+    server = server_factory(starttls=True, cert_names=("mail.example.com",))
+    code, lines = doctor(smtp_env(server))
+    line = failed_line(lines)
+    assert code == 1 and "mismatch" in line and "SMTP_HOST" in line
+
+
+def test_connection_refused():
+    env = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(free_port()), "SMTP_FROM": "a@example.com"}
+    code, lines = doctor(env)
+    line = failed_line(lines)
+    assert code == 1 and line.startswith("FAIL tcp") and "refused" in line and "SMTP_PORT" in line
+
+
+def test_sender_refused(good):
+    good.inject("mail", reply="553 5.7.1 Sender address rejected: not owned by user")
+    code, lines = doctor(smtp_env(good))
+    line = failed_line(lines)
+    assert code == 1 and "553" in line and "SMTP_FROM" in line
+
+
+def test_recipient_refused(good):
+    good.reject_rcpt = {"nobody@example.com"}
+    code, lines = doctor(smtp_env(good), to="nobody@example.com")
+    assert code == 1 and "550" in failed_line(lines)
+    assert good.messages == []
+
+
+def test_missing_config():
+    code, lines = doctor({})
+    assert code == 1 and lines == [failed_line(lines)] and "SMTP_HOST and SMTP_FROM" in lines[0]
+
+
+def test_cli_exit_status(good, tmp_path):
+    env = {"PATH": "/usr/bin:/bin", **smtp_env(good)}
+    ok = subprocess.run([sys.executable, "-m", "herald_smtp.cli", "doctor"], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    bad = subprocess.run([sys.executable, "-m", "herald_smtp.cli", "doctor"], cwd=tmp_path,
+                         env=env | {"SMTP_PASSWORD": "nope"}, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "FAIL auth" in bad.stdout
