@@ -35,5 +35,6 @@ def require_api_key():
     keys = services().settings.api_keys
     if not keys or key_matches(request.headers.get("X-API-Key", ""), keys):
         return None
-    log.warning("send unauthorized: invalid or missing API key", extra={"client_ip": request.remote_addr})
+    log.warning("send unauthorized: invalid or missing API key", extra={"client_ip": request.remote_addr,
+                                                                     "error_code": "unauthorized"})
     return render_result(Result("unauthorized", "invalid or missing API key"))

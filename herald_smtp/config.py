@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from dataclasses import dataclass, fields
 from typing import Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
@@ -163,8 +164,9 @@ def _text(raw: str) -> str:
 
 def _address(raw: str) -> str:
     value = raw.strip()
-    if value and not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", value):
-        raise ValueError("an email address like noreply@example.com")
+    # ASCII only: a UTF-8 sender needs SMTPUTF8, which not every server offers.
+    if value and not (value.isascii() and re.fullmatch(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+", value)):
+        raise ValueError("an ASCII email address like noreply@example.com")
     return value
 
 
@@ -272,8 +274,11 @@ def _check_combinations(settings: Settings) -> None:
             "SMTP_USE_TLS, SMTP_USE_STARTTLS: expected at most one true "
             "(SMTP_USE_TLS=true for implicit TLS, usually port 465; SMTP_USE_STARTTLS=true for port 587)"
         )
-    if settings.smtp_tls_ca_file and not os.path.isfile(settings.smtp_tls_ca_file):
-        raise ConfigError("SMTP_TLS_CA_FILE: expected the path of an existing PEM CA bundle")
+    if settings.smtp_tls_ca_file:
+        try:
+            ssl.create_default_context(cafile=settings.smtp_tls_ca_file)
+        except (OSError, ssl.SSLError):
+            raise ConfigError("SMTP_TLS_CA_FILE: expected the path of a readable PEM CA bundle") from None
     if settings.smtp_password and not settings.smtp_user:
         raise ConfigError("SMTP_USER: expected a user name when SMTP_PASSWORD is set")
 

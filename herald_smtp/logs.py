@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import logging.config
+import re
 
 from .config import SERVICE_NAME, Settings
 
@@ -79,6 +80,14 @@ def mask_email(address: str) -> str:
     if not at:
         return "***"
     return f"{local[:1]}***@{domain[:100]}"
+
+
+_ADDRESS_IN_TEXT = re.compile(r"[^\s<>@\"',;:()]+@[A-Za-z0-9.-]+")
+
+
+def mask_addresses(text: str) -> str:
+    """Mask every address in free text, e.g. an SMTP reply quoting the recipient."""
+    return _ADDRESS_IN_TEXT.sub(lambda m: mask_email(m.group(0)), text)
 
 
 def log_startup(settings: Settings) -> None:

@@ -25,5 +25,6 @@ def build_message(request: SendRequest, settings: Settings, message_id: str) -> 
     msg["Subject"] = request.subject
     msg["Date"] = formatdate(localtime=False, usegmt=True)
     msg["Message-ID"] = f"<{message_id}>"
-    msg.set_content(request.body, charset="utf-8")
+    # Non-ASCII goes base64 so the mail stays 7-bit clean: no server needs 8BITMIME.
+    msg.set_content(request.body, charset="utf-8", cte=None if request.body.isascii() else "base64")
     return msg

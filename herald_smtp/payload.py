@@ -23,6 +23,12 @@ _ADDRESS = re.compile(
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
 )
 _CRLF = re.compile(r"[\r\n]")
+# Everything str.splitlines() breaks on, plus the other C0 controls and DEL: none belong in a header.
+_HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+# A text body may hold tabs and line breaks, not other control characters (NUL above all).
+_BODY_UNSAFE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# timeout_seconds beyond this is no different from SMTP_TIMEOUT_SECONDS; capping avoids float overflow.
+_MAX_TIMEOUT_SECONDS = 86400
 
 
 class InvalidRequest(ValueError):
@@ -32,6 +38,7 @@ class InvalidRequest(ValueError):
         super().__init__(message)
         self.outcome = outcome
         self.message = message
+        self.to: str | None = None  # the raw `to`, when there was one, for the log line
 
 
 @dataclass(frozen=True)
@@ -65,18 +72,31 @@ class SendRequest:
 
 def parse_send_request(raw: bytes, header_key: str | None) -> SendRequest:
     data = _json_object(raw)
+    try:
+        return _send_request(data, header_key)
+    except InvalidRequest as exc:
+        exc.to = data["to"] if isinstance(data.get("to"), str) else None
+        raise
+
+
+def _send_request(data: dict, header_key: str | None) -> SendRequest:
     channel = _optional_str(data, "channel")
     if channel not in ("", "email"):
         raise InvalidRequest("invalid_request", f"unsupported channel {channel[:40]!r}: only 'email'")
     to = _recipient(data)
     subject = _optional_str(data, "subject") or DEFAULT_SUBJECT
-    if _CRLF.search(subject):
-        raise InvalidRequest("invalid_request", "subject must not contain CR or LF")
+    if _HEADER_UNSAFE.search(subject):
+        raise InvalidRequest("invalid_request", "subject must not contain CR or LF (nor any other line break "
+                                                "or control character)")
     params = _params(data)
+    body = resolve_body(_optional_str(data, "body"), params)
+    if _BODY_UNSAFE.search(body):
+        raise InvalidRequest("invalid_request", "body and params.code must not contain control characters "
+                                                "other than tab and line breaks")
     return SendRequest(
         to=to,
         subject=subject,
-        body=resolve_body(_optional_str(data, "body"), params),
+        body=body,
         params=params,
         template=_optional_str(data, "template"),
         locale=_optional_str(data, "locale"),
@@ -100,6 +120,11 @@ def _json_object(raw: bytes) -> dict:
         raise InvalidRequest("invalid_request", "body is not valid JSON") from None
     if not isinstance(data, dict):
         raise InvalidRequest("invalid_request", "body must be a JSON object")
+    try:
+        # JSON may carry lone surrogates ("\ud800"), which no mail can encode.
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest("invalid_request", "body contains invalid Unicode (a lone surrogate)") from None
     return data
 
 
@@ -161,4 +186,4 @@ def _timeout(data: dict) -> float | None:
         raise InvalidRequest("invalid_request", "timeout_seconds must be an integer")
     if value <= 0:
         raise InvalidRequest("invalid_request", "timeout_seconds must be positive")
-    return float(value)
+    return float(min(value, _MAX_TIMEOUT_SECONDS))

@@ -131,10 +131,16 @@ def test_implicit_tls_with_starttls_off_is_accepted():
     assert (s.smtp_use_tls, s.smtp_use_starttls, s.smtp_port) == (True, False, 465)
 
 
-def test_existing_ca_file_is_accepted(tmp_path):
+def test_a_real_ca_bundle_is_accepted_and_a_broken_one_refused(tmp_path):
+    import trustme
+
     ca = tmp_path / "ca.pem"
-    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    trustme.CA().cert_pem.write_to_path(str(ca))
     assert settings_from({"SMTP_TLS_CA_FILE": str(ca)}).smtp_tls_ca_file == str(ca)
+    broken = tmp_path / "broken.pem"
+    broken.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n")
+    with pytest.raises(ConfigError, match="^SMTP_TLS_CA_FILE: expected .*PEM"):
+        settings_from({"SMTP_TLS_CA_FILE": str(broken)})
 
 
 # --- invalid values: one line, starting with the variable, saying the expected form
@@ -154,6 +160,7 @@ INVALID = [
     ("SMTP_FROM", "not-an-address", "email address"),
     ("WEB_CONCURRENCY", "0", "integer >= 1"),
     ("SMTP_TLS_CA_FILE", "/nonexistent.pem", "PEM"),
+    ("SMTP_FROM", "jörg@example.com", "ASCII"),
 ]
 
 

@@ -91,6 +91,8 @@ def test_logs_are_json_lines_with_the_operators_messages_and_no_secrets(tmp_path
         post(service.url, {"to": "bob@example.com", "body": f"code {codes[1]}", "idempotency_key": "k1"}, auth)
         post(service.url, {"to": "bob@example.com", "body": f"code {codes[1]}", "idempotency_key": "k1"}, auth)
         assert post(service.url, {"to": "x"}, auth)[0] == 400
+        smtp.reject_rcpt = {"carol@example.com"}  # the 550 reply quotes the address
+        assert post(service.url, {"to": "carol@example.com", "params": {"code": codes[0]}}, auth)[0] == 400
     lines = [json.loads(line) for line in service.log_text().splitlines() if line.strip()]
     text = service.log_text()
 
@@ -108,7 +110,10 @@ def test_logs_are_json_lines_with_the_operators_messages_and_no_secrets(tmp_path
     assert "send idempotent hit" in messages
     assert any(line["logger"] == "gunicorn.access" for line in lines)
     assert any(line["message"] == "starting herald-smtp" and line["config"]["api_keys"] == "set" for line in lines)
-    for secret in (API_KEY, "other-key", SMTP_PASSWORD, *codes, "alice@example.com", "bob@example.com"):
+    rejected = next(line for line in lines if line["message"] == "send_failed" and line.get("smtp_code") == 550)
+    assert rejected["error_code"] == "invalid_destination" and "c***@example.com" in rejected["errmsg"]
+    for secret in (API_KEY, "other-key", SMTP_PASSWORD, *codes, "alice@example.com", "bob@example.com",
+                   "carol@example.com"):
         assert secret not in text, f"{secret!r} leaked into the logs"
 
 

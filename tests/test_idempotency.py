@@ -208,7 +208,7 @@ def doomed_redis(tmp_path):
         yield server
 
 
-def test_redis_down_in_open_mode_still_sends(smtp, make_client, doomed_redis):
+def test_redis_down_in_open_mode_still_sends(smtp, make_client, doomed_redis, caplog):
     client = make_client(settings_from(smtp_env(smtp) | {"REDIS_URL": doomed_redis.url}))
     assert send(client, {"to": "a@example.com", "idempotency_key": "k-open"}).status_code == 200
     doomed_redis.stop()
@@ -216,6 +216,8 @@ def test_redis_down_in_open_mode_still_sends(smtp, make_client, doomed_redis):
     response = send(client, {"to": "b@example.com", "idempotency_key": "k-open-2"})
     assert response.status_code == 200
     assert [m.rcpt_tos for m in smtp.wait_for(2)] == [["a@example.com"], ["b@example.com"]]
+    assert ("idempotency store unavailable; sending without idempotency (IDEMPOTENCY_FAILURE_MODE=open)"
+            in caplog.messages)
 
 
 def test_redis_down_in_closed_mode_is_503_naming_the_store(smtp, make_client, doomed_redis):
@@ -237,3 +239,79 @@ def test_redis_store_raises_store_unavailable_when_down(doomed_redis):
     doomed_redis.stop()
     with pytest.raises(StoreUnavailable, match="Redis"):
         store.reserve("k", "fp", 1)
+
+
+def test_4xx_after_the_final_dot_releases_the_key(idem_client, smtp):
+    payload = {"to": "a@example.com", "idempotency_key": "k-451-data"}
+    smtp.inject("message", reply="451 4.3.0 queue full", times=1)
+    assert_error(send(idem_client, payload), 500, "send_failed", "451 4.3.0 queue full")
+    retry = send(idem_client, payload)
+    assert retry.status_code == 200 and "Idempotent-Replayed" not in retry.headers
+    assert len(smtp.wait_for(1)) == 1
+
+
+def test_5xx_after_the_final_dot_is_kept(idem_client, smtp):
+    payload = {"to": "a@example.com", "idempotency_key": "k-554-data"}
+    smtp.inject("message", reply="554 5.7.1 rejected as spam", times=1)
+    first = send(idem_client, payload)
+    assert_error(first, 500, "send_failed", "554")
+    again = send(idem_client, payload)
+    assert again.get_json() == first.get_json() and again.headers["Idempotent-Replayed"] == "true"
+    assert smtp.messages == []
+
+
+def test_a_waiter_takes_over_when_the_first_request_releases_the_key(settings, make_client, smtp):
+    client = make_client(with_changes(settings, smtp_retries=0))
+    payload = {"to": "a@example.com", "idempotency_key": "k-takeover"}
+    smtp.inject("rcpt", reply="451 4.3.0 try later", delay=0.5, times=1)
+    answers = {}
+    first = threading.Thread(target=lambda: answers.setdefault("first", send(client, payload)))
+    first.start()
+    time.sleep(0.2)  # the first request holds the key, stalled at RCPT
+    second = send(client, payload)
+    first.join()
+
+    assert answers["first"].status_code == 500
+    assert second.status_code == 200 and "Idempotent-Replayed" not in second.headers
+    assert len(smtp.wait_for(1)) == 1
+
+
+def test_store_failure_while_a_duplicate_waits_never_sends_twice(smtp, make_client, doomed_redis, caplog):
+    client = make_client(settings_from(smtp_env(smtp) | {"REDIS_URL": doomed_redis.url}))
+    payload = {"to": "a@example.com", "idempotency_key": "k-redis-dies"}
+    smtp.inject("message", delay=1.0, times=1)
+    answers = {}
+    first = threading.Thread(target=lambda: answers.setdefault("first", send(client, payload)))
+    first.start()
+    time.sleep(0.3)
+    waiter = threading.Thread(target=lambda: answers.setdefault("waiter", send(client, payload)))
+    waiter.start()
+    time.sleep(0.2)
+    doomed_redis.stop()  # while the first sends and the duplicate waits
+    first.join()
+    waiter.join()
+
+    assert answers["first"].status_code == 200  # its mail went out; recording it failed, which is logged
+    assert_error(answers["waiter"], 503, "provider_down", "not sending a duplicate")
+    assert len(smtp.wait_for(1)) == 1
+    time.sleep(0.2)
+    assert len(smtp.messages) == 1
+    assert "could not record the send outcome in the idempotency store" in caplog.messages
+
+
+def test_a_bug_during_the_send_frees_the_key(settings, make_client, smtp):
+    client = make_client(settings)
+    service = client.application.extensions["herald_smtp"].send
+    real_send = service.mailer.send
+
+    # A stand-in for a bug in our own code: no real part can be made to fail this way.
+    def broken_send(*args, **kwargs):
+        raise RuntimeError("bug")
+
+    service.mailer.send = broken_send
+    payload = {"to": "a@example.com", "idempotency_key": "k-bug"}
+    assert_error(send(client, payload), 500, "internal_error")
+    service.mailer.send = real_send
+    retry = send(client, payload)
+    assert retry.status_code == 200 and "Idempotent-Replayed" not in retry.headers
+    assert len(smtp.wait_for(1)) == 1

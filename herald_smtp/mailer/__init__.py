@@ -38,8 +38,8 @@ class Mailer:
         self.pool = ConnectionPool(settings, context)
         self.breaker = CircuitBreaker(settings.smtp_circuit_threshold, settings.smtp_circuit_cooldown_seconds)
 
-    def send(self, msg: EmailMessage, recipient: str, timeout: float | None = None) -> Result:
-        budget = min(self.settings.smtp_timeout_seconds, timeout or self.settings.smtp_timeout_seconds)
+    def send(self, msg: EmailMessage, recipient: str, budget: float) -> Result:
+        """Send within `budget` seconds, retries included."""
         deadline = time.monotonic() + budget
         message_id = msg["Message-ID"].strip("<>")
         payload = msg.as_bytes(policy=email.policy.SMTP)

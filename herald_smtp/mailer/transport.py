@@ -9,6 +9,7 @@ Pooling, retries and the breaker wrap it (see __init__, pool, breaker).
 
 from __future__ import annotations
 
+import functools
 import re
 import smtplib
 import socket
@@ -34,6 +35,12 @@ class SmtpFailure(Exception):
 
     def __str__(self) -> str:
         return f"{self.phase}: {self.detail}"
+
+
+@functools.lru_cache(maxsize=1)
+def local_hostname() -> str:
+    """The EHLO name. smtplib would look it up (DNS) on every connection; once per process is enough."""
+    return socket.getfqdn()
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext:
@@ -80,16 +87,17 @@ def transmit(conn: smtplib.SMTP, sender: str, recipient: str, payload: bytes, de
     return _command(conn, AFTER_DATA, conn.getreply, deadline)
 
 
+# RSET and QUIT are housekeeping: never wait long for a server that may be gone.
+_QUIT_TIMEOUT_SECONDS = 1.0
+
+
 def reset(conn: smtplib.SMTP) -> bool:
     """RSET after a refused transaction; True if the connection is fit for reuse."""
     try:
+        conn.sock.settimeout(_QUIT_TIMEOUT_SECONDS)
         return conn.rset()[0] == 250
     except (smtplib.SMTPException, OSError):
         return False
-
-
-# QUIT is a courtesy: never wait long for a server that may be gone.
-_QUIT_TIMEOUT_SECONDS = 1.0
 
 
 def close_quietly(conn: smtplib.SMTP) -> None:
@@ -111,8 +119,9 @@ def _connect(settings: Settings, context: ssl.SSLContext | None, timeout: float)
     where = f"{settings.smtp_host}:{settings.smtp_port}"
     try:
         if settings.smtp_use_tls:
-            return smtplib.SMTP_SSL(settings.smtp_host, settings.smtp_port, timeout=timeout, context=context)
-        return smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=timeout)
+            return smtplib.SMTP_SSL(settings.smtp_host, settings.smtp_port, local_hostname=local_hostname(),
+                                    timeout=timeout, context=context)
+        return smtplib.SMTP(settings.smtp_host, settings.smtp_port, local_hostname=local_hostname(), timeout=timeout)
     except ssl.SSLError as exc:
         raise SmtpFailure(TLS, f"TLS handshake with {where} failed: {describe_error(exc)}", error=exc) from None
     except smtplib.SMTPConnectError as exc:
