@@ -16,7 +16,9 @@ from . import auth, health, send
 from .config import Settings, load_settings
 from .context import EXTENSION, Services
 from .idempotency import Store, open_store
+from .context import services
 from .mailer import Mailer
+from .metrics import Metrics
 from .outcomes import Result
 from .responses import render_result
 from .service import SendService
@@ -38,10 +40,13 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.ensure_ascii = False
     app.json.sort_keys = False
-    app.extensions[EXTENSION] = Services(settings, store, SendService(settings, store, Mailer(settings)))
+    metrics = Metrics()
+    mailer = Mailer(settings, metrics)
+    app.extensions[EXTENSION] = Services(settings, store, SendService(settings, store, mailer, metrics), metrics)
 
     app.before_request(_assign_request_id)
     app.after_request(_add_request_id)
+    app.after_request(_count_request)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     app.register_blueprint(auth.bp)
@@ -58,6 +63,17 @@ def _assign_request_id() -> None:
 def _add_request_id(response):
     if "request_id" in g:
         response.headers["X-Request-ID"] = g.request_id
+    return response
+
+
+def close_app(app: Flask) -> None:
+    """At worker exit: QUIT the pooled SMTP connections."""
+    app.extensions[EXTENSION].send.mailer.close()
+
+
+def _count_request(response):
+    endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+    services().metrics.requests.labels(endpoint, str(response.status_code), g.get("error_code", "")).inc()
     return response
 
 

@@ -24,8 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings_or_exit()
     configure_logging(settings)
     if args.command == "serve":
-        from .server import HeraldServer
+        from .server import HeraldServer, prepare_metrics_dir
 
+        prepare_metrics_dir()
         HeraldServer(settings).run()
         return 0
     if args.command == "doctor":

@@ -12,6 +12,7 @@ from flask import current_app
 
 from .config import Settings
 from .idempotency import Store
+from .metrics import Metrics
 from .service import SendService
 
 EXTENSION = "herald_smtp"
@@ -22,6 +23,7 @@ class Services:
     settings: Settings
     store: Store
     send: SendService
+    metrics: Metrics
 
 
 def services() -> Services:

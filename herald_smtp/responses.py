@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from flask import jsonify
+from flask import g, jsonify
 
 from .outcomes import Answer, Result, answer_for
 
 
 def render(answer: Answer):
+    g.error_code = answer.body.get("error_code", "")  # for the requests metric
     response = jsonify(answer.body)
     response.status_code = answer.status
     if answer.replayed:

@@ -15,6 +15,7 @@ from .config import Settings
 from .idempotency import Claim, Record, Store, StoreUnavailable
 from .logs import mask_addresses, mask_email
 from .mailer import Mailer
+from .metrics import Metrics
 from .message import build_message, new_message_id
 from .outcomes import Answer, Result, answer_for
 from .payload import SendRequest
@@ -29,10 +30,11 @@ _HOLD_MARGIN_SECONDS = 30.0
 
 
 class SendService:
-    def __init__(self, settings: Settings, store: Store, mailer: Mailer):
+    def __init__(self, settings: Settings, store: Store, mailer: Mailer, metrics: Metrics):
         self.settings = settings
         self.store = store
         self.mailer = mailer
+        self.metrics = metrics
 
     def handle(self, request: SendRequest) -> Answer:
         if not self.settings.smtp_configured:
@@ -50,12 +52,14 @@ class SendService:
             try:
                 claim = self.store.reserve(key, fingerprint, self._budget(request) + _HOLD_MARGIN_SECONDS)
             except StoreUnavailable as exc:
+                self.metrics.store_errors.labels("reserve").inc()
                 return self._store_down(request, exc)
             if claim.owned:
                 return self._send(request, claim, fingerprint)
             try:
                 record = self._await_done(key, claim.existing, fingerprint, deadline)
             except StoreUnavailable as exc:
+                self.metrics.store_errors.labels("wait").inc()
                 # Another request holds this key and may be sending right now: sending too
                 # could duplicate the mail, whatever the failure mode says.
                 log.error("idempotency store failed while waiting for a duplicate in flight", extra={"cause": str(exc)})
@@ -64,12 +68,15 @@ class SendService:
             if record is None:
                 continue  # the first request released the key (transient failure) or it expired: our turn
             if record.fingerprint != fingerprint:
+                self.metrics.conflicts.labels("payload_mismatch").inc()
                 return self._answer(request, Result(
                     "idempotency_conflict", "idempotency key was already used with a different payload"))
             if record.done:
                 log.debug("send idempotent hit", extra={"idempotency_key": key, "original_status": record.status,
                                                          "original_error_code": record.body.get("error_code")})
+                self.metrics.replays.inc()
                 return Answer(record.status, record.body, replayed=True)
+            self.metrics.conflicts.labels("in_flight").inc()
             return self._answer(request, Result(
                 "idempotency_in_flight",
                 f"a request with this idempotency key is still in flight after "
@@ -107,7 +114,9 @@ class SendService:
             if claim is not None:
                 self._record(claim, Result("internal_error"), None, fingerprint)
             raise
-        answer = self._answer(request, result, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        self.metrics.send_duration.labels(result.outcome).observe(seconds)
+        answer = self._answer(request, result, seconds)
         if claim is not None:
             self._record(claim, result, answer, fingerprint)
         return answer
@@ -120,6 +129,7 @@ class SendService:
             else:
                 stored = self.store.release(claim)
         except StoreUnavailable as exc:
+            self.metrics.store_errors.labels("record").inc()
             # The mail's fate is decided and the caller gets it; but until the reservation
             # expires a retry gets 409, and after that it would send again.
             log.error("could not record the send outcome in the idempotency store",

@@ -592,16 +592,21 @@ class HeraldProcess:
         self.stop()
         raise RuntimeError(f"herald-smtp did not answer /healthz within {timeout}s:\n{self.log_text()[-3000:]}")
 
-    def stop(self, timeout: float = 20.0) -> int | None:
+    def terminate(self) -> None:
+        """SIGTERM, gunicorn's graceful shutdown; returns at once."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+
+    def stop(self, timeout: float = 40.0) -> int | None:
+        """SIGTERM and wait for the exit (SIGKILL after `timeout`); returns the exit status."""
         if self._proc is None:
             return None
-        if self._proc.poll() is None:
-            self._proc.terminate()  # SIGTERM: gunicorn's graceful shutdown
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        self.terminate()
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
         code, self._proc = self._proc.returncode, None
         return code
 

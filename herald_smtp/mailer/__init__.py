@@ -16,6 +16,7 @@ import time
 from email.message import EmailMessage
 
 from ..config import Settings
+from ..metrics import Metrics
 from ..outcomes import Result
 from . import transport
 from .breaker import CircuitBreaker
@@ -32,11 +33,13 @@ _MIN_ATTEMPT_SECONDS = 0.5
 
 
 class Mailer:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, metrics: Metrics):
         self.settings = settings
+        self.metrics = metrics
         context = transport.tls_context(settings) if settings.smtp_use_tls or settings.smtp_use_starttls else None
-        self.pool = ConnectionPool(settings, context)
-        self.breaker = CircuitBreaker(settings.smtp_circuit_threshold, settings.smtp_circuit_cooldown_seconds)
+        self.pool = ConnectionPool(settings, context, metrics)
+        self.breaker = CircuitBreaker(settings.smtp_circuit_threshold, settings.smtp_circuit_cooldown_seconds,
+                                      on_change=metrics.set_circuit_state)
 
     def send(self, msg: EmailMessage, recipient: str, budget: float) -> Result:
         """Send within `budget` seconds, retries included."""
@@ -54,6 +57,7 @@ class Mailer:
                 self.breaker.record(verdict.connection_failure, cause=failure.detail)
                 if not (verdict.retry and self._retry_fits(attempt, deadline)):
                     return verdict.result
+                self.metrics.retries.inc()
                 log.info("smtp retry", extra={"attempt": attempt + 1, "phase": failure.phase,
                                                "smtp_code": failure.code, "errmsg": failure.detail})
                 time.sleep(_BACKOFF_SECONDS * 2**attempt)

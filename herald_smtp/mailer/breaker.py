@@ -21,9 +21,11 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 
 class CircuitBreaker:
-    def __init__(self, threshold: int, cooldown_seconds: float, clock=time.monotonic):
+    def __init__(self, threshold: int, cooldown_seconds: float, on_change=lambda state: None,
+                 clock=time.monotonic):
         self.threshold = threshold
         self.cooldown = cooldown_seconds
+        self._on_change = on_change  # e.g. the circuit-state gauge
         self._clock = clock
         self._lock = threading.Lock()
         self._state = CLOSED
@@ -40,7 +42,7 @@ class CircuitBreaker:
         """May a send start now? In half-open state, only one trial at a time."""
         with self._lock:
             if self._state == OPEN and self._clock() - self._opened_at >= self.cooldown:
-                self._state = HALF_OPEN
+                self._set(HALF_OPEN)
                 log.info("smtp circuit half-open: letting one trial send through")
             if self._state == CLOSED:
                 return True
@@ -61,11 +63,17 @@ class CircuitBreaker:
             if not connection_failure:
                 if self._state != CLOSED:
                     log.info("smtp circuit closed: the SMTP server answers again")
-                self._state, self._failures = CLOSED, 0
+                    self._set(CLOSED)
+                self._failures = 0
                 return
             self._failures += 1
             if self._state == HALF_OPEN or self._failures >= self.threshold:
                 if self._state != OPEN:
                     log.warning("smtp circuit open: failing fast", extra={
                         "consecutive_failures": self._failures, "cooldown_seconds": self.cooldown, "cause": cause})
-                self._state, self._opened_at = OPEN, self._clock()
+                    self._set(OPEN)
+                self._opened_at = self._clock()
+
+    def _set(self, state: str) -> None:
+        self._state = state
+        self._on_change(state)

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..config import Settings
+from ..metrics import Metrics
 from . import transport
 
 
@@ -27,17 +28,11 @@ class PooledConnection:
     last_used: float = field(default_factory=time.monotonic)
 
 
-@dataclass
-class PoolStats:
-    opened: int = 0
-    reused: int = 0
-
-
 class ConnectionPool:
-    def __init__(self, settings: Settings, context: ssl.SSLContext | None, clock=time.monotonic):
+    def __init__(self, settings: Settings, context: ssl.SSLContext | None, metrics: Metrics, clock=time.monotonic):
         self.settings = settings
         self.context = context
-        self.stats = PoolStats()
+        self.metrics = metrics
         self._clock = clock
         self._lock = threading.Lock()
         self._idle: list[PooledConnection] = []
@@ -48,8 +43,8 @@ class ConnectionPool:
             with self._lock:
                 pooled = self._idle.pop() if self._idle else None
                 if pooled is not None and self._fit(pooled):
-                    self.stats.reused += 1
                     pooled.reused = True
+                    self.metrics.connections_reused.inc()
                     return pooled
             if pooled is None:
                 return self.open(deadline)
@@ -57,8 +52,7 @@ class ConnectionPool:
 
     def open(self, deadline: float) -> PooledConnection:
         conn = transport.open_connection(self.settings, self.context, deadline)
-        with self._lock:
-            self.stats.opened += 1
+        self.metrics.connections_opened.inc()
         return PooledConnection(conn, last_used=self._clock())
 
     def release(self, pooled: PooledConnection) -> None:

@@ -1,0 +1,60 @@
+"""Prometheus metrics: what is counted, and /metrics exposition.
+
+One Metrics object per app, on its own registry (so several apps can live in
+one test process). Under gunicorn, PROMETHEUS_MULTIPROC_DIR is set before
+prometheus_client is first imported (see server.py), every worker writes its
+values there, and /metrics sums them across workers with
+MultiProcessCollector.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
+# SMTP sends take milliseconds to tens of seconds.
+_DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("herald_smtp_requests", "HTTP requests by endpoint, status and error_code",
+                                ["endpoint", "status", "error_code"], registry=r)
+        self.send_duration = Histogram("herald_smtp_send_duration_seconds",
+                                       "Time spent sending one mail over SMTP, retries included, by outcome",
+                                       ["outcome"], buckets=_DURATION_BUCKETS, registry=r)
+        self.replays = Counter("herald_smtp_idempotent_replays", "Requests answered from a stored idempotency record",
+                               registry=r)
+        self.conflicts = Counter("herald_smtp_idempotency_conflicts",
+                                 "409 idempotency_conflict answers by reason", ["reason"], registry=r)
+        self.store_errors = Counter("herald_smtp_idempotency_store_errors",
+                                    "Idempotency store failures by operation", ["operation"], registry=r)
+        self.connections_opened = Counter("herald_smtp_smtp_connections_opened", "New SMTP connections",
+                                          registry=r)
+        self.connections_reused = Counter("herald_smtp_smtp_connections_reused",
+                                          "Mails sent over an already open SMTP connection", registry=r)
+        self.retries = Counter("herald_smtp_smtp_retries", "SMTP attempts retried after a transient failure",
+                               registry=r)
+        # livemax: the worst state among live workers (0 closed, 1 half-open, 2 open).
+        self.circuit_state = Gauge("herald_smtp_smtp_circuit_state",
+                                   "SMTP circuit breaker: 0 closed, 1 half-open, 2 open (worst live worker)",
+                                   registry=r, multiprocess_mode="livemax")
+        self.circuit_state.set(0)
+
+    def set_circuit_state(self, state: str) -> None:
+        self.circuit_state.set(CIRCUIT_STATES[state])
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text format, summed over all gunicorn workers when running multiprocess."""
+        directory = os.environ.get(MULTIPROC_ENV)
+        if not directory:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
