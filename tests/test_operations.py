@@ -193,3 +193,16 @@ def test_sigterm_lets_in_flight_sends_finish_and_record_their_outcome(tmp_path, 
         record = json.loads(redis_client.get(f"herald-smtp:idempotency:drain-{n}"))
         assert record["status"] == 200 and record["body"]["message_id"] == answers[n][1]["message_id"]
     assert "Worker exiting" in service.log_text() or "Shutting down" in service.log_text()
+
+
+def test_readiness_returns_after_the_cooldown_without_any_send(server_factory, make_client):
+    # A not-ready pod gets no traffic, so nothing but time can end its open circuit.
+    server = server_factory()
+    server.inject("ehlo", reply="421 4.3.2 busy")
+    client = make_client(settings_from(smtp_env(server) | {
+        "SMTP_RETRIES": "0", "SMTP_CIRCUIT_THRESHOLD": "1", "SMTP_CIRCUIT_COOLDOWN_SECONDS": "0.5"}))
+    send(client, {"to": "a@example.com"})
+    assert client.get("/readyz").status_code == 503
+    time.sleep(0.7)
+    response = client.get("/readyz")
+    assert response.status_code == 200 and response.get_json()["checks"]["circuit"]["detail"] == "half_open"

@@ -35,7 +35,14 @@ class CircuitBreaker:
 
     @property
     def state(self) -> str:
+        """The state a send would meet now: an open circuit past its cooldown reads half-open.
+
+        Readiness relies on this: a pod taken out of rotation gets no sends that
+        could move it out of "open", so the cooldown must end it by time alone.
+        """
         with self._lock:
+            if self._state == OPEN and self._clock() - self._opened_at >= self.cooldown:
+                return HALF_OPEN
             return self._state
 
     def allow(self) -> bool:
