@@ -171,8 +171,11 @@ def _address(raw: str) -> str:
 
 
 def _port_number(raw: str) -> int:
-    value = _int(1)(raw)
-    if value > 65535:
+    try:
+        value = _int(1)(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65535:
         raise ValueError("a port number 1-65535")
     return value
 

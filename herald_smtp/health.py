@@ -11,13 +11,14 @@ from .idempotency import StoreUnavailable
 bp = Blueprint("health", __name__)
 
 
-@bp.get("/healthz")
+# provide_automatic_options=False: OPTIONS gets the JSON 405, not an empty 200.
+@bp.get("/healthz", provide_automatic_options=False)
 def healthz():
     # Checks nothing external, by design: a Redis or SMTP outage must not restart pods.
     return jsonify(status="healthy", service=SERVICE_NAME)
 
 
-@bp.get("/readyz")
+@bp.get("/readyz", provide_automatic_options=False)
 def readyz():
     """Ready when the store answers, SMTP is configured and the circuit is not open.
 
@@ -32,7 +33,7 @@ def readyz():
     return response
 
 
-@bp.get("/metrics")
+@bp.get("/metrics", provide_automatic_options=False)
 def metrics():
     body, content_type = services().metrics.exposition()
     return Response(body, content_type=content_type)

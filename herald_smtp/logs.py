@@ -97,6 +97,12 @@ def log_startup(settings: Settings) -> None:
         log.warning("API_KEY is empty: /v1/send needs no key; anyone who can reach the port can send mail")
     if not settings.smtp_configured:
         log.warning("SMTP not configured; /v1/send will return 503")
+    if not settings.smtp_tls_verify:
+        log.warning("SMTP_TLS_VERIFY=false: the SMTP server's certificate is not checked; "
+                    "anyone on the path can read the mail and the SMTP password")
+    if settings.smtp_user and not (settings.smtp_use_tls or settings.smtp_use_starttls):
+        log.warning("SMTP_USER is set but TLS is off: the SMTP password travels in clear text; "
+                    "set SMTP_USE_STARTTLS=true (port 587) or SMTP_USE_TLS=true (port 465)")
     if not settings.redis_url:
         log.warning(
             "REDIS_URL is empty: idempotency records live in this process only and are not shared "

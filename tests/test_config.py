@@ -147,7 +147,7 @@ def test_a_real_ca_bundle_is_accepted_and_a_broken_one_refused(tmp_path):
 
 INVALID = [
     # (variable, value, a word of the expected form)
-    ("SMTP_PORT", "abc", "integer"),
+    ("SMTP_PORT", "abc", "port number 1-65535"),
     ("SMTP_PORT", "70000", "65535"),
     ("IDEMPOTENCY_TTL_SECONDS", "-5", "integer"),
     ("SMTP_TIMEOUT_SECONDS", "0", "seconds"),

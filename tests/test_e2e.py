@@ -125,3 +125,12 @@ def test_startup_warns_when_smtp_is_not_configured(tmp_path):
     assert "SMTP not configured; /v1/send will return 503" in log
     assert "anyone who can reach the port can send mail" in log
     assert "not shared between workers" in log
+
+
+def test_startup_warns_about_unverified_tls_and_a_password_in_clear(tmp_path, smtp):
+    env = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp.port), "SMTP_FROM": "a@example.com",
+           "SMTP_USER": "u", "SMTP_PASSWORD": "p", "SMTP_USE_STARTTLS": "false", "SMTP_TLS_VERIFY": "false"}
+    with HeraldProcess(tmp_path, env) as service:
+        log = service.log_text()
+    assert "SMTP_TLS_VERIFY=false: the SMTP server's certificate is not checked" in log
+    assert "SMTP_USER is set but TLS is off: the SMTP password travels in clear text" in log

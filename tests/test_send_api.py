@@ -276,3 +276,8 @@ def test_arbitrary_input_always_gets_a_json_4xx_and_sends_nothing(client, smtp):
         response = client.post("/v1/send", data=raw)
         assert response.status_code == 400 and response.get_json()["error_code"] == "invalid_request"
     assert all(m.rcpt_tos == ["ok@example.com"] for m in smtp.messages)
+
+
+def test_options_on_any_route_is_a_json_405(client):
+    for path in ("/v1/send", "/healthz", "/readyz", "/metrics"):
+        assert_error(client.options(path), 405, "method_not_allowed")

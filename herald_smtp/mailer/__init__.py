@@ -16,6 +16,7 @@ import time
 from email.message import EmailMessage
 
 from ..config import Settings
+from ..logs import mask_addresses
 from ..metrics import Metrics
 from ..outcomes import Result
 from . import transport
@@ -59,7 +60,7 @@ class Mailer:
                     return verdict.result
                 self.metrics.retries.inc()
                 log.info("smtp retry", extra={"attempt": attempt + 1, "phase": failure.phase,
-                                               "smtp_code": failure.code, "errmsg": failure.detail})
+                                               "smtp_code": failure.code, "errmsg": mask_addresses(failure.detail)})
                 time.sleep(_BACKOFF_SECONDS * 2**attempt)
                 continue
             except Exception:
