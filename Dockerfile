@@ -44,6 +44,6 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import os, sys, urllib.request; port = (os.environ.get('PORT') or '8084').rpartition(':')[2]; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:%s/healthz' % port, timeout=4).status == 200 else 1)"]
 
 # gunicorn runs as PID 1 and handles SIGTERM as a graceful stop: in-flight
-# requests finish within its graceful timeout (30 s with the default settings).
+# requests finish within its graceful timeout (45 s with the default settings).
 STOPSIGNAL SIGTERM
 CMD ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]

@@ -69,6 +69,16 @@ class Settings:
     def smtp_configured(self) -> bool:
         return bool(self.smtp_host and self.smtp_from)
 
+    def send_worst_case_seconds(self, budget: float | None = None) -> float:
+        """How long one send may really take with `budget` (default SMTP_TIMEOUT_SECONDS).
+
+        smtplib gives each connect step (TCP per resolved address, TLS handshake,
+        greeting) the whole remaining time, so a send can overrun its budget by up
+        to about 3x. What must outlive a send (the idempotency reservation,
+        gunicorn's graceful timeout) is sized with this.
+        """
+        return 3 * (self.smtp_timeout_seconds if budget is None else budget)
+
     @property
     def bind(self) -> str:
         return f"{self.host}:{self.port}"
@@ -162,6 +172,16 @@ def _text(raw: str) -> str:
     return raw.strip()
 
 
+def _ascii(parse: Callable[[str], str]) -> Callable[[str], str]:
+    # smtplib's AUTH encodes credentials as ASCII; anything else fails on every send.
+    def checked(raw: str) -> str:
+        if not raw.isascii():
+            raise ValueError("ASCII characters only (smtplib's AUTH cannot send others)")
+        return parse(raw)
+
+    return checked
+
+
 def _address(raw: str) -> str:
     value = raw.strip()
     # ASCII only: a UTF-8 sender needs SMTPUTF8, which not every server offers.
@@ -211,8 +231,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "API_KEY": ("api_keys", _api_keys),
     "SMTP_HOST": ("smtp_host", _text),
     "SMTP_PORT": ("smtp_port", _port_number),
-    "SMTP_USER": ("smtp_user", _text),
-    "SMTP_PASSWORD": ("smtp_password", lambda raw: raw),
+    "SMTP_USER": ("smtp_user", _ascii(_text)),
+    "SMTP_PASSWORD": ("smtp_password", _ascii(lambda raw: raw)),
     "SMTP_FROM": ("smtp_from", _address),
     "SMTP_FROM_NAME": ("smtp_from_name", _text),
     "SMTP_USE_STARTTLS": ("smtp_use_starttls", _bool),

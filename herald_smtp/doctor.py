@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from .config import Settings
+from .mailer.classify import is_sender_refusal
 from .mailer.transport import describe_error, tls_context
 from .message import build_message, new_message_id
 from .payload import SendRequest
@@ -145,8 +146,11 @@ class Doctor:
             except smtplib.SMTPConnectError as exc:
                 self._fail("banner", f"server refused the session: {exc.smtp_code} {_text(exc.smtp_error)}",
                            "the server does not accept this client now; ask the provider")
-            except smtplib.SMTPServerDisconnected:
-                self._fail("banner", "the server closed the connection before greeting", IMPLICIT_TLS_PORT_HINT)
+            except smtplib.SMTPServerDisconnected as exc:
+                # smtplib reports a read timeout as a disconnect ("... closed: timed out").
+                what = (f"no SMTP greeting within {self.timeout:g}s" if "timed out" in str(exc)
+                        else "the server closed the connection before greeting")
+                self._fail("banner", what, IMPLICIT_TLS_PORT_HINT)
             except (OSError, smtplib.SMTPException) as exc:
                 self._fail("banner", f"no greeting: {describe_error(exc)}", "check SMTP_HOST and SMTP_PORT")
         return Step("banner", OK, "220 greeting received")
@@ -201,6 +205,9 @@ class Doctor:
 
     def _mail_from(self) -> Step:
         code, text = self._ask("mail from", lambda: self.conn.mail(self.s.smtp_from))
+        if code == 530 and "starttls" in _text(text).lower():
+            self._fail("mail from", f"{code} {_text(text)}", "the server wants TLS first: set SMTP_USE_STARTTLS=true "
+                       "(port 587) or SMTP_USE_TLS=true (port 465)")
         if code == 530:
             self._fail("mail from", f"{code} {_text(text)}", "the server wants authentication: set SMTP_USER and "
                        "SMTP_PASSWORD")
@@ -217,8 +224,11 @@ class Doctor:
             return
         code, text = self._ask("rcpt", lambda: self.conn.rcpt(self.to))
         if code not in (250, 251):
-            self._fail("rcpt", f"recipient <{self.to}> refused: {code} {_text(text)}",
-                       "check the address; 'relay denied' means the server wants AUTH or will not relay for SMTP_FROM")
+            if is_sender_refusal(_text(text)):
+                self._fail("rcpt", f"sender or relaying refused at RCPT: {code} {_text(text)}",
+                           "set SMTP_FROM to an address this account may send as, and SMTP_USER/SMTP_PASSWORD "
+                           "if the server only relays for authenticated clients")
+            self._fail("rcpt", f"recipient <{self.to}> refused: {code} {_text(text)}", "check the address")
         yield Step("rcpt", OK, f"<{self.to}> accepted")
         message_id = new_message_id(self.s.smtp_from)
         request = SendRequest(to=self.to, subject="herald-smtp doctor test mail",

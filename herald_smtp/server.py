@@ -27,24 +27,24 @@ def prepare_metrics_dir() -> str:
     """Point prometheus_client's multiprocess mode at a clean directory.
 
     PROMETHEUS_MULTIPROC_DIR if set (e.g. an emptyDir in Kubernetes), else a
-    fresh temporary directory removed at exit. Files left by an earlier run
-    would be summed into this one's counters, so they are deleted.
+    fresh temporary directory removed at exit. Runs again on a config reload
+    (SIGHUP), so it must not touch the live workers' files; the files of an
+    earlier run are removed once, in on_starting.
     """
     directory = os.environ.get(MULTIPROC_ENV)
     if not directory:
         directory = tempfile.mkdtemp(prefix="herald-smtp-metrics-")
         os.environ[MULTIPROC_ENV] = directory
+        # Remembered in the environment, which survives the reload, so on_exit removes only its own.
         os.environ["HERALD_SMTP_OWN_METRICS_DIR"] = directory
     os.makedirs(directory, exist_ok=True)
-    for stale in glob.glob(os.path.join(directory, "*.db")):
-        os.remove(stale)
     return directory
 
 
 def gunicorn_options(settings: Settings) -> dict:
-    # A worker may spend the SMTP budget plus the idempotency wait on one request;
-    # gunicorn must not kill it for that, and a graceful stop lets it finish.
-    busy_seconds = settings.smtp_timeout_seconds + settings.idempotency_wait_seconds
+    # A worker may spend the SMTP budget (and its connect overrun) plus the idempotency
+    # wait on one request; gunicorn must not kill it for that, and a graceful stop lets it finish.
+    busy_seconds = settings.send_worst_case_seconds() + settings.idempotency_wait_seconds
     return {
         "bind": [settings.bind],
         "workers": settings.workers(),
@@ -66,6 +66,9 @@ def gunicorn_options(settings: Settings) -> dict:
 
 def on_starting_hook(settings: Settings):
     def on_starting(server) -> None:
+        # Once per master start (not on reload): an earlier run's files would be summed into ours.
+        for stale in glob.glob(os.path.join(os.environ[MULTIPROC_ENV], "*.db")):
+            os.remove(stale)
         log_startup(settings)
 
     return on_starting

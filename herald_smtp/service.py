@@ -50,7 +50,8 @@ class SendService:
         deadline = time.monotonic() + self.settings.idempotency_wait_seconds
         while True:
             try:
-                claim = self.store.reserve(key, fingerprint, self._budget(request) + _HOLD_MARGIN_SECONDS)
+                hold = self.settings.send_worst_case_seconds(self._budget(request)) + _HOLD_MARGIN_SECONDS
+                claim = self.store.reserve(key, fingerprint, hold)
             except StoreUnavailable as exc:
                 self.metrics.store_errors.labels("reserve").inc()
                 return self._store_down(request, exc)

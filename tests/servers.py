@@ -456,6 +456,7 @@ class SmtpTestServer:
         with self._lock:
             self.reject_rcpt: set[str] = set()
             self._faults: list[Fault] = []
+            self.fault_hits: dict[str, int] = {phase: 0 for phase in PHASES}  # faults applied, by phase
 
     def inject(self, phase: str, *, reply: str | None = None, drop: bool = False, delay: float = 0.0,
                times: int | None = None) -> None:
@@ -488,6 +489,7 @@ class SmtpTestServer:
                 if fault.phase == phase and fault.times != 0:
                     if fault.times is not None:
                         fault.times -= 1
+                    self.fault_hits[phase] += 1
                     return fault
         return None
 

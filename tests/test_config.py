@@ -161,6 +161,7 @@ INVALID = [
     ("WEB_CONCURRENCY", "0", "integer >= 1"),
     ("SMTP_TLS_CA_FILE", "/nonexistent.pem", "PEM"),
     ("SMTP_FROM", "jörg@example.com", "ASCII"),
+    ("SMTP_USER", "jörg", "ASCII"),
 ]
 
 
@@ -332,3 +333,9 @@ def test_redis_password_in_the_query_is_masked_too():
 def test_odd_number_forms_are_rejected(name, value):
     with pytest.raises(ConfigError, match=f"^{name}: expected"):
         settings_from({name: value})
+
+
+def test_non_ascii_password_is_refused_without_showing_it():
+    with pytest.raises(ConfigError, match="^SMTP_PASSWORD: expected ASCII") as info:
+        settings_from({"SMTP_USER": "u", "SMTP_PASSWORD": "pässwort-geheim"})
+    assert "geheim" not in str(info.value)

@@ -6,6 +6,7 @@ Each test counts what a real SMTP server actually received.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import pytest
@@ -167,6 +168,7 @@ def test_mail_accepted_then_broken_quit_is_a_success(server_factory, service):
     for n in range(2):
         assert send(client, mail(n)).status_code == 200
     assert len(server.wait_for(2)) == 2
+    assert server.fault_hits["quit"] == 2  # both QUITs really met the broken connection
 
 
 # --- circuit breaker
@@ -220,3 +222,83 @@ def test_circuit_open_releases_the_idempotency_key(server_factory, service):
     time.sleep(0.6)
     response = send(client, mail(1) | {"idempotency_key": "k-breaker"})
     assert response.status_code == 200 and "Idempotent-Replayed" not in response.headers
+
+
+def test_sender_refused_at_rcpt_is_send_failed_not_a_bad_recipient(server_factory, service):
+    server = server_factory()
+    server.inject("rcpt", reply="553 5.7.1 <noreply@herald.test>: Sender address rejected: not owned by user")
+    body = assert_error(send(service(server), mail(1)), 500, "send_failed", "sender or relaying refused")
+    assert body["retryable"] is False
+
+
+def test_a_stall_is_a_retryable_timeout_even_on_a_reused_connection(server_factory, service):
+    server = server_factory()
+    client = service(server, smtp_retries=0)
+    assert send(client, mail(1)).status_code == 200
+    server.inject("mail", delay=2.0, times=1)
+    body = assert_error(send(client, mail(2) | {"timeout_seconds": 1}), 500, "send_failed", "timed out")
+    assert body["retryable"] is True
+
+
+def test_a_greeting_stall_is_bounded_by_the_budget(server_factory, service):
+    server = server_factory()
+    server.inject("ehlo", delay=3.0, times=1)
+    body = assert_error(send(service(server, smtp_retries=0), mail(1) | {"timeout_seconds": 1}), 500,
+                        "send_failed", "timed out")
+    assert body["retryable"] is True and server.messages == []
+
+
+def test_stalls_count_towards_the_breaker(server_factory, service):
+    server = server_factory()
+    server.inject("mail", delay=1.5)
+    client = service(server, smtp_retries=0, smtp_circuit_threshold=2, smtp_timeout_seconds=0.5)
+    for n in range(2):
+        assert_error(send(client, mail(n)), 500, "send_failed", "timed out")
+    assert_error(send(client, mail(3)), 503, "provider_down", "circuit breaker is open")
+
+
+def test_bad_credentials_do_not_open_the_breaker(server_factory, service):
+    server = server_factory(auth=("u", "p"))
+    client = service(server, smtp_password="wrong", smtp_circuit_threshold=2)
+    for n in range(4):
+        assert_error(send(client, mail(n)), 500, "send_failed", "535")
+
+
+def test_half_open_lets_exactly_one_trial_through(server_factory, service):
+    server = server_factory()
+    server.inject("ehlo", reply="421 4.3.2 busy", times=1)
+    client = service(server, smtp_retries=0, smtp_circuit_threshold=1, smtp_circuit_cooldown_seconds=0.3)
+    assert_error(send(client, mail(0)), 500, "send_failed", "421")
+    time.sleep(0.4)
+    server.inject("message", delay=1.0, times=1)  # the trial is slow: the others arrive while it runs
+    answers = {}
+
+    def call(n):
+        answers[n] = send(client, mail(n))
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in range(1, 5)]
+    for t in threads:
+        t.start()
+        time.sleep(0.05)
+    for t in threads:
+        t.join()
+    statuses = sorted(a.status_code for a in answers.values())
+    assert statuses == [200, 503, 503, 503]
+    assert len(server.wait_for(1)) == 1 and server.connections == 2
+    assert send(client, mail(9)).status_code == 200  # the trial closed the circuit
+
+
+def test_idle_connections_age_out_under_steady_traffic(server_factory, service):
+    server = server_factory()
+    server.inject("message", delay=0.3, times=4)
+    client = service(server, smtp_idle_seconds=0.5)
+    burst = [threading.Thread(target=send, args=(client, mail(n))) for n in range(4)]
+    for t in burst:
+        t.start()
+    for t in burst:
+        t.join()
+    assert server.open_connections == 4
+    for n in range(8):  # one mail every 0.2 s keeps one connection warm
+        assert send(client, mail(10 + n)).status_code == 200
+        time.sleep(0.2)
+    assert server.open_connections == 1

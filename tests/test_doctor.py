@@ -133,3 +133,26 @@ def test_cli_exit_status(good, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "herald_smtp.cli", "doctor"], cwd=tmp_path,
                          env=env | {"SMTP_PASSWORD": "nope"}, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "FAIL auth" in bad.stdout
+
+
+def test_server_that_wants_starttls_before_mail(server_factory):
+    server = server_factory()
+    server.inject("mail", reply="530 5.7.0 Must issue a STARTTLS command first")
+    code, lines = doctor(smtp_env(server))
+    line = failed_line(lines)
+    assert code == 1 and "530" in line and "SMTP_USE_STARTTLS=true" in line
+
+
+def test_sender_refused_at_rcpt_is_blamed_on_the_sender(good):
+    good.inject("rcpt", reply="553 5.7.1 <noreply@herald.test>: Sender address rejected: not owned by user")
+    code, lines = doctor(smtp_env(good), to="ops@example.com")
+    line = failed_line(lines)
+    assert code == 1 and "sender or relaying refused" in line and "SMTP_FROM" in line
+
+
+def test_stalled_greeting_says_so(server_factory):
+    # An implicit-TLS server waits for a TLS hello, so a plain-first client hears no greeting.
+    env = smtp_env(server_factory(implicit_tls=True)) | {"SMTP_USE_TLS": "false", "SMTP_USE_STARTTLS": "false"}
+    code, lines = doctor(env)
+    line = failed_line(lines)
+    assert code == 1 and "no SMTP greeting within 1s" in line and "SMTP_USE_TLS=true" in line

@@ -104,7 +104,7 @@ def test_logs_are_json_lines_with_the_operators_messages_and_no_secrets(tmp_path
     assert sent["to"] == "a***@example.com" and sent["request_id"] == "req-ok-1"
     assert sent["message_id"] and sent["duration_ms"] >= 0
     failed = next(line for line in lines if line["message"] == "send_failed" and line.get("smtp_code"))
-    assert failed["error_code"] == "send_failed" and failed["smtp_code"] == 451
+    assert failed["error_code"] == "send_failed" and failed["smtp_code"] == 451 and failed["phase"] == "rcpt"
     assert "greylisted" in failed["errmsg"] and failed["to"] == "b***@example.com"
     assert "send unauthorized: invalid or missing API key" in messages
     assert "send idempotent hit" in messages

@@ -47,15 +47,18 @@ class Mailer:
         deadline = time.monotonic() + budget
         message_id = msg["Message-ID"].strip("<>")
         payload = msg.as_bytes(policy=email.policy.SMTP)
+        last: Result | None = None
         for attempt in range(self.settings.smtp_retries + 1):
             if not self.breaker.allow():
-                return Result("circuit_open", "SMTP circuit breaker is open after repeated connection failures; "
-                              "failing fast", retry_after=self.breaker.retry_after())
+                # If our own failures just opened it, their cause is the better answer.
+                return last or Result("circuit_open", "SMTP circuit breaker is open after repeated connection "
+                                      "failures; failing fast", retry_after=self.breaker.retry_after())
             try:
                 code, reply = self._attempt(payload, recipient, deadline)
             except SmtpFailure as failure:
                 verdict = classify_failure(failure)
                 self.breaker.record(verdict.connection_failure, cause=failure.detail)
+                last = verdict.result
                 if not (verdict.retry and self._retry_fits(attempt, deadline)):
                     return verdict.result
                 self.metrics.retries.inc()
@@ -97,6 +100,8 @@ class Mailer:
             self._after_failure(pooled, failure)
             raise
         pooled.sent += 1
+        if pooled.reused:
+            self.metrics.connections_reused.inc()
         self.pool.release(pooled)
         return code, reply
 

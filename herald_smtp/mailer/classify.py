@@ -5,6 +5,8 @@ Every failure is known by its *phase* (how far the transaction got) and its
   network  no SMTP reply: refused, reset, closed, timed out, DNS
   local    we stopped: STARTTLS or AUTH not offered, TLS handshake or certificate rejected
   2xx/4xx/5xx  the server's reply code
+  5xx_sender   a 5xx at RCPT that refuses the sender or relaying, not the recipient
+               (Postfix checks the sender at RCPT: "Sender address rejected", "Relay access denied")
 From (phase, evidence) the table gives an outcome (outcomes.py maps it to
 error_code, HTTP status, retryable and keep/release); from the outcome and
 phase follow whether the mailer retries within the request and whether the
@@ -14,7 +16,7 @@ table; a test keeps the two identical.
 
 from __future__ import annotations
 
-import socket
+import re
 import ssl
 from dataclasses import dataclass
 
@@ -22,7 +24,9 @@ from ..outcomes import OUTCOMES, Result
 from .transport import AFTER_DATA, AUTH, CONNECT, DATA, MAIL, RCPT, TLS, SmtpFailure
 
 PHASES = (CONNECT, TLS, AUTH, MAIL, RCPT, DATA, AFTER_DATA)
-EVIDENCE = ("network", "local", "2xx", "4xx", "5xx")
+EVIDENCE = ("network", "local", "2xx", "4xx", "5xx", "5xx_sender")
+_SENDER_REFUSAL = re.compile(r"(?i)sender address rejected|relay access denied|relaying denied|"
+                             r"relay not permitted|not allowed to relay|sender not allowed")
 
 _BEFORE_DATA_END = (CONNECT, TLS, AUTH, MAIL, RCPT, DATA)
 
@@ -37,12 +41,15 @@ RULES: tuple[tuple[tuple[str, ...], str, str, str], ...] = (
     ((CONNECT, TLS, AUTH), "5xx", "smtp_setup", "554 greeting, 535 bad credentials"),
     ((CONNECT, TLS, AUTH), "local", "smtp_setup", "STARTTLS not offered, certificate not trusted, AUTH not offered"),
     ((RCPT,), "5xx", "recipient_rejected", "550 5.1.1 no such user"),
+    ((RCPT,), "5xx_sender", "smtp_permanent", "553 5.7.1 Sender address rejected; 554 5.7.1 Relay access denied"),
     ((MAIL, DATA), "5xx", "smtp_permanent", "553 sender not allowed, 554 DATA refused"),
 )
 
 
 def evidence_of(failure: SmtpFailure) -> str:
     if failure.code is not None:
+        if failure.code >= 500 and failure.phase == RCPT and is_sender_refusal(failure.detail):
+            return "5xx_sender"
         return f"{failure.code // 100}xx"
     error = failure.error
     if error is None:
@@ -50,6 +57,10 @@ def evidence_of(failure: SmtpFailure) -> str:
     if isinstance(error, ssl.SSLError) and not isinstance(error, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
         return "local"
     return "network"
+
+
+def is_sender_refusal(reply: str) -> bool:
+    return bool(_SENDER_REFUSAL.search(reply))
 
 
 def outcome_for(phase: str, evidence: str) -> str:
@@ -66,8 +77,14 @@ def retried_in_request(phase: str, outcome: str) -> bool:
 
 
 def counts_for_breaker(phase: str, evidence: str) -> bool:
-    """Connection-level failures: the server cannot be reached or will not talk to us."""
-    return phase in (CONNECT, TLS) and evidence in ("network", "4xx")
+    """Connection-level failures: the server cannot be reached, will not talk to us, or stalls.
+
+    A dead pooled connection never gets here (it is replaced first); after the
+    final dot nothing counts, the outcome is only unknown.
+    """
+    if evidence == "network":
+        return phase != AFTER_DATA
+    return phase in (CONNECT, TLS) and evidence == "4xx"
 
 
 @dataclass(frozen=True)
@@ -103,6 +120,8 @@ def _message(failure: SmtpFailure, outcome: str) -> str:
         )
     if outcome == "recipient_rejected":
         return f"recipient rejected: {failure.detail}"
+    if failure.phase == RCPT and outcome == "smtp_permanent":
+        return f"sender or relaying refused at RCPT (check SMTP_FROM and AUTH): {failure.detail}"
     return f"SMTP {failure.phase} failed: {failure.detail}"
 
 
@@ -129,4 +148,4 @@ def _yes(flag: bool) -> str:
 
 
 def _yes_set(flags: set[bool]) -> str:
-    return _yes(flags.pop()) if len(flags) == 1 else "connect, tls only"
+    return _yes(flags.pop()) if len(flags) == 1 else "some phases"

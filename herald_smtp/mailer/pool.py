@@ -39,16 +39,18 @@ class ConnectionPool:
 
     def acquire(self, deadline: float) -> PooledConnection:
         """A warm connection if one is fit for use, else a new one."""
-        while True:
-            with self._lock:
-                pooled = self._idle.pop() if self._idle else None
-                if pooled is not None and self._fit(pooled):
-                    pooled.reused = True
-                    self.metrics.connections_reused.inc()
-                    return pooled
-            if pooled is None:
-                return self.open(deadline)
-            transport.close_quietly(pooled.conn)  # aged out
+        with self._lock:
+            # Age out every idle connection, not just the top one: under steady
+            # traffic the bottom of the stack would otherwise linger forever.
+            stale = [p for p in self._idle if not self._fit(p)]
+            self._idle = [p for p in self._idle if self._fit(p)]
+            pooled = self._idle.pop() if self._idle else None
+        for old in stale:
+            transport.close_quietly(old.conn)
+        if pooled is None:
+            return self.open(deadline)
+        pooled.reused = True
+        return pooled
 
     def open(self, deadline: float) -> PooledConnection:
         conn = transport.open_connection(self.settings, self.context, deadline)

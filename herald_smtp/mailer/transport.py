@@ -93,6 +93,8 @@ _QUIT_TIMEOUT_SECONDS = 1.0
 
 def reset(conn: smtplib.SMTP) -> bool:
     """RSET after a refused transaction; True if the connection is fit for reuse."""
+    if conn.sock is None:  # smtplib closed it already (e.g. after "500 line too long")
+        return False
     try:
         conn.sock.settimeout(_QUIT_TIMEOUT_SECONDS)
         return conn.rset()[0] == 250
@@ -181,7 +183,8 @@ def _login(conn: smtplib.SMTP, settings: Settings, deadline: float) -> None:
 def _remaining(phase: str, deadline: float) -> float:
     left = deadline - time.monotonic()
     if left <= 0:
-        raise SmtpFailure(phase, "SMTP time budget exhausted (SMTP_TIMEOUT_SECONDS or the request's timeout_seconds)")
+        raise SmtpFailure(phase, "timed out: SMTP time budget exhausted (SMTP_TIMEOUT_SECONDS or the request's "
+                                 "timeout_seconds)", error=TimeoutError("SMTP time budget exhausted"))
     return left
 
 
