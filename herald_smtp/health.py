@@ -57,6 +57,8 @@ def _smtp_check(settings) -> dict:
 
 def _circuit_check(s) -> dict:
     state = s.send.mailer.breaker.state
+    # The gauge moves on sends; a quiet pod's cooldown ends by time alone, so refresh it here.
+    s.metrics.set_circuit_state(state)
     if state == "open":
         return {"ok": False, "detail": f"open after repeated SMTP connection failures; retry in "
                                        f"{s.send.mailer.breaker.retry_after()}s"}

@@ -206,3 +206,4 @@ def test_readiness_returns_after_the_cooldown_without_any_send(server_factory, m
     time.sleep(0.7)
     response = client.get("/readyz")
     assert response.status_code == 200 and response.get_json()["checks"]["circuit"]["detail"] == "half_open"
+    assert metric(client.get("/metrics").get_data(as_text=True), "herald_smtp_smtp_circuit_state") == 1
