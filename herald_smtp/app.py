@@ -81,10 +81,10 @@ def _http_error(exc: HTTPException):
     outcome = _HTTP_OUTCOMES.get(exc.code)
     if outcome is None:
         outcome = "internal_error" if (exc.code or 500) >= 500 else "invalid_request"
-    message = "request body too large" if exc.code == 413 else (exc.description or exc.name)
+    result = Result(outcome, "request body too large" if exc.code == 413 else (exc.description or exc.name))
     log.warning("request failed", extra={"status": exc.code, "path": request.path, "method": request.method,
-                                          "error_code": outcome, "errmsg": message})
-    return render_result(Result(outcome, message))
+                                          "error_code": result.info.error_code, "errmsg": result.message})
+    return render_result(result)
 
 
 def _unexpected_error(exc: Exception):
