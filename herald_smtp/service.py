@@ -48,9 +48,9 @@ class SendService:
     def _send_once(self, request: SendRequest, fingerprint: str) -> Answer:
         key = request.idempotency_key
         deadline = time.monotonic() + self.settings.idempotency_wait_seconds
+        hold = self.settings.send_worst_case_seconds(self._budget(request)) + _HOLD_MARGIN_SECONDS
         while True:
             try:
-                hold = self.settings.send_worst_case_seconds(self._budget(request)) + _HOLD_MARGIN_SECONDS
                 claim = self.store.reserve(key, fingerprint, hold)
             except StoreUnavailable as exc:
                 self.metrics.store_errors.labels("reserve").inc()

@@ -13,7 +13,7 @@ import smtplib
 import ssl
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..config import Settings
 from ..metrics import Metrics
@@ -25,7 +25,7 @@ class PooledConnection:
     conn: smtplib.SMTP
     reused: bool = False
     sent: int = 0
-    last_used: float = field(default_factory=time.monotonic)
+    last_used: float = 0.0  # pool clock; set on open and on every release
 
 
 class ConnectionPool:
@@ -42,9 +42,11 @@ class ConnectionPool:
         with self._lock:
             # Age out every idle connection, not just the top one: under steady
             # traffic the bottom of the stack would otherwise linger forever.
-            stale = [p for p in self._idle if not self._fit(p)]
-            self._idle = [p for p in self._idle if self._fit(p)]
-            pooled = self._idle.pop() if self._idle else None
+            fit, stale = [], []
+            for idle in self._idle:
+                (fit if self._fit(idle) else stale).append(idle)
+            self._idle = fit
+            pooled = fit.pop() if fit else None
         for old in stale:
             transport.close_quietly(old.conn)
         if pooled is None:
