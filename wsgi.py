@@ -1,6 +1,6 @@
 """WSGI entry point: `gunicorn -c gunicorn.conf.py wsgi:app`."""
 
-from herald_smtp.app import create_app
+from herald_smtp.web.app import create_app
 from herald_smtp.config import load_settings_or_exit
 from herald_smtp.logs import configure_logging
 

@@ -12,10 +12,14 @@ import os
 import re
 import ssl
 from dataclasses import dataclass, fields
+from functools import cached_property
 from typing import Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from dotenv import dotenv_values
+
+from .addresses import InvalidAddress, Mailbox, parse_address
+from .idempotency.store import backend_for
 
 SERVICE_NAME = "herald-smtp"
 
@@ -64,20 +68,22 @@ class Settings:
     log_format: str = "json"
     web_concurrency: int = 0  # 0: derived from the CPU count, see workers()
     web_threads: int = 4
+    # prometheus_client's own variable; tools/serve.py sets it when it is empty.
+    metrics_dir: str = ""
 
     @property
     def smtp_configured(self) -> bool:
         return bool(self.smtp_host and self.smtp_from)
 
-    def send_worst_case_seconds(self, budget: float | None = None) -> float:
-        """How long one send may really take with `budget` (default SMTP_TIMEOUT_SECONDS).
+    @cached_property
+    def sender(self) -> Mailbox:
+        """SMTP_FROM parsed (validated at load time; not configured: a placeholder never sent)."""
+        return parse_address(self.smtp_from) if self.smtp_from else Mailbox("", "herald-smtp.invalid")
 
-        smtplib gives each connect step (TCP per resolved address, TLS handshake,
-        greeting) the whole remaining time, so a send can overrun its budget by up
-        to about 3x. What must outlive a send (the idempotency reservation,
-        gunicorn's graceful timeout) is sized with this.
-        """
-        return 3 * (self.smtp_timeout_seconds if budget is None else budget)
+    @property
+    def store_is_shared(self) -> bool:
+        """False for the in-process store (REDIS_URL empty or memory://)."""
+        return backend_for(self.redis_url) != "memory"
 
     @property
     def bind(self) -> str:
@@ -85,7 +91,7 @@ class Settings:
 
     def workers(self) -> int:
         """Gunicorn worker processes: one without Redis, whose cache is per process."""
-        if not self.redis_url:
+        if not self.store_is_shared:
             return 1
         if self.web_concurrency:
             return self.web_concurrency
@@ -184,9 +190,11 @@ def _ascii(parse: Callable[[str], str]) -> Callable[[str], str]:
 
 def _address(raw: str) -> str:
     value = raw.strip()
-    # ASCII only: a UTF-8 sender needs SMTPUTF8, which not every server offers.
-    if value and not (value.isascii() and re.fullmatch(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+", value)):
-        raise ValueError("an ASCII email address like noreply@example.com")
+    if value:
+        try:
+            parse_address(value)
+        except InvalidAddress as exc:
+            raise ValueError(f"an ASCII email address like noreply@example.com ({exc})") from None
     return value
 
 
@@ -217,8 +225,7 @@ def _api_keys(raw: str) -> tuple[str, ...]:
 
 def _redis_url(raw: str) -> str:
     value = raw.strip()
-    if value and not value.lower().startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError("a URL starting with redis://, rediss:// or unix://")
+    backend_for(value)  # ValueError naming the accepted schemes
     return value
 
 
@@ -255,6 +262,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "LOG_FORMAT": ("log_format", _choice("json", "text")),
     "WEB_CONCURRENCY": ("web_concurrency", _int(1)),
     "WEB_THREADS": ("web_threads", _int(1)),
+    "PROMETHEUS_MULTIPROC_DIR": ("metrics_dir", _text),
 }
 
 

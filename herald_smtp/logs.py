@@ -1,4 +1,4 @@
-"""Logging: JSON lines on stdout for the app and for gunicorn, masking, startup lines.
+"""Logging: JSON lines on stdout for the app and for gunicorn, and the startup lines.
 
 Every line carries time, level, logger, message, `service` and, inside a
 request, `request_id`. The same dictConfig serves gunicorn (`logconfig_dict`)
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import logging.config
-import re
 
 from .config import SERVICE_NAME, Settings
 
@@ -74,22 +73,6 @@ def configure_logging(settings: Settings) -> None:
     logging.config.dictConfig(logging_dict(settings))
 
 
-def mask_email(address: str) -> str:
-    """j***@example.com: enough to correlate, not enough to harvest."""
-    local, at, domain = address.rpartition("@")
-    if not at:
-        return "***"
-    return f"{local[:1]}***@{domain[:100]}"
-
-
-_ADDRESS_IN_TEXT = re.compile(r"[^\s<>@\"',;:()]+@[A-Za-z0-9.-]+")
-
-
-def mask_addresses(text: str) -> str:
-    """Mask every address in free text, e.g. an SMTP reply quoting the recipient."""
-    return _ADDRESS_IN_TEXT.sub(lambda m: mask_email(m.group(0)), text)
-
-
 def log_startup(settings: Settings) -> None:
     """The one-line effective configuration, then the warnings an operator must see."""
     log.info("starting herald-smtp", extra={"config": settings.redacted()})
@@ -103,8 +86,8 @@ def log_startup(settings: Settings) -> None:
     if settings.smtp_user and not (settings.smtp_use_tls or settings.smtp_use_starttls):
         log.warning("SMTP_USER is set but TLS is off: the SMTP password travels in clear text; "
                     "set SMTP_USE_STARTTLS=true (port 587) or SMTP_USE_TLS=true (port 465)")
-    if not settings.redis_url:
+    if not settings.store_is_shared:
         log.warning(
-            "REDIS_URL is empty: idempotency records live in this process only and are not shared "
-            "between workers or replicas; running a single worker process"
+            f"REDIS_URL is {'memory://' if settings.redis_url else 'empty'}: idempotency records live in this "
+            "process only and are not shared between workers or replicas; running a single worker process"
         )

@@ -2,26 +2,24 @@
 
 One Metrics object per app, on its own registry (so several apps can live in
 one test process). Under gunicorn, PROMETHEUS_MULTIPROC_DIR is set before
-prometheus_client is first imported (see server.py), every worker writes its
-values there, and /metrics sums them across workers with
-MultiProcessCollector.
+prometheus_client is first imported (see tools/serve.py), every worker writes
+its values there, and /metrics sums them across workers with
+MultiProcessCollector over the directory given to Metrics.
 """
 
 from __future__ import annotations
 
-import os
-
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
 # SMTP sends take milliseconds to tens of seconds.
 _DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, multiprocess_dir: str = "") -> None:
+        self.multiprocess_dir = multiprocess_dir  # "" outside gunicorn: this process's values only
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("herald_smtp_requests", "HTTP requests by endpoint, status and error_code",
@@ -52,9 +50,8 @@ class Metrics:
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format, summed over all gunicorn workers when running multiprocess."""
-        directory = os.environ.get(MULTIPROC_ENV)
-        if not directory:
+        if not self.multiprocess_dir:
             return generate_latest(self.registry), CONTENT_TYPE_LATEST
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=directory)
+        multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)
         return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,8 +1,8 @@
 """The one table from an outcome to error_code, HTTP status, retryability and
 whether the idempotency record is kept or released.
 
-Everything that can happen to a request is a `Result` carrying an outcome
-name from OUTCOMES; nothing else decides status codes.
+Everything that can happen to a request is a `Result` carrying an `Outcome`;
+nothing else decides status codes.
 
 keep=True  : the record is stored for IDEMPOTENCY_TTL_SECONDS and replayed
              (success, permanent refusals, unknown outcomes: a retry must
@@ -13,43 +13,51 @@ keep=False : the key is released so a retry really retries (nothing was
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from enum import Enum
 
 
-@dataclass(frozen=True)
-class Outcome:
-    error_code: str | None  # None for success
-    http_status: int
-    retryable: bool
-    keep: bool
+class Outcome(Enum):
+    """Each member is one row: (error_code, HTTP status, retryable, keep). Its value is its log name."""
 
+    def __new__(cls, name: str, error_code: str | None, http_status: int, retryable: bool, keep: bool):
+        member = object.__new__(cls)
+        member._value_ = name
+        member.error_code = error_code  # None for success
+        member.http_status = http_status
+        member.retryable = retryable
+        member.keep = keep
+        return member
 
-OUTCOMES: dict[str, Outcome] = {
-    "sent": Outcome(None, 200, False, keep=True),
+    SENT = ("sent", None, 200, False, True)
     # request problems: decided before any idempotency record exists
-    "unauthorized": Outcome("unauthorized", 401, False, keep=False),
-    "invalid_request": Outcome("invalid_request", 400, False, keep=False),
-    "payload_too_large": Outcome("invalid_request", 413, False, keep=False),
-    "invalid_destination": Outcome("invalid_destination", 400, False, keep=False),
-    "not_found": Outcome("not_found", 404, False, keep=False),
-    "method_not_allowed": Outcome("method_not_allowed", 405, False, keep=False),
-    "idempotency_conflict": Outcome("idempotency_conflict", 409, False, keep=False),
-    "idempotency_in_flight": Outcome("idempotency_conflict", 409, True, keep=False),
-    "rate_limited": Outcome("rate_limited", 429, True, keep=False),
+    UNAUTHORIZED = ("unauthorized", "unauthorized", 401, False, False)
+    INVALID_REQUEST = ("invalid_request", "invalid_request", 400, False, False)
+    PAYLOAD_TOO_LARGE = ("payload_too_large", "invalid_request", 413, False, False)
+    INVALID_DESTINATION = ("invalid_destination", "invalid_destination", 400, False, False)
+    NOT_FOUND = ("not_found", "not_found", 404, False, False)
+    METHOD_NOT_ALLOWED = ("method_not_allowed", "method_not_allowed", 405, False, False)
+    IDEMPOTENCY_CONFLICT = ("idempotency_conflict", "idempotency_conflict", 409, False, False)
+    IDEMPOTENCY_IN_FLIGHT = ("idempotency_in_flight", "idempotency_conflict", 409, True, False)
+    # Documented for Herald, which maps it; the abuse limits produce it.
+    RATE_LIMITED = ("rate_limited", "rate_limited", 429, True, False)
     # the service cannot try right now: nothing sent, retry later
-    "smtp_not_configured": Outcome("provider_down", 503, True, keep=False),
-    "store_unavailable": Outcome("provider_down", 503, True, keep=False),
-    "circuit_open": Outcome("provider_down", 503, True, keep=False),
+    SMTP_NOT_CONFIGURED = ("smtp_not_configured", "provider_down", 503, True, False)
+    STORE_UNAVAILABLE = ("store_unavailable", "provider_down", 503, True, False)
+    CIRCUIT_OPEN = ("circuit_open", "provider_down", 503, True, False)
     # the SMTP transaction
-    "recipient_rejected": Outcome("invalid_destination", 400, False, keep=True),
-    "smtp_transient": Outcome("send_failed", 500, True, keep=False),
+    RECIPIENT_REJECTED = ("recipient_rejected", "invalid_destination", 400, False, True)
+    SMTP_TRANSIENT = ("smtp_transient", "send_failed", 500, True, False)
     # before MAIL FROM and not worth a retry (bad credentials, no STARTTLS, bad certificate):
     # nothing was sent, so the key is released for the retry after the fix.
-    "smtp_setup": Outcome("send_failed", 500, False, keep=False),
-    "smtp_permanent": Outcome("send_failed", 500, False, keep=True),
-    "smtp_unknown": Outcome("send_failed", 500, False, keep=True),
-    "internal_error": Outcome("internal_error", 500, True, keep=False),
-}
+    SMTP_SETUP = ("smtp_setup", "send_failed", 500, False, False)
+    SMTP_PERMANENT = ("smtp_permanent", "send_failed", 500, False, True)
+    SMTP_UNKNOWN = ("smtp_unknown", "send_failed", 500, False, True)
+    INTERNAL_ERROR = ("internal_error", "internal_error", 500, True, False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error_code is None
 
 
 # Retry-After on a 429/503 that has no better estimate (SMTP not configured, store down).
@@ -60,35 +68,30 @@ DEFAULT_RETRY_AFTER_SECONDS = 30
 class Result:
     """What happened to one request; rendered to JSON by `body()`."""
 
-    outcome: str
+    outcome: Outcome
     message: str = ""
     message_id: str | None = None
     # Upstream cause for logs: SMTP reply code and the phase it came in.
     smtp_code: int | None = None
     phase: str | None = None
     retry_after: int | None = None
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def info(self) -> Outcome:
-        return OUTCOMES[self.outcome]
 
     @property
     def ok(self) -> bool:
-        return self.info.error_code is None
+        return self.outcome.ok
 
     @property
     def status(self) -> int:
-        return self.info.http_status
+        return self.outcome.http_status
 
     def body(self) -> dict:
         if self.ok:
             return {"ok": True, "message_id": self.message_id, "provider": "smtp"}
         return {
             "ok": False,
-            "error_code": self.info.error_code,
+            "error_code": self.outcome.error_code,
             "error_message": self.message,
-            "retryable": self.info.retryable,
+            "retryable": self.outcome.retryable,
         }
 
 
@@ -100,6 +103,11 @@ class Answer:
     body: dict
     replayed: bool = False
     retry_after: int | None = None
+
+    @property
+    def error_code(self) -> str:
+        """For the requests metric: "" on success."""
+        return self.body.get("error_code") or ""
 
 
 def answer_for(result: Result) -> Answer:

@@ -6,19 +6,16 @@ skipped: a server that cannot start fails the test with the reason.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import pytest
 import redis
 
-from herald_smtp.app import create_app
 from herald_smtp.config import Settings, settings_from
-from tests.servers import RedisServer, SmtpTestServer
-
-SMTP_USER = "herald-user"
-SMTP_PASSWORD = "s3cret-smtp-pa55word"
-API_KEY = "test-api-key-0123456789"
+from herald_smtp.web.app import create_app
+from tests.support.client import SMTP_PASSWORD, SMTP_USER, smtp_env
+from tests.support.redis_server import RedisServer
+from tests.support.smtp_server import SmtpTestServer
 
 
 @pytest.fixture(scope="session")
@@ -72,32 +69,10 @@ def server_factory(tmp_path):
         server.stop()
 
 
-def smtp_env(server: SmtpTestServer) -> dict[str, str]:
-    """Environment variables that point the service at `server`."""
-    env = {
-        "SMTP_HOST": server.host,
-        "SMTP_PORT": str(server.port),
-        "SMTP_FROM": "noreply@herald.test",
-        "SMTP_FROM_NAME": "Herald Test",
-        "SMTP_USE_STARTTLS": "true" if server.starttls else "false",
-        "SMTP_USE_TLS": "true" if server.implicit_tls else "false",
-        "SMTP_TIMEOUT_SECONDS": "5",
-    }
-    if server.starttls or server.implicit_tls:
-        env["SMTP_TLS_CA_FILE"] = str(server.ca_file)
-    if server.auth:
-        env["SMTP_USER"], env["SMTP_PASSWORD"] = server.auth
-    return env
-
-
 @pytest.fixture
 def settings(smtp) -> Settings:
     """Settings for the in-process store against the STARTTLS + AUTH server."""
     return settings_from(smtp_env(smtp) | {"IDEMPOTENCY_WAIT_SECONDS": "3"})
-
-
-def with_changes(settings: Settings, **changes) -> Settings:
-    return dataclasses.replace(settings, **changes)
 
 
 @pytest.fixture

@@ -12,9 +12,8 @@ import time
 import pytest
 
 from herald_smtp.config import settings_from
-from tests.conftest import smtp_env
-from tests.servers import SmtpTestServer
-from tests.test_send_api import assert_error, send
+from tests.support.client import assert_error, send, smtp_env
+from tests.support.smtp_server import SmtpTestServer
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from herald_smtp.config import _VARIABLES, settings_from
-from herald_smtp.server import gunicorn_options
+from herald_smtp.tools.serve import gunicorn_options
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
@@ -392,7 +392,7 @@ def test_compose_stop_grace_period_covers_gunicorn_graceful_timeout(herald_servi
 def live_app_port():
     from werkzeug.serving import make_server
 
-    from herald_smtp.app import create_app
+    from herald_smtp.web.app import create_app
 
     server = make_server("127.0.0.1", 0, create_app(settings_from({})), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -427,7 +427,7 @@ def test_healthcheck_command_passes_on_a_live_app_and_fails_without_one(source, 
 
 
 def test_probe_and_scrape_paths_exist_on_the_app(deployment, container):
-    from herald_smtp.app import create_app
+    from herald_smtp.web.app import create_app
 
     client = create_app(settings_from({})).test_client()
     assert client.get(container["livenessProbe"]["httpGet"]["path"]).status_code == 200

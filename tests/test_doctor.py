@@ -8,9 +8,9 @@ import sys
 import pytest
 
 from herald_smtp.config import settings_from
-from herald_smtp.doctor import run_doctor
-from tests.conftest import smtp_env
-from tests.servers import free_port
+from herald_smtp.tools.doctor import run_doctor
+from tests.support.client import smtp_env
+from tests.support.net import free_port
 
 
 def doctor(env: dict, to: str | None = None) -> tuple[int, list[str]]:
@@ -127,10 +127,10 @@ def test_missing_config():
 
 def test_cli_exit_status(good, tmp_path):
     env = {"PATH": "/usr/bin:/bin", **smtp_env(good)}
-    ok = subprocess.run([sys.executable, "-m", "herald_smtp.cli", "doctor"], cwd=tmp_path, env=env,
+    ok = subprocess.run([sys.executable, "-m", "herald_smtp.tools.cli", "doctor"], cwd=tmp_path, env=env,
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    bad = subprocess.run([sys.executable, "-m", "herald_smtp.cli", "doctor"], cwd=tmp_path,
+    bad = subprocess.run([sys.executable, "-m", "herald_smtp.tools.cli", "doctor"], cwd=tmp_path,
                          env=env | {"SMTP_PASSWORD": "nope"}, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "FAIL auth" in bad.stdout
 

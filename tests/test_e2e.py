@@ -8,23 +8,11 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from tests.support.client import API_KEY, SMTP_PASSWORD, post, smtp_env
+from tests.support.herald_process import HeraldProcess
 
-from tests.conftest import API_KEY, SMTP_PASSWORD, smtp_env
-from tests.servers import HeraldProcess
 
 KEYS, DUPLICATES = 20, 10
-
-
-def post(url: str, payload: dict, headers: dict | None = None) -> tuple[int, dict, dict]:
-    request = urllib.request.Request(
-        url + "/v1/send", data=json.dumps(payload).encode(), method="POST",
-        headers={"Content-Type": "application/json", **(headers or {})},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read()), dict(response.headers)
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read()), dict(error.headers)
 
 
 def fire_duplicates(url: str) -> dict[str, list[tuple[int, dict, bool]]]:

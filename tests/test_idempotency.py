@@ -8,12 +8,11 @@ import time
 import pytest
 
 from herald_smtp.config import settings_from
-from herald_smtp.idempotency import Record, StoreUnavailable
+from herald_smtp.idempotency.base import Record, StoreUnavailable
 from herald_smtp.idempotency.memory import MemoryStore
 from herald_smtp.idempotency.redis import RedisStore
-from tests.conftest import smtp_env, with_changes
-from tests.servers import RedisServer
-from tests.test_send_api import assert_error, send
+from tests.support.client import assert_error, fingerprint_of, send, smtp_env, with_changes
+from tests.support.redis_server import RedisServer
 
 # --- the store contract, the same for both implementations
 
@@ -185,18 +184,13 @@ def test_still_in_flight_after_the_wait_is_409(settings, make_client, smtp):
     client = make_client(with_changes(settings, idempotency_wait_seconds=0.3), store=store)
     payload = {"to": "a@example.com", "idempotency_key": "k-stuck"}
     # Another worker holds the key with the same payload and never finishes.
-    fingerprint = _fingerprint(payload)
+    fingerprint = fingerprint_of(payload)
     store.reserve("k-stuck", fingerprint, 60)
 
     assert_error(send(client, payload), 409, "idempotency_conflict", "still in flight")
     assert smtp.messages == []
 
 
-def _fingerprint(payload: dict) -> str:
-    from herald_smtp.payload import parse_send_request
-    import json
-
-    return parse_send_request(json.dumps(payload).encode(), None).fingerprint()
 
 
 # --- Redis unreachable

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from herald_smtp.config import settings_from
-from tests.conftest import smtp_env, with_changes
-from tests.servers import SmtpTestServer, free_port
-from tests.test_send_api import assert_error, send
+from tests.support.client import assert_error, send, smtp_env, with_changes
+from tests.support.net import free_port
+from tests.support.smtp_server import SmtpTestServer
 
 
 @pytest.fixture(scope="module")

@@ -29,9 +29,9 @@ from openapi_spec_validator import validate
 
 from herald_smtp.config import settings_from
 from herald_smtp.idempotency.memory import MemoryStore
-from herald_smtp.outcomes import OUTCOMES
-from tests.conftest import API_KEY, with_changes
-from tests.servers import free_port
+from herald_smtp.outcomes import Outcome
+from tests.support.client import API_KEY, fingerprint_of, with_changes
+from tests.support.net import free_port
 
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 GENERIC = ("*", "*")  # the operation key of `x-generic-responses`
@@ -246,12 +246,12 @@ def test_each_response_lists_its_error_codes_once_in_x_error_codes_and_in_the_sc
 
 def test_error_code_enum_and_every_outcome_of_the_app_are_documented():
     enum = set(resolve(DOC["components"]["schemas"]["ErrorCode"])["enum"])
-    assert enum == {o.error_code for o in OUTCOMES.values() if o.error_code}
+    assert enum == {o.error_code for o in Outcome if o.error_code}
     documented = documented_combinations(documented_operations() | {GENERIC})
     statuses_and_codes = {(status, code) for _, _, status, code in documented}
-    for name, outcome in OUTCOMES.items():
+    for outcome in Outcome:
         assert (outcome.http_status, outcome.error_code) in statuses_and_codes, \
-            f"outcome {name}: {outcome.http_status} {outcome.error_code} is documented nowhere"
+            f"outcome {outcome.value}: {outcome.http_status} {outcome.error_code} is documented nowhere"
 
 
 def test_every_documented_operation_has_a_contract_test():
@@ -327,7 +327,7 @@ def test_send_healthz_and_generic_answers_match_the_document(contract, client, s
     store = MemoryStore()
     waiting = make_client(with_changes(settings, idempotency_wait_seconds=0.3), store=store)
     stuck = {"to": "a@example.com", "idempotency_key": "oa-stuck"}
-    store.reserve("oa-stuck", _fingerprint(stuck), 60)  # another worker holds it and never finishes
+    store.reserve("oa-stuck", fingerprint_of(stuck), 60)  # another worker holds it and never finishes
     in_flight = c.send(waiting, stuck)
     assert in_flight.status_code == 409 and in_flight.get_json()["retryable"] is True
 
@@ -431,10 +431,6 @@ CONTRACT_TESTS = {
 # --- helpers
 
 
-def _fingerprint(payload: dict) -> str:
-    from herald_smtp.payload import parse_send_request
-
-    return parse_send_request(json.dumps(payload).encode(), None).fingerprint()
 
 
 def _dead_redis_url() -> str:

@@ -12,10 +12,9 @@ import urllib.request
 import pytest
 
 from herald_smtp.config import settings_from
-from tests.conftest import smtp_env, with_changes
-from tests.servers import HeraldProcess, RedisServer
-from tests.test_e2e import post
-from tests.test_send_api import send
+from tests.support.client import post, send, smtp_env, with_changes
+from tests.support.redis_server import RedisServer
+from tests.support.herald_process import HeraldProcess
 
 # --- /readyz
 

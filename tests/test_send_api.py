@@ -11,23 +11,8 @@ import json
 import pytest
 
 from herald_smtp.config import settings_from
-from herald_smtp.payload import DEFAULT_SUBJECT, NO_CODE_BODY
-from tests.conftest import API_KEY, with_changes
-
-
-def send(client, body=None, headers=None):
-    # json.dumps escapes non-ASCII, so even a lone surrogate travels as valid JSON text.
-    return client.post("/v1/send", data=json.dumps(body), content_type="application/json", headers=headers or {})
-
-
-def assert_error(response, status: int, error_code: str, message_part: str = ""):
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.is_json, response.get_data(as_text=True)
-    body = response.get_json()
-    assert body["ok"] is False
-    assert body["error_code"] == error_code
-    assert message_part in body["error_message"]
-    return body
+from herald_smtp.sending.request import DEFAULT_SUBJECT, NO_CODE_BODY
+from tests.support.client import API_KEY, assert_error, send, with_changes
 
 
 # --- success and content
@@ -222,7 +207,7 @@ def test_404_and_405_are_json(client):
 
 
 def test_unexpected_error_is_json_internal_error(settings):
-    from herald_smtp.app import create_app
+    from herald_smtp.web.app import create_app
 
     app = create_app(settings)
 

@@ -1,4 +1,4 @@
-"""Self-tests for the real test servers in tests/servers.py and for the dev sink.
+"""Self-tests for the real test servers in tests/support/ and for the dev sink.
 
 Each test talks to a real server with a real client (smtplib, raw sockets).
 """
@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 import redis as redis_py
 
-from herald_smtp.sink import start_sink
-from tests.servers import RedisServer, SmtpTestServer, _redis_command, free_port
+from herald_smtp.tools.sink import start_sink
+from tests.support.net import free_port
+from tests.support.redis_server import RedisServer
+from tests.support.smtp_server import SmtpTestServer
 
 ROOT = Path(__file__).resolve().parent.parent
 USER, PASSWORD = "herald", "s3cret"
@@ -59,20 +61,22 @@ def test_redis_start_stop_restart_same_port(tmp_path):
     try:
         redis.start()
         assert redis.url == f"redis://127.0.0.1:{redis.port}/0"
-        assert _redis_command(redis.port, "PING").startswith(b"+PONG")
-        _redis_command(redis.port, "SET", "k", "v")
-        redis.flushall()
-        assert _redis_command(redis.port, "DBSIZE").startswith(b":0")
+        with redis.client() as client:
+            assert client.ping() is True
+            client.set("k", "v")
+            redis.flushall()
+            assert client.dbsize() == 0
 
         port = redis.port
         redis.stop()
         assert not redis.is_running()
-        with pytest.raises(ConnectionRefusedError):
-            _redis_command(port, "PING")
+        with pytest.raises(redis_py.ConnectionError), redis.client() as client:
+            client.ping()
 
         redis.start()
         assert redis.port == port
-        assert _redis_command(port, "PING").startswith(b"+PONG")
+        with redis.client() as client:
+            assert client.ping() is True
     finally:
         redis.stop()
 
@@ -311,7 +315,7 @@ def test_run_sink_stops_on_sigterm(tmp_path):
     port = free_port()
     code = (
         "import logging, sys; logging.basicConfig(level='INFO'); "
-        "from herald_smtp.sink import run_sink; "
+        "from herald_smtp.tools.sink import run_sink; "
         f"sys.exit(run_sink('127.0.0.1', {port}, {str(tmp_path)!r}))"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE)

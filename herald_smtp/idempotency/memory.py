@@ -1,19 +1,29 @@
 """In-process idempotency store: a dict under a lock, with expiry.
 
 Same semantics as the Redis store, for one process only (gunicorn then runs
-a single worker with threads). Used when REDIS_URL is empty.
+a single worker with threads). Used when REDIS_URL is empty or memory://.
+Entries hold native values; the claim's token is a fresh object compared by
+identity.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 
-from . import Claim, Record, new_reservation
+from .base import Claim, Record
 
 # Expired entries are dropped on access and by a sweep every this many writes,
 # so memory stays bounded by the keys of the last TTL.
 _SWEEP_EVERY = 1000
+
+
+@dataclass(frozen=True)
+class _Entry:
+    record: Record
+    token: object | None  # the owner's token while reserved, None once done
+    expires_at: float
 
 
 class MemoryStore:
@@ -22,53 +32,57 @@ class MemoryStore:
     def __init__(self, clock=time.monotonic):
         self._clock = clock
         self._lock = threading.Lock()
-        self._entries: dict[str, tuple[str, float]] = {}  # key -> (value, expires_at)
+        self._entries: dict[str, _Entry] = {}
         self._writes = 0
 
     def reserve(self, key: str, fingerprint: str, hold_seconds: float) -> Claim:
         with self._lock:
-            value = self._live(key)
-            if value is not None:
-                return Claim(key, existing=Record.decode(value))
-            reservation = new_reservation(fingerprint)
-            self._put(key, reservation, hold_seconds)
-            return Claim(key, reservation=reservation)
+            entry = self._live(key)
+            if entry is not None:
+                return Claim(key, existing=entry.record)
+            token = object()
+            self._put(key, _Entry(Record(fingerprint), token, self._clock() + hold_seconds))
+            return Claim(key, token=token)
 
     def finish(self, claim: Claim, record: Record, ttl_seconds: int) -> bool:
         with self._lock:
-            if self._live(claim.key) != claim.reservation:
+            if not self._owns(claim):
                 return False
-            self._put(claim.key, record.encode(), ttl_seconds)
+            self._put(claim.key, _Entry(record, None, self._clock() + ttl_seconds))
             return True
 
     def release(self, claim: Claim) -> bool:
         with self._lock:
-            if self._live(claim.key) != claim.reservation:
+            if not self._owns(claim):
                 return False
             del self._entries[claim.key]
             return True
 
     def get(self, key: str) -> Record | None:
         with self._lock:
-            value = self._live(key)
-        return None if value is None else Record.decode(value)
+            entry = self._live(key)
+        return None if entry is None else entry.record
 
     def ping(self) -> None:
         return None
 
-    def _live(self, key: str) -> str | None:
+    def _owns(self, claim: Claim) -> bool:
+        entry = self._live(claim.key)
+        return entry is not None and entry.token is claim.token
+
+    def _live(self, key: str) -> _Entry | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        if entry[1] <= self._clock():
+        if entry.expires_at <= self._clock():
             del self._entries[key]
             return None
-        return entry[0]
+        return entry
 
-    def _put(self, key: str, value: str, seconds: float) -> None:
-        self._entries[key] = (value, self._clock() + seconds)
+    def _put(self, key: str, entry: _Entry) -> None:
+        self._entries[key] = entry
         self._writes += 1
         if self._writes % _SWEEP_EVERY == 0:
             now = self._clock()
-            for k in [k for k, (_, expires) in self._entries.items() if expires <= now]:
+            for k in [k for k, e in self._entries.items() if e.expires_at <= now]:
                 del self._entries[k]

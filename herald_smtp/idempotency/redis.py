@@ -9,11 +9,13 @@ expired and was taken over cannot overwrite or delete the newer one.
 
 from __future__ import annotations
 
+import json
+import secrets
 from contextlib import contextmanager
 
 import redis
 
-from . import Claim, Record, StoreUnavailable, new_reservation
+from .base import Claim, Record, StoreUnavailable
 
 _FINISH = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -29,6 +31,21 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+def _encode(record: Record, token: str = "") -> str:
+    data = {"fp": record.fingerprint}
+    if record.done:
+        data.update(status=record.status, body=record.body)
+    else:
+        data["token"] = token
+    return json.dumps(data, separators=(",", ":"))
+
+
+def _decode(raw: str) -> Record:
+    data = json.loads(raw)
+    return Record(data["fp"], data.get("status"), data.get("body"))
+
 
 @contextmanager
 def _translate_errors():
@@ -65,30 +82,31 @@ class RedisStore:
         return cls(client, prefix)
 
     def reserve(self, key: str, fingerprint: str, hold_seconds: float) -> Claim:
-        reservation = new_reservation(fingerprint)
+        # The claim's token is the exact value written: the scripts compare against it.
+        reservation = _encode(Record(fingerprint), token=secrets.token_hex(16))
         hold_ms = max(1, int(hold_seconds * 1000))
         with _translate_errors():
             while True:
                 if self._redis.set(self._prefix + key, reservation, nx=True, px=hold_ms):
-                    return Claim(key, reservation=reservation)
+                    return Claim(key, token=reservation)
                 value = self._redis.get(self._prefix + key)
                 if value is not None:
-                    return Claim(key, existing=Record.decode(value))
+                    return Claim(key, existing=_decode(value))
                 # It expired between SET NX and GET: try to take it again.
 
     def finish(self, claim: Claim, record: Record, ttl_seconds: int) -> bool:
         with _translate_errors():
-            keys, args = [self._prefix + claim.key], [claim.reservation, record.encode(), int(ttl_seconds)]
+            keys, args = [self._prefix + claim.key], [claim.token, _encode(record), int(ttl_seconds)]
             return bool(self._finish(keys=keys, args=args))
 
     def release(self, claim: Claim) -> bool:
         with _translate_errors():
-            return bool(self._release(keys=[self._prefix + claim.key], args=[claim.reservation]))
+            return bool(self._release(keys=[self._prefix + claim.key], args=[claim.token]))
 
     def get(self, key: str) -> Record | None:
         with _translate_errors():
             value = self._redis.get(self._prefix + key)
-        return None if value is None else Record.decode(value)
+        return None if value is None else _decode(value)
 
     def ping(self) -> None:
         with _translate_errors():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from .config import SERVICE_NAME
-from .context import services
-from .idempotency import StoreUnavailable
+from ..config import SERVICE_NAME
+from ..idempotency.base import StoreUnavailable
+from .services import services
 
 bp = Blueprint("health", __name__)
 

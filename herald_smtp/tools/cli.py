@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import load_settings_or_exit
-from .logs import configure_logging
+from ..config import load_settings_or_exit
+from ..logs import configure_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,10 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings_or_exit()
     configure_logging(settings)
     if args.command == "serve":
-        from .server import HeraldServer, prepare_metrics_dir
+        from .serve import HeraldServer, prepare_metrics_dir
 
-        prepare_metrics_dir()
-        HeraldServer(settings).run()
+        HeraldServer(prepare_metrics_dir(settings)).run()
         return 0
     if args.command == "doctor":
         from .doctor import run_doctor

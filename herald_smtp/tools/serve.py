@@ -12,46 +12,49 @@ import glob
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 
 from gunicorn.app.base import BaseApplication
 
-from .config import Settings
-from .logs import log_startup, logging_dict
+from ..config import Settings
+from ..logs import log_startup, logging_dict
+from ..timing import gunicorn_timeouts
 
 # What gunicorn writes per request; the request id ties it to the app's lines.
 ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# In a metrics directory we created ourselves: on_exit removes only such a directory.
+_OWNED_MARKER = ".created-by-herald-smtp"
 
 
-def prepare_metrics_dir() -> str:
-    """Point prometheus_client's multiprocess mode at a clean directory.
+def prepare_metrics_dir(settings: Settings) -> Settings:
+    """Point prometheus_client's multiprocess mode at a directory; the settings that name it.
 
     PROMETHEUS_MULTIPROC_DIR if set (e.g. an emptyDir in Kubernetes), else a
-    fresh temporary directory removed at exit. Runs again on a config reload
+    fresh temporary directory removed at exit. prometheus_client reads only
+    the environment variable, so it is exported for the workers gunicorn forks,
+    before anything imports prometheus_client. Runs again on a config reload
     (SIGHUP), so it must not touch the live workers' files; the files of an
     earlier run are removed once, in on_starting.
     """
-    directory = os.environ.get(MULTIPROC_ENV)
+    directory = settings.metrics_dir
     if not directory:
         directory = tempfile.mkdtemp(prefix="herald-smtp-metrics-")
-        os.environ[MULTIPROC_ENV] = directory
-        # Remembered in the environment, which survives the reload, so on_exit removes only its own.
-        os.environ["HERALD_SMTP_OWN_METRICS_DIR"] = directory
+        open(os.path.join(directory, _OWNED_MARKER), "w").close()
     os.makedirs(directory, exist_ok=True)
-    return directory
+    os.environ[MULTIPROC_ENV] = directory
+    return replace(settings, metrics_dir=directory)
 
 
 def gunicorn_options(settings: Settings) -> dict:
-    # A worker may spend the SMTP budget (and its connect overrun) plus the idempotency
-    # wait on one request; gunicorn must not kill it for that, and a graceful stop lets it finish.
-    busy_seconds = settings.send_worst_case_seconds() + settings.idempotency_wait_seconds
+    timeout, graceful_timeout = gunicorn_timeouts(settings)
     return {
         "bind": [settings.bind],
         "workers": settings.workers(),
         "worker_class": "gthread",
         "threads": settings.web_threads,
-        "timeout": int(max(30, busy_seconds + 15)),
-        "graceful_timeout": int(max(30, busy_seconds + 5)),
+        "timeout": timeout,
+        "graceful_timeout": graceful_timeout,
         "accesslog": "-",
         "access_log_format": ACCESS_LOG_FORMAT,
         "logconfig_dict": logging_dict(settings),
@@ -60,14 +63,14 @@ def gunicorn_options(settings: Settings) -> dict:
         "on_starting": on_starting_hook(settings),
         "child_exit": child_exit,
         "worker_exit": worker_exit,
-        "on_exit": on_exit,
+        "on_exit": on_exit_hook(settings),
     }
 
 
 def on_starting_hook(settings: Settings):
     def on_starting(server) -> None:
         # Once per master start (not on reload): an earlier run's files would be summed into ours.
-        for stale in glob.glob(os.path.join(os.environ[MULTIPROC_ENV], "*.db")):
+        for stale in glob.glob(os.path.join(settings.metrics_dir, "*.db")):
             os.remove(stale)
         log_startup(settings)
 
@@ -84,15 +87,17 @@ def child_exit(server, worker) -> None:
 def worker_exit(server, worker) -> None:
     app = getattr(worker, "wsgi", None)
     if app is not None:
-        from .app import close_app
+        from ..web.app import close_app
 
         close_app(app)
 
 
-def on_exit(server) -> None:
-    own = os.environ.get("HERALD_SMTP_OWN_METRICS_DIR")
-    if own:
-        shutil.rmtree(own, ignore_errors=True)
+def on_exit_hook(settings: Settings):
+    def on_exit(server) -> None:
+        if os.path.exists(os.path.join(settings.metrics_dir, _OWNED_MARKER)):
+            shutil.rmtree(settings.metrics_dir, ignore_errors=True)
+
+    return on_exit
 
 
 class HeraldServer(BaseApplication):
@@ -108,6 +113,6 @@ class HeraldServer(BaseApplication):
                 self.cfg.set(name, value)
 
     def load(self):
-        from .app import create_app
+        from ..web.app import create_app
 
         return create_app(self.settings)

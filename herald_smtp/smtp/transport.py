@@ -4,7 +4,7 @@ Opening a connection covers connect, TLS (STARTTLS or implicit) and AUTH;
 `transmit` covers MAIL, RCPT and DATA. Any failure is raised as SmtpFailure
 carrying the phase it happened in, which is what classification needs: the
 same error means "retry" before the end of DATA and "unknown" after it.
-Pooling, retries and the breaker wrap it (see __init__, pool, breaker).
+Pooling, retries and the breaker wrap it (see mailer, pool, breaker).
 """
 
 from __future__ import annotations

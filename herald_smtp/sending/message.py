@@ -7,21 +7,20 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate
 
-from .config import Settings
-from .payload import SendRequest
+from ..config import Settings
+from .request import SendRequest
 
 
-def new_message_id(sender: str) -> str:
+def new_message_id(settings: Settings) -> str:
     """A globally unique id on the sender's domain, without angle brackets."""
-    domain = sender.rpartition("@")[2] or "herald-smtp.invalid"
-    return f"{uuid.uuid4().hex}@{domain}"
+    return f"{uuid.uuid4().hex}@{settings.sender.domain}"
 
 
 def build_message(request: SendRequest, settings: Settings, message_id: str) -> EmailMessage:
     msg = EmailMessage()
-    local, _, domain = settings.smtp_from.rpartition("@")
-    msg["From"] = Address(display_name=settings.smtp_from_name, username=local, domain=domain)
-    msg["To"] = request.to
+    sender = settings.sender
+    msg["From"] = Address(display_name=settings.smtp_from_name, username=sender.local, domain=sender.domain)
+    msg["To"] = Address(username=request.to.local, domain=request.to.domain)
     msg["Subject"] = request.subject
     msg["Date"] = formatdate(localtime=False, usegmt=True)
     msg["Message-ID"] = f"<{message_id}>"

@@ -16,9 +16,9 @@ import time
 from email.message import EmailMessage
 
 from ..config import Settings
-from ..logs import mask_addresses
+from ..addresses import mask_addresses
 from ..metrics import Metrics
-from ..outcomes import Result
+from ..outcomes import Outcome, Result
 from . import transport
 from .breaker import CircuitBreaker
 from .classify import classify_failure, classify_reply
@@ -51,7 +51,7 @@ class Mailer:
         for attempt in range(self.settings.smtp_retries + 1):
             if not self.breaker.allow():
                 # If our own failures just opened it, their cause is the better answer.
-                return last or Result("circuit_open", "SMTP circuit breaker is open after repeated connection "
+                return last or Result(Outcome.CIRCUIT_OPEN, "SMTP circuit breaker is open after repeated connection "
                                       "failures; failing fast", retry_after=self.breaker.retry_after())
             try:
                 code, reply = self._attempt(payload, recipient, deadline)

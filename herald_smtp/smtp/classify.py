@@ -20,7 +20,7 @@ import re
 import ssl
 from dataclasses import dataclass
 
-from ..outcomes import OUTCOMES, Result
+from ..outcomes import Outcome, Result
 from .transport import AFTER_DATA, AUTH, CONNECT, DATA, MAIL, RCPT, TLS, SmtpFailure
 
 PHASES = (CONNECT, TLS, AUTH, MAIL, RCPT, DATA, AFTER_DATA)
@@ -31,18 +31,18 @@ _SENDER_REFUSAL = re.compile(r"(?i)sender address rejected|relay access denied|r
 _BEFORE_DATA_END = (CONNECT, TLS, AUTH, MAIL, RCPT, DATA)
 
 # (phases, evidence, outcome, example) - first match wins.
-RULES: tuple[tuple[tuple[str, ...], str, str, str], ...] = (
-    ((AFTER_DATA,), "2xx", "sent", "250 after the final dot: accepted, whatever fails afterwards"),
-    ((AFTER_DATA,), "network", "smtp_unknown", "connection lost after the final dot, before the reply"),
-    ((AFTER_DATA,), "4xx", "smtp_transient", "451 after the final dot: not accepted; never retried in-request"),
-    ((AFTER_DATA,), "5xx", "smtp_permanent", "554 5.7.1 rejected as spam"),
-    (_BEFORE_DATA_END, "network", "smtp_transient", "connection refused, reset, timeout, DNS failure"),
-    (_BEFORE_DATA_END, "4xx", "smtp_transient", "421 busy, 451 try later, 452 out of storage, 454 TLS/AUTH unavailable"),
-    ((CONNECT, TLS, AUTH), "5xx", "smtp_setup", "554 greeting, 535 bad credentials"),
-    ((CONNECT, TLS, AUTH), "local", "smtp_setup", "STARTTLS not offered, certificate not trusted, AUTH not offered"),
-    ((RCPT,), "5xx", "recipient_rejected", "550 5.1.1 no such user"),
-    ((RCPT,), "5xx_sender", "smtp_permanent", "553 5.7.1 Sender address rejected; 554 5.7.1 Relay access denied"),
-    ((MAIL, DATA), "5xx", "smtp_permanent", "553 sender not allowed, 554 DATA refused"),
+RULES: tuple[tuple[tuple[str, ...], str, Outcome, str], ...] = (
+    ((AFTER_DATA,), "2xx", Outcome.SENT, "250 after the final dot: accepted, whatever fails afterwards"),
+    ((AFTER_DATA,), "network", Outcome.SMTP_UNKNOWN, "connection lost after the final dot, before the reply"),
+    ((AFTER_DATA,), "4xx", Outcome.SMTP_TRANSIENT, "451 after the final dot: not accepted; never retried in-request"),
+    ((AFTER_DATA,), "5xx", Outcome.SMTP_PERMANENT, "554 5.7.1 rejected as spam"),
+    (_BEFORE_DATA_END, "network", Outcome.SMTP_TRANSIENT, "connection refused, reset, timeout, DNS failure"),
+    (_BEFORE_DATA_END, "4xx", Outcome.SMTP_TRANSIENT, "421 busy, 451 try later, 452 out of storage, 454 TLS/AUTH unavailable"),
+    ((CONNECT, TLS, AUTH), "5xx", Outcome.SMTP_SETUP, "554 greeting, 535 bad credentials"),
+    ((CONNECT, TLS, AUTH), "local", Outcome.SMTP_SETUP, "STARTTLS not offered, certificate not trusted, AUTH not offered"),
+    ((RCPT,), "5xx", Outcome.RECIPIENT_REJECTED, "550 5.1.1 no such user"),
+    ((RCPT,), "5xx_sender", Outcome.SMTP_PERMANENT, "553 5.7.1 Sender address rejected; 554 5.7.1 Relay access denied"),
+    ((MAIL, DATA), "5xx", Outcome.SMTP_PERMANENT, "553 sender not allowed, 554 DATA refused"),
 )
 
 
@@ -63,17 +63,17 @@ def is_sender_refusal(reply: str) -> bool:
     return bool(_SENDER_REFUSAL.search(reply))
 
 
-def outcome_for(phase: str, evidence: str) -> str:
+def outcome_for(phase: str, evidence: str) -> Outcome:
     for phases, ev, outcome, _ in RULES:
         if phase in phases and ev == evidence:
             return outcome
     # Not expected (e.g. a 2xx where a refusal was raised); err on the side that never duplicates.
-    return "smtp_unknown" if phase == AFTER_DATA else "smtp_transient"
+    return Outcome.SMTP_UNKNOWN if phase == AFTER_DATA else Outcome.SMTP_TRANSIENT
 
 
-def retried_in_request(phase: str, outcome: str) -> bool:
+def retried_in_request(phase: str, outcome: Outcome) -> bool:
     """Transient failures are retried only while nothing of the message was committed."""
-    return outcome == "smtp_transient" and phase != AFTER_DATA
+    return outcome is Outcome.SMTP_TRANSIENT and phase != AFTER_DATA
 
 
 def counts_for_breaker(phase: str, evidence: str) -> bool:
@@ -107,20 +107,20 @@ def classify_failure(failure: SmtpFailure) -> Verdict:
 def classify_reply(code: int, reply: str, message_id: str) -> Result:
     """The server's answer to the end of DATA."""
     outcome = outcome_for(AFTER_DATA, f"{code // 100}xx")
-    if outcome == "sent":
-        return Result("sent", message_id=message_id, smtp_code=code, phase=AFTER_DATA)
+    if outcome is Outcome.SENT:
+        return Result(outcome, message_id=message_id, smtp_code=code, phase=AFTER_DATA)
     return Result(outcome, f"SMTP server refused the message: {code} {reply}", smtp_code=code, phase=AFTER_DATA)
 
 
-def _message(failure: SmtpFailure, outcome: str) -> str:
-    if outcome == "smtp_unknown":
+def _message(failure: SmtpFailure, outcome: Outcome) -> str:
+    if outcome is Outcome.SMTP_UNKNOWN:
         return (
             "outcome unknown: the connection failed after the whole message was sent and before the "
             f"server replied ({failure.detail}); not retried, to avoid a duplicate mail"
         )
-    if outcome == "recipient_rejected":
+    if outcome is Outcome.RECIPIENT_REJECTED:
         return f"recipient rejected: {failure.detail}"
-    if failure.phase == RCPT and outcome == "smtp_permanent":
+    if failure.phase == RCPT and outcome is Outcome.SMTP_PERMANENT:
         return f"sender or relaying refused at RCPT (check SMTP_FROM and AUTH): {failure.detail}"
     return f"SMTP {failure.phase} failed: {failure.detail}"
 
@@ -132,12 +132,11 @@ def markdown_table() -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for phases, evidence, outcome, example in RULES:
-        info = OUTCOMES[outcome]
         retried = {retried_in_request(p, outcome) for p in phases}
         breaker = {counts_for_breaker(p, evidence) for p in phases}
         lines.append(
-            f"| {', '.join(phases)} | {evidence} | {outcome} | {info.error_code or '(ok)'} | {info.http_status} "
-            f"| {_yes(info.retryable)} | {'kept' if info.keep else 'released'} | {_yes_set(retried)} "
+            f"| {', '.join(phases)} | {evidence} | {outcome.value} | {outcome.error_code or '(ok)'} | {outcome.http_status} "
+            f"| {_yes(outcome.retryable)} | {'kept' if outcome.keep else 'released'} | {_yes_set(retried)} "
             f"| {_yes_set(breaker)} | {example} |"
         )
     return "\n".join(lines) + "\n"

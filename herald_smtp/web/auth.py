@@ -7,9 +7,9 @@ import logging
 
 from flask import Blueprint, request
 
-from .context import services
-from .outcomes import Result
+from ..outcomes import Outcome, Result
 from .responses import render_result
+from .services import services
 
 log = logging.getLogger("herald_smtp.auth")
 
@@ -37,4 +37,4 @@ def require_api_key():
         return None
     log.warning("send unauthorized: invalid or missing API key", extra={"client_ip": request.remote_addr,
                                                                      "error_code": "unauthorized"})
-    return render_result(Result("unauthorized", "invalid or missing API key"))
+    return render_result(Result(Outcome.UNAUTHORIZED, "invalid or missing API key"))

@@ -16,11 +16,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from .config import Settings
-from .mailer.classify import is_sender_refusal
-from .mailer.transport import describe_error, tls_context
-from .message import build_message, new_message_id
-from .payload import SendRequest
+from ..addresses import parse_address
+from ..config import Settings
+from ..smtp.classify import is_sender_refusal
+from ..smtp.transport import describe_error, tls_context
+from ..sending.message import build_message, new_message_id
+from ..sending.request import SendRequest
 
 OK, FAIL, SKIP = "ok", "FAIL", "skip"
 
@@ -230,8 +231,8 @@ class Doctor:
                            "if the server only relays for authenticated clients")
             self._fail("rcpt", f"recipient <{self.to}> refused: {code} {_text(text)}", "check the address")
         yield Step("rcpt", OK, f"<{self.to}> accepted")
-        message_id = new_message_id(self.s.smtp_from)
-        request = SendRequest(to=self.to, subject="herald-smtp doctor test mail",
+        message_id = new_message_id(self.s)
+        request = SendRequest(to=parse_address(self.to), subject="herald-smtp doctor test mail",
                               body="This is a test mail sent by `herald-smtp doctor`. No action is needed.")
         payload = build_message(request, self.s, message_id).as_bytes(policy=email.policy.SMTP)
         code, text = self._ask("test mail", lambda: self.conn.data(payload))

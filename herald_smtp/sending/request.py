@@ -1,27 +1,21 @@
-"""Parsing and validation of the POST /v1/send body into a SendRequest.
+"""Parsing and validation of the POST /v1/send body into a SendRequest, content resolution included.
 
-Content resolution and the idempotency fingerprint live here too, because
-both are defined on the request, not on the mail.
+Every refusal is an InvalidRequest carrying its Outcome; the web layer renders it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+
+from ..addresses import InvalidAddress, Mailbox, parse_address
+from ..outcomes import Outcome
 
 DEFAULT_SUBJECT = "Verification code"
 NO_CODE_BODY = "You have a verification message. Please check your code."
 MAX_KEY_LENGTH = 256
 
-# One plain mailbox: no display name, no comments, no whitespace; a dotted domain
-# (a bare "user@host" is not deliverable on the internet).
-_ADDRESS = re.compile(
-    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}"
-    r"@(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
-)
 _CRLF = re.compile(r"[\r\n]")
 # Everything str.splitlines() breaks on, plus the other C0 controls and DEL: none belong in a header.
 _HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
@@ -32,9 +26,9 @@ _MAX_TIMEOUT_SECONDS = 86400
 
 
 class InvalidRequest(ValueError):
-    """The body cannot be sent; `outcome` is a name from outcomes.OUTCOMES."""
+    """The body cannot be sent, for the reason in `message`."""
 
-    def __init__(self, outcome: str, message: str):
+    def __init__(self, outcome: Outcome, message: str):
         super().__init__(message)
         self.outcome = outcome
         self.message = message
@@ -43,7 +37,7 @@ class InvalidRequest(ValueError):
 
 @dataclass(frozen=True)
 class SendRequest:
-    to: str
+    to: Mailbox
     subject: str
     body: str  # resolved content
     params: dict[str, str] = field(default_factory=dict)
@@ -51,23 +45,6 @@ class SendRequest:
     locale: str = ""
     idempotency_key: str | None = None
     timeout_seconds: float | None = None
-
-    def fingerprint(self) -> str:
-        """A hash of the effective message: same key + other fingerprint is a conflict."""
-        canonical = json.dumps(
-            {
-                "channel": "email",
-                "to": self.to,
-                "subject": self.subject,
-                "body": self.body,
-                "params": self.params,
-                "template": self.template,
-                "locale": self.locale,
-            },
-            sort_keys=True,
-            ensure_ascii=False,
-        )
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def parse_send_request(raw: bytes, header_key: str | None) -> SendRequest:
@@ -82,16 +59,16 @@ def parse_send_request(raw: bytes, header_key: str | None) -> SendRequest:
 def _send_request(data: dict, header_key: str | None) -> SendRequest:
     channel = _optional_str(data, "channel")
     if channel not in ("", "email"):
-        raise InvalidRequest("invalid_request", f"unsupported channel {channel[:40]!r}: only 'email'")
+        raise InvalidRequest(Outcome.INVALID_REQUEST, f"unsupported channel {channel[:40]!r}: only 'email'")
     to = _recipient(data)
     subject = _optional_str(data, "subject") or DEFAULT_SUBJECT
     if _HEADER_UNSAFE.search(subject):
-        raise InvalidRequest("invalid_request", "subject must not contain CR or LF (nor any other line break "
+        raise InvalidRequest(Outcome.INVALID_REQUEST, "subject must not contain CR or LF (nor any other line break "
                                                 "or control character)")
     params = _params(data)
     body = resolve_body(_optional_str(data, "body"), params)
     if _BODY_UNSAFE.search(body):
-        raise InvalidRequest("invalid_request", "body and params.code must not contain control characters "
+        raise InvalidRequest(Outcome.INVALID_REQUEST, "body and params.code must not contain control characters "
                                                 "other than tab and line breaks")
     return SendRequest(
         to=to,
@@ -117,14 +94,14 @@ def _json_object(raw: bytes) -> dict:
     try:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise InvalidRequest("invalid_request", "body is not valid JSON") from None
+        raise InvalidRequest(Outcome.INVALID_REQUEST, "body is not valid JSON") from None
     if not isinstance(data, dict):
-        raise InvalidRequest("invalid_request", "body must be a JSON object")
+        raise InvalidRequest(Outcome.INVALID_REQUEST, "body must be a JSON object")
     try:
         # JSON may carry lone surrogates ("\ud800"), which no mail can encode.
         json.dumps(data, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidRequest("invalid_request", "body contains invalid Unicode (a lone surrogate)") from None
+        raise InvalidRequest(Outcome.INVALID_REQUEST, "body contains invalid Unicode (a lone surrogate)") from None
     return data
 
 
@@ -133,21 +110,22 @@ def _optional_str(data: dict, name: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise InvalidRequest("invalid_request", f"{name} must be a string")
+        raise InvalidRequest(Outcome.INVALID_REQUEST, f"{name} must be a string")
     return value
 
 
-def _recipient(data: dict) -> str:
+def _recipient(data: dict) -> Mailbox:
     to = data.get("to")
     if to is not None and not isinstance(to, str):
-        raise InvalidRequest("invalid_request", "to must be a string")
+        raise InvalidRequest(Outcome.INVALID_REQUEST, "to must be a string")
     if not to:
-        raise InvalidRequest("invalid_destination", "to is required")
+        raise InvalidRequest(Outcome.INVALID_DESTINATION, "to is required")
     if _CRLF.search(to):
-        raise InvalidRequest("invalid_destination", "to must not contain CR or LF")
-    if not _ADDRESS.fullmatch(to):
-        raise InvalidRequest("invalid_destination", "to is not a valid email address")
-    return to
+        raise InvalidRequest(Outcome.INVALID_DESTINATION, "to must not contain CR or LF")
+    try:
+        return parse_address(to)
+    except InvalidAddress as exc:
+        raise InvalidRequest(Outcome.INVALID_DESTINATION, f"to is not a valid email address: {exc}") from None
 
 
 def _params(data: dict) -> dict[str, str]:
@@ -155,23 +133,23 @@ def _params(data: dict) -> dict[str, str]:
     if params is None:
         return {}
     if not isinstance(params, dict) or not all(isinstance(v, str) for v in params.values()):
-        raise InvalidRequest("invalid_request", "params must be an object of string values")
+        raise InvalidRequest(Outcome.INVALID_REQUEST, "params must be an object of string values")
     return params
 
 
 def _idempotency_key(data: dict, header_key: str | None) -> str | None:
     body_key = data.get("idempotency_key")
     if body_key is not None and not isinstance(body_key, str):
-        raise InvalidRequest("invalid_request", "idempotency_key must be a string")
+        raise InvalidRequest(Outcome.INVALID_REQUEST, "idempotency_key must be a string")
     if body_key is not None and header_key is not None and body_key != header_key:
-        raise InvalidRequest("invalid_request", "Idempotency-Key header and idempotency_key differ")
+        raise InvalidRequest(Outcome.INVALID_REQUEST, "Idempotency-Key header and idempotency_key differ")
     key = body_key if body_key is not None else header_key
     if key is None:
         return None
     # isprintable() is False for control characters and every Unicode separator but " ".
     if not (0 < len(key) <= MAX_KEY_LENGTH and key.isprintable() and " " not in key):
         raise InvalidRequest(
-            "invalid_request",
+            Outcome.INVALID_REQUEST,
             f"idempotency key must be 1-{MAX_KEY_LENGTH} printable characters without whitespace",
         )
     return key
@@ -183,7 +161,7 @@ def _timeout(data: dict) -> float | None:
         return None
     # bool is an int in Python; true is not a timeout.
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidRequest("invalid_request", "timeout_seconds must be an integer")
+        raise InvalidRequest(Outcome.INVALID_REQUEST, "timeout_seconds must be an integer")
     if value <= 0:
-        raise InvalidRequest("invalid_request", "timeout_seconds must be positive")
+        raise InvalidRequest(Outcome.INVALID_REQUEST, "timeout_seconds must be positive")
     return float(min(value, _MAX_TIMEOUT_SECONDS))

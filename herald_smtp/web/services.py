@@ -1,4 +1,4 @@
-"""The per-process objects a request needs (settings, store, send service).
+"""The per-process objects a request needs: settings, store, send service, metrics.
 
 create_app() builds one Services and keeps it in `app.extensions`; blueprints
 read it through services() instead of globals.
@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 from flask import current_app
 
-from .config import Settings
-from .idempotency import Store
-from .metrics import Metrics
-from .service import SendService
+from ..config import Settings
+from ..idempotency.base import Store
+from ..metrics import Metrics
+from ..sending.service import SendService
 
 EXTENSION = "herald_smtp"
 

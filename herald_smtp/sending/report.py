@@ -1,0 +1,28 @@
+"""The two log lines operators grep for, one per request: `send ok` and `send_failed`."""
+
+from __future__ import annotations
+
+import logging
+
+from ..addresses import mask_addresses, mask_email
+from ..outcomes import Result
+
+log = logging.getLogger("herald_smtp.send")
+
+
+def report(result: Result, to: str | None, seconds: float = 0.0) -> None:
+    """`to` is the recipient as the caller gave it (masked here), or None when there was none."""
+    masked = mask_email(to) if to else None
+    duration_ms = round(seconds * 1000, 1)
+    if result.ok:
+        log.info("send ok", extra={"message_id": result.message_id, "to": masked, "duration_ms": duration_ms})
+        return
+    log.warning("send_failed", extra={
+        "error_code": result.outcome.error_code,
+        "errmsg": mask_addresses(result.message),
+        "smtp_code": result.smtp_code,
+        "phase": result.phase,
+        "outcome": result.outcome.value,
+        "to": masked,
+        "duration_ms": duration_ms,
+    })

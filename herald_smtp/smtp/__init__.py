@@ -1,0 +1,1 @@
+"""SMTP delivery: connections, the transaction phase by phase, retries, the circuit breaker."""

@@ -1,0 +1,1 @@
+"""The `herald-smtp` command and what it runs: the gunicorn server, the doctor, the capture sink."""

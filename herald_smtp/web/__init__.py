@@ -1,0 +1,1 @@
+"""The HTTP layer: the Flask app, its blueprints and every response it gives."""

@@ -1,0 +1,71 @@
+"""Every response the service gives: Result -> Answer -> JSON, and the error handlers.
+
+Views and hooks hand an Answer (or a Result) to render(); Flask's own HTTP
+errors, InvalidRequest and unexpected exceptions come here through the
+handlers registered by register_error_handlers(). Each response carries its
+error_code for the requests metric.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from ..outcomes import Answer, Outcome, Result, answer_for
+from ..sending.report import report
+from ..sending.request import InvalidRequest
+
+log = logging.getLogger("herald_smtp.app")
+
+# HTTP errors raised by Flask/Werkzeug itself -> our outcomes.
+_HTTP_OUTCOMES = {404: Outcome.NOT_FOUND, 405: Outcome.METHOD_NOT_ALLOWED, 413: Outcome.PAYLOAD_TOO_LARGE}
+
+
+class HeraldResponse(Response):
+    """Flask's response, plus the error_code it answers ("" on success and for non-send endpoints)."""
+
+    error_code = ""
+
+
+def render(answer: Answer) -> HeraldResponse:
+    response = jsonify(answer.body)
+    response.status_code = answer.status
+    response.error_code = answer.error_code
+    if answer.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    if answer.retry_after is not None:
+        response.headers["Retry-After"] = str(answer.retry_after)
+    return response
+
+
+def render_result(result: Result) -> HeraldResponse:
+    return render(answer_for(result))
+
+
+def register_error_handlers(app: Flask) -> None:
+    app.register_error_handler(InvalidRequest, _invalid_request)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+
+
+def _invalid_request(exc: InvalidRequest):
+    result = Result(exc.outcome, exc.message)
+    report(result, exc.to)
+    return render_result(result)
+
+
+def _http_error(exc: HTTPException):
+    outcome = _HTTP_OUTCOMES.get(exc.code)
+    if outcome is None:
+        outcome = Outcome.INTERNAL_ERROR if (exc.code or 500) >= 500 else Outcome.INVALID_REQUEST
+    result = Result(outcome, "request body too large" if exc.code == 413 else (exc.description or exc.name))
+    log.warning("request failed", extra={"status": exc.code, "path": request.path, "method": request.method,
+                                          "error_code": outcome.error_code, "errmsg": result.message})
+    return render_result(result)
+
+
+def _unexpected_error(exc: Exception):
+    log.exception("internal error", extra={"path": request.path, "method": request.method})
+    return render_result(Result(Outcome.INTERNAL_ERROR, "internal error; see the service log for this request id"))
