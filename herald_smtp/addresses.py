@@ -42,6 +42,7 @@ def parse_address(text: str) -> Mailbox:
             allow_quoted_local=False,
             allow_domain_literal=False,
             allow_empty_local=False,
+            strict=True,  # RFC 5321 limits: at most 64 characters before the @
             test_environment=True,  # lets *.test through; deliverability checks are off anyway
         )
     except EmailNotValidError as exc:

@@ -296,8 +296,9 @@ def test_workers(env, workers):
     [
         ({"SMTP_PORT": "abc"}, ["SMTP_PORT"]),
         ({"SMTP_USE_TLS": "true", "SMTP_USE_STARTTLS": "true"}, ["SMTP_USE_TLS", "SMTP_USE_STARTTLS"]),
+        ({"REDIS_URL": "memcached://127.0.0.1:11211"}, ["REDIS_URL"]),
     ],
-    ids=["bad-port", "both-tls"],
+    ids=["bad-port", "both-tls", "unknown-store-scheme"],
 )
 def test_serve_exits_with_one_line_on_bad_config(tmp_path, extra, names):
     env = {**os.environ, **extra, "SMTP_USER": "u", "SMTP_PASSWORD": "hunter2-secret"}

@@ -156,3 +156,18 @@ def test_stalled_greeting_says_so(server_factory):
     code, lines = doctor(env)
     line = failed_line(lines)
     assert code == 1 and "no SMTP greeting within 1s" in line and "SMTP_USE_TLS=true" in line
+
+
+def test_server_without_auth_while_smtp_user_is_set(server_factory):
+    server = server_factory()  # plain SMTP, no AUTH offered
+    code, lines = doctor(smtp_env(server) | {"SMTP_USE_STARTTLS": "false", "SMTP_USER": "u", "SMTP_PASSWORD": "p"})
+    line = failed_line(lines)
+    assert code == 1 and line.startswith("FAIL auth") and "does not offer AUTH" in line
+    assert "SMTP_USE_STARTTLS=true" in line  # many servers offer AUTH only after TLS
+
+
+def test_an_invalid_test_address_is_refused_before_connecting(good):
+    code, lines = doctor(smtp_env(good), to="..@example.com")
+    line = failed_line(lines)
+    assert code == 1 and line.startswith("FAIL config") and "not a valid email address" in line
+    assert good.connections == 0

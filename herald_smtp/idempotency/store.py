@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from .base import Store
 
 # scheme -> backend; the scale-out work adds redis+sentinel and redis+cluster here.
@@ -19,7 +17,8 @@ def backend_for(url: str) -> str:
     """'memory' or 'redis'; ValueError naming the accepted forms for anything else."""
     if not url:
         return "memory"
-    backend = _BACKENDS.get(urlsplit(url).scheme.lower())
+    scheme, found, _ = url.partition("://")
+    backend = _BACKENDS.get(scheme) if found else None
     if backend is None:
         raise ValueError(EXPECTED_FORM)
     return backend

@@ -48,7 +48,7 @@ RULES: tuple[tuple[tuple[str, ...], str, Outcome, str], ...] = (
 
 def evidence_of(failure: SmtpFailure) -> str:
     if failure.code is not None:
-        if failure.code >= 500 and failure.phase == RCPT and is_sender_refusal(failure.detail):
+        if failure.code >= 500 and failure.phase == RCPT and is_sender_refusal(failure.reply):
             return "5xx_sender"
         return f"{failure.code // 100}xx"
     error = failure.error

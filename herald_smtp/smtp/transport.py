@@ -1,10 +1,15 @@
-"""One SMTP connection and one mail transaction over it, phase by phase.
+"""One SMTP connection and one mail transaction over it, as steps.
 
-Opening a connection covers connect, TLS (STARTTLS or implicit) and AUTH;
-`transmit` covers MAIL, RCPT and DATA. Any failure is raised as SmtpFailure
-carrying the phase it happened in, which is what classification needs: the
-same error means "retry" before the end of DATA and "unknown" after it.
-Pooling, retries and the breaker wrap it (see mailer, pool, breaker).
+    open_connection = connect (TCP, implicit TLS, greeting) -> ehlo -> [starttls] -> [login]
+    transmit        = mail_from -> rcpt_to -> data (the message, the final dot, the reply)
+
+Each step is public: the mailer runs them through open_connection and
+transmit, `herald-smtp doctor` runs them one by one. Any failure is raised as
+SmtpFailure carrying the phase it happened in and its evidence (reply code and
+text, or the exception), which is what classification needs: the same error
+means "retry" before the end of DATA and "unknown" after it. Every step takes
+a `deadline` (time.monotonic) that bounds it. Pooling, retries and the breaker
+wrap it (see mailer, pool, breaker).
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ class SmtpFailure(Exception):
     phase: str
     detail: str  # human-readable cause, never a credential
     code: int | None = None  # SMTP reply code when the server answered
-    error: BaseException | None = None  # the underlying exception, if any
+    error: BaseException | None = None  # the underlying exception; None when we stopped (e.g. STARTTLS not offered)
+    reply: str = ""  # the server's reply text, when it answered
 
     def __str__(self) -> str:
         return f"{self.phase}: {self.detail}"
@@ -58,13 +64,13 @@ def open_connection(settings: Settings, context: ssl.SSLContext | None, deadline
 
     `deadline` (time.monotonic) bounds the whole exchange, not each read.
     """
-    conn = _connect(settings, context, _remaining(CONNECT, deadline))
+    conn = connect(settings, context, deadline)
     try:
-        _ehlo(conn, deadline)
+        ehlo(conn, deadline)
         if settings.smtp_use_starttls:
-            _starttls(conn, settings, context, deadline)
+            starttls(conn, settings, context, deadline)
         if settings.smtp_user:
-            _login(conn, settings, deadline)
+            login(conn, settings, deadline)
     except BaseException:
         close_quietly(conn)
         raise
@@ -73,15 +79,93 @@ def open_connection(settings: Settings, context: ssl.SSLContext | None, deadline
 
 def transmit(conn: smtplib.SMTP, sender: str, recipient: str, payload: bytes, deadline: float) -> tuple[int, str]:
     """MAIL, RCPT, DATA. Returns the server's final reply, which may be a refusal."""
+    mail_from(conn, sender, deadline)
+    rcpt_to(conn, recipient, deadline)
+    return data(conn, payload, deadline)
+
+
+def connect(settings: Settings, context: ssl.SSLContext | None, deadline: float) -> smtplib.SMTP:
+    """TCP, the TLS handshake for implicit TLS, and the server's greeting (smtplib does them in one call)."""
+    where = f"{settings.smtp_host}:{settings.smtp_port}"
+    timeout = _remaining(CONNECT, deadline)
+    try:
+        if settings.smtp_use_tls:
+            return smtplib.SMTP_SSL(settings.smtp_host, settings.smtp_port, local_hostname=local_hostname(),
+                                    timeout=timeout, context=context)
+        return smtplib.SMTP(settings.smtp_host, settings.smtp_port, local_hostname=local_hostname(), timeout=timeout)
+    except ssl.SSLError as exc:
+        raise SmtpFailure(TLS, f"TLS handshake with {where} failed: {describe_error(exc)}", error=exc) from None
+    except smtplib.SMTPConnectError as exc:
+        reply = _text(exc.smtp_error)
+        raise SmtpFailure(CONNECT, f"{where} refused the session: {exc.smtp_code} {reply}",
+                          exc.smtp_code, exc, reply) from None
+    except socket.gaierror as exc:
+        raise SmtpFailure(CONNECT, f"cannot resolve {settings.smtp_host}: {exc.strerror}", error=exc) from None
+    except (OSError, smtplib.SMTPException) as exc:
+        raise SmtpFailure(CONNECT, f"connect to {where} failed: {describe_error(exc)}", error=exc) from None
+
+
+def ehlo(conn: smtplib.SMTP, deadline: float) -> None:
+    code, reply = _command(conn, CONNECT, conn.ehlo, deadline)
+    if code != 250:
+        raise SmtpFailure(CONNECT, f"EHLO refused: {code} {reply}", code, reply=reply)
+
+
+def starttls(conn: smtplib.SMTP, settings: Settings, context: ssl.SSLContext, deadline: float) -> None:
+    """STARTTLS, required: a server that does not offer it fails here, never a silent downgrade."""
+    if not conn.has_extn("starttls"):
+        raise SmtpFailure(
+            TLS,
+            f"{settings.smtp_host}:{settings.smtp_port} does not offer STARTTLS and SMTP_USE_STARTTLS=true; "
+            "refusing to send without TLS (use SMTP_USE_TLS=true for an implicit-TLS port such as 465)",
+        )
+    try:
+        conn.sock.settimeout(_remaining(TLS, deadline))
+        conn.starttls(context=context)
+    except ssl.SSLError as exc:
+        raise SmtpFailure(TLS, f"STARTTLS handshake failed: {describe_error(exc)}", error=exc) from None
+    except smtplib.SMTPResponseException as exc:
+        reply = _text(exc.smtp_error)
+        raise SmtpFailure(TLS, f"STARTTLS refused: {exc.smtp_code} {reply}", exc.smtp_code, exc, reply) from None
+    except (OSError, smtplib.SMTPException) as exc:
+        raise SmtpFailure(TLS, f"STARTTLS failed: {describe_error(exc)}", error=exc) from None
+    ehlo(conn, deadline)
+
+
+def login(conn: smtplib.SMTP, settings: Settings, deadline: float) -> None:
+    try:
+        conn.sock.settimeout(_remaining(AUTH, deadline))
+        conn.login(settings.smtp_user, settings.smtp_password)
+    except smtplib.SMTPAuthenticationError as exc:
+        reply = _text(exc.smtp_error)
+        raise SmtpFailure(AUTH, f"authentication failed: {exc.smtp_code} {reply} (check SMTP_USER and SMTP_PASSWORD)",
+                          exc.smtp_code, exc, reply) from None
+    except smtplib.SMTPNotSupportedError:
+        raise SmtpFailure(AUTH, "server does not offer AUTH, but SMTP_USER is set") from None
+    except smtplib.SMTPResponseException as exc:
+        reply = _text(exc.smtp_error)
+        raise SmtpFailure(AUTH, f"authentication failed: {exc.smtp_code} {reply}", exc.smtp_code, exc, reply) from None
+    except (OSError, smtplib.SMTPException) as exc:
+        raise SmtpFailure(AUTH, f"authentication failed: {describe_error(exc)}", error=exc) from None
+
+
+def mail_from(conn: smtplib.SMTP, sender: str, deadline: float) -> None:
     code, reply = _command(conn, MAIL, lambda: conn.mail(sender), deadline)
     if code != 250:
-        raise SmtpFailure(MAIL, f"MAIL FROM:<{sender}> refused: {code} {reply}", code)
+        raise SmtpFailure(MAIL, f"MAIL FROM:<{sender}> refused: {code} {reply}", code, reply=reply)
+
+
+def rcpt_to(conn: smtplib.SMTP, recipient: str, deadline: float) -> None:
     code, reply = _command(conn, RCPT, lambda: conn.rcpt(recipient), deadline)
     if code not in (250, 251):
-        raise SmtpFailure(RCPT, f"RCPT TO refused: {code} {reply}", code)
+        raise SmtpFailure(RCPT, f"RCPT TO refused: {code} {reply}", code, reply=reply)
+
+
+def data(conn: smtplib.SMTP, payload: bytes, deadline: float) -> tuple[int, str]:
+    """DATA, the message and the final dot; returns the server's reply to it, which may be a refusal."""
     code, reply = _command(conn, DATA, lambda: conn.docmd("DATA"), deadline)
     if code != 354:
-        raise SmtpFailure(DATA, f"DATA refused: {code} {reply}", code)
+        raise SmtpFailure(DATA, f"DATA refused: {code} {reply}", code, reply=reply)
     _command(conn, DATA, lambda: conn.send(_dot_stuffed(payload)), deadline)
     # The final dot is out: whatever breaks from here on leaves the outcome unknown.
     return _command(conn, AFTER_DATA, conn.getreply, deadline)
@@ -117,69 +201,6 @@ def close_quietly(conn: smtplib.SMTP) -> None:
             pass
 
 
-def _connect(settings: Settings, context: ssl.SSLContext | None, timeout: float) -> smtplib.SMTP:
-    where = f"{settings.smtp_host}:{settings.smtp_port}"
-    try:
-        if settings.smtp_use_tls:
-            return smtplib.SMTP_SSL(settings.smtp_host, settings.smtp_port, local_hostname=local_hostname(),
-                                    timeout=timeout, context=context)
-        return smtplib.SMTP(settings.smtp_host, settings.smtp_port, local_hostname=local_hostname(), timeout=timeout)
-    except ssl.SSLError as exc:
-        raise SmtpFailure(TLS, f"TLS handshake with {where} failed: {describe_error(exc)}", error=exc) from None
-    except smtplib.SMTPConnectError as exc:
-        raise SmtpFailure(CONNECT, f"{where} refused the session: {exc.smtp_code} {_text(exc.smtp_error)}",
-                          exc.smtp_code, exc) from None
-    except socket.gaierror as exc:
-        raise SmtpFailure(CONNECT, f"cannot resolve {settings.smtp_host}: {exc.strerror}", error=exc) from None
-    except (OSError, smtplib.SMTPException) as exc:
-        raise SmtpFailure(CONNECT, f"connect to {where} failed: {describe_error(exc)}", error=exc) from None
-
-
-def _ehlo(conn: smtplib.SMTP, deadline: float) -> None:
-    code, reply = _command(conn, CONNECT, conn.ehlo, deadline)
-    if code != 250:
-        raise SmtpFailure(CONNECT, f"EHLO refused: {code} {reply}", code)
-
-
-def _starttls(conn: smtplib.SMTP, settings: Settings, context: ssl.SSLContext, deadline: float) -> None:
-    if not conn.has_extn("starttls"):
-        raise SmtpFailure(
-            TLS,
-            f"{settings.smtp_host}:{settings.smtp_port} does not offer STARTTLS and SMTP_USE_STARTTLS=true; "
-            "refusing to send without TLS (use SMTP_USE_TLS=true for an implicit-TLS port such as 465)",
-        )
-    try:
-        conn.sock.settimeout(_remaining(TLS, deadline))
-        conn.starttls(context=context)
-    except ssl.SSLError as exc:
-        raise SmtpFailure(TLS, f"STARTTLS handshake failed: {describe_error(exc)}", error=exc) from None
-    except smtplib.SMTPResponseException as exc:
-        raise SmtpFailure(TLS, f"STARTTLS refused: {exc.smtp_code} {_text(exc.smtp_error)}",
-                          exc.smtp_code, exc) from None
-    except (OSError, smtplib.SMTPException) as exc:
-        raise SmtpFailure(TLS, f"STARTTLS failed: {describe_error(exc)}", error=exc) from None
-    _ehlo(conn, deadline)
-
-
-def _login(conn: smtplib.SMTP, settings: Settings, deadline: float) -> None:
-    try:
-        conn.sock.settimeout(_remaining(AUTH, deadline))
-        conn.login(settings.smtp_user, settings.smtp_password)
-    except smtplib.SMTPAuthenticationError as exc:
-        raise SmtpFailure(
-            AUTH,
-            f"authentication failed: {exc.smtp_code} {_text(exc.smtp_error)} (check SMTP_USER and SMTP_PASSWORD)",
-            exc.smtp_code, exc,
-        ) from None
-    except smtplib.SMTPNotSupportedError:
-        raise SmtpFailure(AUTH, "server does not offer AUTH, but SMTP_USER is set") from None
-    except smtplib.SMTPResponseException as exc:
-        raise SmtpFailure(AUTH, f"authentication failed: {exc.smtp_code} {_text(exc.smtp_error)}",
-                          exc.smtp_code, exc) from None
-    except (OSError, smtplib.SMTPException) as exc:
-        raise SmtpFailure(AUTH, f"authentication failed: {describe_error(exc)}", error=exc) from None
-
-
 def _remaining(phase: str, deadline: float) -> float:
     left = deadline - time.monotonic()
     if left <= 0:
@@ -196,7 +217,8 @@ def _command(conn: smtplib.SMTP, phase: str, call, deadline: float):
         conn.sock.settimeout(_remaining(phase, deadline))
         result = call()
     except smtplib.SMTPResponseException as exc:
-        raise SmtpFailure(phase, f"{exc.smtp_code} {_text(exc.smtp_error)}", exc.smtp_code, exc) from None
+        reply = _text(exc.smtp_error)
+        raise SmtpFailure(phase, f"{exc.smtp_code} {reply}", exc.smtp_code, exc, reply) from None
     except (OSError, smtplib.SMTPException) as exc:
         raise SmtpFailure(phase, f"connection failed: {describe_error(exc)}", error=exc) from None
     if isinstance(result, tuple):
@@ -219,8 +241,14 @@ def _text(reply) -> str:
     return " ".join(str(reply).split())[:300]
 
 
+def is_timeout(exc: BaseException | None) -> bool:
+    # smtplib reports a read timeout as a disconnect ("Connection unexpectedly closed: timed out").
+    return isinstance(exc, (socket.timeout, TimeoutError)) or (
+        isinstance(exc, smtplib.SMTPServerDisconnected) and "timed out" in str(exc))
+
+
 def describe_error(exc: BaseException) -> str:
-    if isinstance(exc, (socket.timeout, TimeoutError)):
+    if is_timeout(exc):
         return "timed out"
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"certificate verification failed: {exc.verify_message} (SMTP_TLS_CA_FILE adds a CA; SMTP_TLS_VERIFY=false disables checks)"

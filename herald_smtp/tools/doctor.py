@@ -1,8 +1,11 @@
 """`herald-smtp doctor`: walk the SMTP setup step by step and name the fix.
 
-One line per step: config, DNS, TCP, TLS/banner, EHLO, STARTTLS, AUTH,
-MAIL FROM, and with --to a RCPT and a real test mail. It stops at the first
-failure (later steps depend on it). Exit status 0 only when no step failed.
+One line per step: config, DNS, TCP, then the transport's own steps (TLS and
+banner, EHLO, STARTTLS, AUTH, MAIL FROM, and with --to RCPT and a real test
+mail), run one at a time. A failed step's SmtpFailure (its phase and
+evidence) is mapped to what happened and what to change, the way
+smtp/classify.py maps it to an outcome. The doctor stops at the first failure
+(later steps depend on it); the exit status is 0 only when no step failed.
 Secrets are never printed: the password is only ever handed to smtplib.
 """
 
@@ -16,12 +19,13 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from ..addresses import parse_address
+from ..addresses import InvalidAddress, parse_address
 from ..config import Settings
-from ..smtp.classify import is_sender_refusal
-from ..smtp.transport import describe_error, tls_context
 from ..sending.message import build_message, new_message_id
 from ..sending.request import SendRequest
+from ..smtp import transport
+from ..smtp.classify import is_sender_refusal
+from ..smtp.transport import SmtpFailure, describe_error, is_timeout
 
 OK, FAIL, SKIP = "ok", "FAIL", "skip"
 
@@ -37,6 +41,7 @@ PLAIN_FIRST_PORT_HINT = (
     "this port talks plain SMTP first (usually 587 or 25): set SMTP_USE_TLS=false and "
     "SMTP_USE_STARTTLS=true, or use port 465 for implicit TLS"
 )
+RETRY_HINT = "retry; if it persists ask the provider"
 
 
 @dataclass(frozen=True)
@@ -77,9 +82,7 @@ class Doctor:
             yield self._config()
             yield self._dns()
             yield self._tcp()
-            if self.s.smtp_use_tls:
-                yield self._implicit_tls()
-            yield self._banner()
+            yield from self._connect()
             yield self._ehlo()
             if self.s.smtp_use_starttls:
                 yield self._starttls()
@@ -89,15 +92,21 @@ class Doctor:
         except _Failed as failed:
             yield failed.step
         finally:
-            self._close()
+            if self.conn is not None:
+                transport.close_quietly(self.conn)
 
-    # --- steps
+    # --- probes before SMTP: is the host there at all?
 
     def _config(self) -> Step:
         if not self.s.smtp_configured:
             missing = [name for name, value in (("SMTP_HOST", self.s.smtp_host), ("SMTP_FROM", self.s.smtp_from))
                        if not value]
-            self._fail("config", f"{' and '.join(missing)} empty", "set them in .env or the environment")
+            _fail("config", f"{' and '.join(missing)} empty", "set them in .env or the environment")
+        if self.to:
+            try:
+                parse_address(self.to)
+            except InvalidAddress as exc:
+                _fail("config", f"--to {self.to!r} is not a valid email address: {exc}", "pass one plain address")
         mode = "implicit TLS" if self.s.smtp_use_tls else "STARTTLS" if self.s.smtp_use_starttls else "plain (no TLS)"
         auth = f"AUTH as {self.s.smtp_user}" if self.s.smtp_user else "no AUTH"
         return Step("config", OK, f"{self.where}, {mode}, {auth}, from {self.s.smtp_from}")
@@ -106,7 +115,7 @@ class Doctor:
         try:
             infos = socket.getaddrinfo(self.s.smtp_host, self.s.smtp_port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
-            self._fail("dns", f"cannot resolve {self.s.smtp_host}: {exc.strerror}", "check SMTP_HOST and DNS")
+            _fail("dns", f"cannot resolve {self.s.smtp_host}: {exc.strerror}", "check SMTP_HOST and DNS")
         addresses = sorted({info[4][0] for info in infos})
         return Step("dns", OK, f"{self.s.smtp_host} -> {', '.join(addresses)}")
 
@@ -115,51 +124,34 @@ class Doctor:
         try:
             socket.create_connection((self.s.smtp_host, self.s.smtp_port), timeout=self.timeout).close()
         except ConnectionRefusedError:
-            self._fail("tcp", f"connection to {self.where} refused",
-                       "nothing listens there: check SMTP_HOST and SMTP_PORT (587 STARTTLS, 465 implicit TLS, 25 relay)")
+            _fail("tcp", f"connection to {self.where} refused",
+                  "nothing listens there: check SMTP_HOST and SMTP_PORT (587 STARTTLS, 465 implicit TLS, 25 relay)")
         except (TimeoutError, socket.timeout):
-            self._fail("tcp", f"no answer from {self.where} within {self.timeout:g}s",
-                       "a firewall may drop the traffic (many clouds block port 25); check SMTP_PORT")
+            _fail("tcp", f"no answer from {self.where} within {self.timeout:g}s",
+                  "a firewall may drop the traffic (many clouds block port 25); check SMTP_PORT")
         except OSError as exc:
-            self._fail("tcp", f"cannot connect to {self.where}: {describe_error(exc)}", "check SMTP_HOST and SMTP_PORT")
+            _fail("tcp", f"cannot connect to {self.where}: {describe_error(exc)}", "check SMTP_HOST and SMTP_PORT")
         return Step("tcp", OK, f"connected to {self.where} in {(time.monotonic() - started) * 1000:.0f} ms")
 
-    def _implicit_tls(self) -> Step:
-        try:
-            self.conn = smtplib.SMTP_SSL(self.s.smtp_host, self.s.smtp_port, timeout=self.timeout,
-                                         context=tls_context(self.s))
-        except ssl.SSLCertVerificationError as exc:
-            self._fail("tls", f"certificate rejected: {exc.verify_message}", _certificate_hint(exc, self.s))
-        except ssl.SSLError as exc:
-            self._fail("tls", f"TLS handshake failed: {describe_error(exc)}", PLAIN_FIRST_PORT_HINT)
-        except (TimeoutError, socket.timeout):
-            self._fail("tls", f"no TLS handshake or greeting within {self.timeout:g}s", PLAIN_FIRST_PORT_HINT)
-        except (OSError, smtplib.SMTPException) as exc:
-            self._fail("tls", f"TLS connection failed: {describe_error(exc)}", PLAIN_FIRST_PORT_HINT)
-        return Step("tls", OK, f"implicit TLS: {_describe_tls(self.conn.sock)}")
+    # --- the transport's steps, one at a time
 
-    def _banner(self) -> Step:
-        if self.conn is None:  # plain first (STARTTLS or no TLS)
-            try:
-                self.conn = smtplib.SMTP(self.s.smtp_host, self.s.smtp_port, timeout=self.timeout)
-            except (TimeoutError, socket.timeout):
-                self._fail("banner", f"no SMTP greeting within {self.timeout:g}s", IMPLICIT_TLS_PORT_HINT)
-            except smtplib.SMTPConnectError as exc:
-                self._fail("banner", f"server refused the session: {exc.smtp_code} {_text(exc.smtp_error)}",
-                           "the server does not accept this client now; ask the provider")
-            except smtplib.SMTPServerDisconnected as exc:
-                # smtplib reports a read timeout as a disconnect ("... closed: timed out").
-                what = (f"no SMTP greeting within {self.timeout:g}s" if "timed out" in str(exc)
-                        else "the server closed the connection before greeting")
-                self._fail("banner", what, IMPLICIT_TLS_PORT_HINT)
-            except (OSError, smtplib.SMTPException) as exc:
-                self._fail("banner", f"no greeting: {describe_error(exc)}", "check SMTP_HOST and SMTP_PORT")
-        return Step("banner", OK, "220 greeting received")
+    def _run(self, name: str, step: Callable[[float], object]):
+        """Run one transport step with its own SMTP_TIMEOUT_SECONDS; a failure becomes this step's FAIL line."""
+        try:
+            return step(time.monotonic() + self.timeout)
+        except SmtpFailure as failure:
+            _fail(name, *self._diagnose(name, failure))
+
+    def _connect(self) -> Iterator[Step]:
+        # smtplib opens TCP, the implicit-TLS handshake and reads the greeting in one call.
+        name = "tls" if self.s.smtp_use_tls else "banner"
+        self.conn = self._run(name, lambda deadline: transport.connect(self.s, self._tls_context(), deadline))
+        if self.s.smtp_use_tls:
+            yield Step("tls", OK, f"implicit TLS: {_describe_tls(self.conn.sock)}")
+        yield Step("banner", OK, "220 greeting received")
 
     def _ehlo(self) -> Step:
-        code, text = self._ask("ehlo", self.conn.ehlo)
-        if code != 250:
-            self._fail("ehlo", f"EHLO refused: {code} {_text(text)}", "the server does not speak ESMTP to this client")
+        self._run("ehlo", lambda deadline: transport.ehlo(self.conn, deadline))
         features = ", ".join(sorted(k.upper() for k in self.conn.esmtp_features)) or "none"
         hint = ""
         if not (self.s.smtp_use_tls or self.s.smtp_use_starttls) and self.conn.has_extn("starttls"):
@@ -167,99 +159,127 @@ class Doctor:
         return Step("ehlo", OK, f"extensions: {features}", hint)
 
     def _starttls(self) -> Step:
-        if not self.conn.has_extn("starttls"):
-            self._fail("starttls", "the server does not offer STARTTLS (SMTP_USE_STARTTLS=true)",
-                       "use the provider's submission port 587, or port 465 with SMTP_USE_TLS=true; set "
-                       "SMTP_USE_STARTTLS=false only for a server that truly has no TLS (mail goes unencrypted)")
-        try:
-            code, text = self.conn.starttls(context=tls_context(self.s))
-        except ssl.SSLCertVerificationError as exc:
-            self._fail("starttls", f"certificate rejected: {exc.verify_message}", _certificate_hint(exc, self.s))
-        except ssl.SSLError as exc:
-            self._fail("starttls", f"TLS handshake failed: {describe_error(exc)}",
-                       "the server's TLS setup is broken or too old; ask the provider")
-        except smtplib.SMTPResponseException as exc:
-            self._fail("starttls", f"STARTTLS refused: {exc.smtp_code} {_text(exc.smtp_error)}",
-                       "the server offers but refuses STARTTLS; ask the provider")
-        except (OSError, smtplib.SMTPException) as exc:
-            self._fail("starttls", f"STARTTLS failed: {describe_error(exc)}", "retry; if it persists ask the provider")
-        self._ask("starttls", self.conn.ehlo)
+        self._run("starttls", lambda deadline: transport.starttls(self.conn, self.s, self._tls_context(), deadline))
         return Step("starttls", OK, _describe_tls(self.conn.sock))
 
     def _auth(self) -> Step:
         if not self.s.smtp_user:
             return Step("auth", SKIP, "SMTP_USER is empty: no AUTH")
-        if not self.conn.has_extn("auth"):
-            hint = ("the server offers AUTH only over TLS: set SMTP_USE_STARTTLS=true"
-                    if not (self.s.smtp_use_tls or self.s.smtp_use_starttls)
-                    else "leave SMTP_USER empty if this server relays without login, or use the submission port 587")
-            self._fail("auth", "the server does not offer AUTH", hint)
-        try:
-            self.conn.login(self.s.smtp_user, self.s.smtp_password)
-        except smtplib.SMTPAuthenticationError as exc:
-            self._fail("auth", f"authentication failed: {exc.smtp_code} {_text(exc.smtp_error)}", APP_PASSWORD_HINT)
-        except smtplib.SMTPException as exc:
-            self._fail("auth", f"authentication failed: {describe_error(exc)}", APP_PASSWORD_HINT)
-        except OSError as exc:
-            self._fail("auth", f"connection failed during AUTH: {describe_error(exc)}", "retry; check the network")
+        self._run("auth", lambda deadline: transport.login(self.conn, self.s, deadline))
         return Step("auth", OK, f"logged in as {self.s.smtp_user}")
 
     def _mail_from(self) -> Step:
-        code, text = self._ask("mail from", lambda: self.conn.mail(self.s.smtp_from))
-        if code == 530 and "starttls" in _text(text).lower():
-            self._fail("mail from", f"{code} {_text(text)}", "the server wants TLS first: set SMTP_USE_STARTTLS=true "
-                       "(port 587) or SMTP_USE_TLS=true (port 465)")
-        if code == 530:
-            self._fail("mail from", f"{code} {_text(text)}", "the server wants authentication: set SMTP_USER and "
-                       "SMTP_PASSWORD")
-        if code != 250:
-            self._fail("mail from", f"sender <{self.s.smtp_from}> refused: {code} {_text(text)}",
-                       "set SMTP_FROM to an address (or domain) this account is allowed to send as; many "
-                       "providers want a verified sender")
+        self._run("mail from", lambda deadline: transport.mail_from(self.conn, self.s.smtp_from, deadline))
         return Step("mail from", OK, f"<{self.s.smtp_from}> accepted")
 
     def _recipient_and_test_mail(self) -> Iterator[Step]:
         if not self.to:
-            self._ask("rset", self.conn.rset)
+            if not transport.reset(self.conn):
+                _fail("rset", "RSET after MAIL FROM was refused or the connection dropped", RETRY_HINT)
             yield Step("rcpt", SKIP, "no test mail (add --to ADDRESS to send one)")
             return
-        code, text = self._ask("rcpt", lambda: self.conn.rcpt(self.to))
-        if code not in (250, 251):
-            if is_sender_refusal(_text(text)):
-                self._fail("rcpt", f"sender or relaying refused at RCPT: {code} {_text(text)}",
-                           "set SMTP_FROM to an address this account may send as, and SMTP_USER/SMTP_PASSWORD "
-                           "if the server only relays for authenticated clients")
-            self._fail("rcpt", f"recipient <{self.to}> refused: {code} {_text(text)}", "check the address")
+        self._run("rcpt", lambda deadline: transport.rcpt_to(self.conn, self.to, deadline))
         yield Step("rcpt", OK, f"<{self.to}> accepted")
         message_id = new_message_id(self.s)
         request = SendRequest(to=parse_address(self.to), subject="herald-smtp doctor test mail",
                               body="This is a test mail sent by `herald-smtp doctor`. No action is needed.")
         payload = build_message(request, self.s, message_id).as_bytes(policy=email.policy.SMTP)
-        code, text = self._ask("test mail", lambda: self.conn.data(payload))
+        code, reply = self._run("test mail", lambda deadline: transport.data(self.conn, payload, deadline))
         if code != 250:
-            self._fail("test mail", f"message refused: {code} {_text(text)}", "the server's reply says why")
-        yield Step("test mail", OK, f"accepted: {code} {_text(text)} (Message-ID <{message_id}>)")
+            _fail("test mail", *self._diagnose("test mail", SmtpFailure(transport.AFTER_DATA, reply, code, reply=reply)))
+        yield Step("test mail", OK, f"accepted: {code} {reply} (Message-ID <{message_id}>)")
 
-    # --- helpers
+    def _tls_context(self) -> ssl.SSLContext | None:
+        return transport.tls_context(self.s) if self.s.smtp_use_tls or self.s.smtp_use_starttls else None
 
-    def _ask(self, name: str, call) -> tuple[int, bytes]:
-        try:
-            return call()
-        except smtplib.SMTPResponseException as exc:
-            return exc.smtp_code, exc.smtp_error
-        except (OSError, smtplib.SMTPException) as exc:
-            self._fail(name, f"connection failed: {describe_error(exc)}", "retry; if it persists ask the provider")
+    def _diagnose(self, step: str, failure: SmtpFailure) -> tuple[str, str]:
+        """(what happened, the fix) for a failed step: the first rule of HINTS that matches."""
+        evidence = _evidence(failure)
+        error = failure.error
+        facts = {
+            "code": failure.code, "reply": failure.reply, "detail": failure.detail,
+            "error": describe_error(error) if error else failure.detail,
+            "timeout": f"{self.timeout:g}", "sender": self.s.smtp_from, "to": self.to,
+            "verify": getattr(error, "verify_message", ""),
+            "certificate_fix": _certificate_hint(error, self.s) if "certificate" in evidence else "",
+            "no_auth_fix": ("the server offers AUTH only over TLS: set SMTP_USE_STARTTLS=true"
+                            if not (self.s.smtp_use_tls or self.s.smtp_use_starttls)
+                            else "leave SMTP_USER empty if this server relays without login, or use the "
+                                 "submission port 587"),
+        }
+        for steps, tag, what, fix in HINTS:
+            if (steps == ANY or step in steps) and (tag == ANY or tag in evidence):
+                return what.format(**facts), fix.format(**facts)
+        raise AssertionError("unreachable: the last rule matches everything")
 
-    def _fail(self, name: str, detail: str, fix: str):
-        raise _Failed(Step(name, FAIL, detail, fix))
 
-    def _close(self) -> None:
-        if self.conn is None:
-            return
-        try:
-            self.conn.quit()
-        except (OSError, smtplib.SMTPException):
-            self.conn.close()
+def _evidence(failure: SmtpFailure) -> set[str]:
+    """What a failed step showed, as the tags HINTS is keyed on."""
+    error, code, reply = failure.error, failure.code, failure.reply
+    if code is not None:
+        tags = {"reply"}
+        if code == 530:
+            tags |= {"530", "530_starttls"} if "starttls" in reply.lower() else {"530"}
+        if code >= 500 and is_sender_refusal(reply):
+            tags.add("sender_refusal")
+        return tags
+    if error is None:
+        return {"not_offered"}  # we stopped: STARTTLS or AUTH not offered
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return {"certificate"}
+    if isinstance(error, ssl.SSLError):
+        return {"tls"}
+    if is_timeout(error):
+        return {"timeout"}
+    if isinstance(error, smtplib.SMTPServerDisconnected):
+        return {"closed"}
+    if isinstance(error, smtplib.SMTPException):  # before OSError, its base class
+        return {"protocol"}  # e.g. no AUTH mechanism in common
+    return {"network"}
+
+
+ANY = "*"
+# (steps, evidence, what happened, the fix): the first match wins. "tls" is the implicit-TLS
+# connect (handshake and greeting in one), "banner" the plain-first one.
+HINTS: tuple[tuple[tuple[str, ...] | str, str, str, str], ...] = (
+    (ANY, "certificate", "certificate rejected: {verify}", "{certificate_fix}"),
+    (("tls",), "tls", "TLS handshake failed: {error}", PLAIN_FIRST_PORT_HINT),
+    (("tls",), "timeout", "no TLS handshake or greeting within {timeout}s", PLAIN_FIRST_PORT_HINT),
+    (("tls",), ANY, "TLS connection failed: {detail}", PLAIN_FIRST_PORT_HINT),
+    (("banner",), "timeout", "no SMTP greeting within {timeout}s", IMPLICIT_TLS_PORT_HINT),
+    (("banner",), "reply", "server refused the session: {code} {reply}",
+     "the server does not accept this client now; ask the provider"),
+    (("banner",), "closed", "the server closed the connection before greeting", IMPLICIT_TLS_PORT_HINT),
+    (("banner",), ANY, "no greeting: {detail}", "check SMTP_HOST and SMTP_PORT"),
+    (("ehlo",), "reply", "EHLO refused: {code} {reply}", "the server does not speak ESMTP to this client"),
+    (("starttls",), "not_offered", "the server does not offer STARTTLS (SMTP_USE_STARTTLS=true)",
+     "use the provider's submission port 587, or port 465 with SMTP_USE_TLS=true; set SMTP_USE_STARTTLS=false "
+     "only for a server that truly has no TLS (mail goes unencrypted)"),
+    (("starttls",), "tls", "TLS handshake failed: {error}", "the server's TLS setup is broken or too old; ask the provider"),
+    (("starttls",), "reply", "STARTTLS refused: {code} {reply}", "the server offers but refuses STARTTLS; ask the provider"),
+    (("auth",), "not_offered", "the server does not offer AUTH", "{no_auth_fix}"),
+    (("auth",), "reply", "authentication failed: {code} {reply}", APP_PASSWORD_HINT),
+    # Some servers hang up on bad credentials.
+    (("auth",), "closed", "authentication failed: {error}", APP_PASSWORD_HINT),
+    (("auth",), "protocol", "authentication failed: {error}", APP_PASSWORD_HINT),
+    (("auth",), "network", "connection failed during AUTH: {error}", "retry; check the network"),
+    (("mail from",), "530_starttls", "{code} {reply}",
+     "the server wants TLS first: set SMTP_USE_STARTTLS=true (port 587) or SMTP_USE_TLS=true (port 465)"),
+    (("mail from",), "530", "{code} {reply}", "the server wants authentication: set SMTP_USER and SMTP_PASSWORD"),
+    (("mail from",), "reply", "sender <{sender}> refused: {code} {reply}",
+     "set SMTP_FROM to an address (or domain) this account is allowed to send as; many providers want a "
+     "verified sender"),
+    (("rcpt",), "sender_refusal", "sender or relaying refused at RCPT: {code} {reply}",
+     "set SMTP_FROM to an address this account may send as, and SMTP_USER/SMTP_PASSWORD if the server only "
+     "relays for authenticated clients"),
+    (("rcpt",), "reply", "recipient <{to}> refused: {code} {reply}", "check the address"),
+    (("test mail",), "reply", "message refused: {code} {reply}", "the server's reply says why"),
+    (ANY, ANY, "connection failed: {error}", RETRY_HINT),
+)
+
+
+def _fail(name: str, detail: str, fix: str):
+    raise _Failed(Step(name, FAIL, detail, fix))
 
 
 def _certificate_hint(exc: ssl.SSLCertVerificationError, settings: Settings) -> str:
@@ -281,9 +301,3 @@ def _describe_tls(sock) -> str:
     subject = dict(item[0] for item in cert.get("subject", ())).get("commonName", "")
     names = ", ".join(value for _, value in cert.get("subjectAltName", ()))
     return f"{version}, certificate for {subject or names} valid until {cert.get('notAfter', '?')}"
-
-
-def _text(reply) -> str:
-    if isinstance(reply, bytes):
-        reply = reply.decode("utf-8", "replace")
-    return " ".join(str(reply).split())[:200]

@@ -1,0 +1,83 @@
+"""The one address parser: request `to`, SMTP_FROM, and what reaches the SMTP server."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from herald_smtp.addresses import InvalidAddress, Mailbox, mask_addresses, mask_email, parse_address
+from herald_smtp.config import ConfigError, settings_from
+from tests.support.client import assert_error, send
+
+BAD_RECIPIENTS = [
+    "..@example.com",
+    ".a@example.com",
+    "a.@example.com",
+    "a..b@example.com",
+    "a@b..example.com",
+    "a@example..com",
+    "a@example.com.",
+    "a@example.local",
+    "a@mail.localhost",
+    "a@example.invalid",
+    '"quoted"@example.com',
+    "a@[192.0.2.1]",
+    "a@@example.com",
+    "@example.com",
+    "a@",
+    "x" * 65 + "@example.com",
+    "josé@example.com",  # non-ASCII: refused until SMTPUTF8 is supported
+    "user@例子.中国",
+]
+
+
+@pytest.mark.parametrize("to", BAD_RECIPIENTS)
+def test_invalid_recipient_is_400_with_a_reason_and_nothing_is_sent_or_kept(client, smtp, to, caplog):
+    caplog.set_level(logging.WARNING, logger="herald_smtp.send")
+    body = assert_error(send(client, {"to": to, "idempotency_key": "k-addr"}), 400, "invalid_destination",
+                        "to is not a valid email address: ")
+    assert len(body["error_message"]) > len("to is not a valid email address: ") + 10  # says what is wrong
+    assert smtp.messages == []
+    [line] = [r for r in caplog.records if r.getMessage() == "send_failed"]
+    assert line.error_code == "invalid_destination"
+    # Nothing was recorded under the key: the corrected request sends.
+    assert send(client, {"to": "fixed@example.com", "idempotency_key": "k-addr"}).status_code == 200
+    assert [m.rcpt_tos for m in smtp.wait_for(1)] == [["fixed@example.com"]]
+
+
+@pytest.mark.parametrize("to", ["a+tag@sub.example.co.uk", "o'brien@example.com", "x_y-z@example.org",
+                                "staging@herald.test", "A.B@example.com"])
+def test_valid_recipients_reach_the_server_as_given(client, smtp, to):
+    response = send(client, {"to": to})
+    assert response.status_code == 200, response.get_json()
+    [mail] = smtp.wait_for(1)
+    assert mail.rcpt_tos == [to]
+    assert mail.message["To"] == to
+
+
+def test_the_domain_is_normalised_to_lower_case(client, smtp):
+    assert send(client, {"to": "Bob@Example.COM"}).status_code == 200
+    assert smtp.wait_for(1)[0].rcpt_tos == ["Bob@example.com"]
+
+
+@pytest.mark.parametrize("sender", ["a@b..c", "noreply@example.local", "..@example.com", "noreply"])
+def test_a_bad_smtp_from_stops_startup_naming_it(sender):
+    with pytest.raises(ConfigError) as err:
+        settings_from({"SMTP_FROM": sender})
+    message = str(err.value)
+    assert message.startswith("SMTP_FROM: expected an ASCII email address like noreply@example.com (")
+    assert "\n" not in message
+
+
+def test_parse_address_splits_and_explains():
+    assert parse_address("Li.Wei@Mail.Example.com") == Mailbox("Li.Wei", "mail.example.com")
+    assert str(parse_address("a@example.com")) == "a@example.com"
+    with pytest.raises(InvalidAddress, match="period"):
+        parse_address("a..b@example.com")
+
+
+def test_masking_keeps_the_first_letter_and_the_domain():
+    assert mask_email("alice@example.com") == "a***@example.com"
+    assert mask_email("no-at-sign") == "***"
+    assert mask_addresses("550 <alice@example.com>: no such user") == "550 <a***@example.com>: no such user"
