@@ -77,8 +77,8 @@ class Settings:
 
     @cached_property
     def sender(self) -> Mailbox:
-        """SMTP_FROM parsed (validated at load time; not configured: a placeholder never sent)."""
-        return parse_address(self.smtp_from) if self.smtp_from else Mailbox("", "herald-smtp.invalid")
+        """SMTP_FROM parsed once (it was validated at load time); only read once SMTP is configured."""
+        return parse_address(self.smtp_from)
 
     @property
     def store_is_shared(self) -> bool:

@@ -1,4 +1,4 @@
-"""Configuration (SPEC §5): defaults, accepted forms, one-line errors, .env, redaction, and startup exit."""
+"""Configuration: defaults, accepted forms, one-line errors, .env, redaction, and startup exit."""
 
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ GENERIC = ("*", "*")  # the operation key of `x-generic-responses`
 
 # Documented combinations that no test can produce in this build, and why.
 UNREACHABLE = {
-    # No rate limit is configurable in this version (SPEC §2 reserves the code; SECURITY.md
+    # No rate limit is configurable in this version (the API reserves the code; SECURITY.md
     # says to put a limiter in front). Nothing in the app returns the `rate_limited` outcome.
     ("/v1/send", "post", 429, "rate_limited"),
 }

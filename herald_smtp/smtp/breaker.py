@@ -1,11 +1,7 @@
-"""Circuit breaker for the SMTP server, per worker process.
+"""Circuit breaker for the SMTP server, per worker process: closed -> open -> half-open.
 
-closed    -> every send goes through; SMTP_CIRCUIT_THRESHOLD consecutive
-             connection-level failures open it.
-open      -> sends fail fast (503 provider_down, Retry-After) for
-             SMTP_CIRCUIT_COOLDOWN_SECONDS.
-half-open -> after the cooldown one trial send goes through; its success
-             closes the circuit, its connection failure opens it again.
+Which failures count and what callers see are in docs/DELIVERY.md; this
+module owns the states and their thread-safe transitions.
 """
 
 from __future__ import annotations

@@ -1,17 +1,9 @@
-"""The classification table: what each SMTP outcome means.
+"""The classification table: (phase, evidence) of an SMTP failure -> outcome, retry, breaker.
 
-Every failure is known by its *phase* (how far the transaction got) and its
-*evidence* (what we saw):
-  network  no SMTP reply: refused, reset, closed, timed out, DNS
-  local    we stopped: STARTTLS or AUTH not offered, TLS handshake or certificate rejected
-  2xx/4xx/5xx  the server's reply code
-  5xx_sender   a 5xx at RCPT that refuses the sender or relaying, not the recipient
-               (Postfix checks the sender at RCPT: "Sender address rejected", "Relay access denied")
-From (phase, evidence) the table gives an outcome (outcomes.py maps it to
-error_code, HTTP status, retryable and keep/release); from the outcome and
-phase follow whether the mailer retries within the request and whether the
-failure counts towards the circuit breaker. docs/DELIVERY.md shows this
-table; a test keeps the two identical.
+The vocabulary (phases, evidence) and the table itself are explained in
+docs/DELIVERY.md, which shows markdown_table(); tests/test_delivery_docs.py
+keeps the two identical. outcomes.py says what each outcome means for the
+caller and for the idempotency record.
 """
 
 from __future__ import annotations
