@@ -7,6 +7,7 @@ skipped: a server that cannot start fails the test with the reason.
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 import redis
@@ -14,6 +15,7 @@ import redis
 from herald_smtp.config import Settings, settings_from
 from herald_smtp.web.app import create_app
 from tests.support.client import SMTP_PASSWORD, SMTP_USER, smtp_env
+from tests.support.clock import FakeClock
 from tests.support.redis_server import RedisServer
 from tests.support.smtp_server import SmtpTestServer
 
@@ -81,10 +83,15 @@ def client(settings):
 
 
 @pytest.fixture
-def make_client():
-    """Build a test client for given settings (and optionally a given store)."""
+def clock() -> FakeClock:
+    return FakeClock()
 
-    def make(settings: Settings, store=None):
-        return create_app(settings, store=store).test_client()
+
+@pytest.fixture
+def make_client():
+    """Build a test client for given settings (optionally a given store, and a clock for the breaker and pool)."""
+
+    def make(settings: Settings, store=None, clock=time.monotonic):
+        return create_app(settings, store=store, clock=clock).test_client()
 
     return make

@@ -1,4 +1,4 @@
-"""SPEC §4 delivery: connection reuse, transparent reconnects, bounded retries, the breaker.
+"""Delivery: connection reuse, transparent reconnects, bounded retries, the breaker.
 
 Each test counts what a real SMTP server actually received.
 """
@@ -17,11 +17,12 @@ from tests.support.smtp_server import SmtpTestServer
 
 
 @pytest.fixture
-def service(make_client):
-    """A client for `server` with extra environment variables."""
+def service(make_client, clock):
+    """A client for `server` with extra environment variables; its breaker and pool run on the fake `clock`."""
 
     def make(server: SmtpTestServer, **env):
-        return make_client(settings_from(smtp_env(server) | {k.upper(): str(v) for k, v in env.items()}))
+        return make_client(settings_from(smtp_env(server) | {k.upper(): str(v) for k, v in env.items()}),
+                           clock=clock)
 
     return make
 
@@ -51,13 +52,13 @@ def test_connection_is_replaced_after_max_messages(server_factory, service):
     assert server.connections == 3
 
 
-def test_connection_idle_past_smtp_idle_seconds_is_replaced(server_factory, service):
+def test_connection_idle_past_smtp_idle_seconds_is_replaced(server_factory, service, clock):
     server = server_factory()
     client = service(server, smtp_idle_seconds=0.3)
     assert send(client, mail(1)).status_code == 200
     assert send(client, mail(2)).status_code == 200
     assert server.connections == 1
-    time.sleep(0.5)
+    clock.advance(0.5)
     assert send(client, mail(3)).status_code == 200
     assert server.connections == 2
 
@@ -173,7 +174,7 @@ def test_mail_accepted_then_broken_quit_is_a_success(server_factory, service):
 # --- circuit breaker
 
 
-def test_breaker_opens_fails_fast_half_opens_and_closes(server_factory, service, caplog):
+def test_breaker_opens_fails_fast_half_opens_and_closes(server_factory, service, clock, caplog):
     caplog.set_level(logging.INFO, logger="herald_smtp.mailer")
     server = server_factory()
     server.inject("ehlo", reply="421 4.3.2 service not available")
@@ -189,13 +190,13 @@ def test_breaker_opens_fails_fast_half_opens_and_closes(server_factory, service,
     assert server.connections == 2  # failed fast: the server saw nothing
     assert "smtp circuit open: failing fast" in caplog.messages
 
-    time.sleep(1.1)  # cooldown over: one trial; it fails, so the circuit opens again
+    clock.advance(1.1)  # cooldown over: one trial; it fails, so the circuit opens again
     assert_error(send(client, mail(4)), 500, "send_failed", "421")
     assert_error(send(client, mail(5)), 503, "provider_down")
     assert server.connections == 3
 
     server.reset_faults()
-    time.sleep(1.1)
+    clock.advance(1.1)
     assert send(client, mail(6)).status_code == 200  # the trial succeeds and closes the circuit
     assert send(client, mail(7)).status_code == 200
     assert "smtp circuit closed: the SMTP server answers again" in caplog.messages
@@ -211,14 +212,14 @@ def test_breaker_ignores_refusals_that_are_not_connection_failures(server_factor
     assert send(client, mail(2)).status_code == 200
 
 
-def test_circuit_open_releases_the_idempotency_key(server_factory, service):
+def test_circuit_open_releases_the_idempotency_key(server_factory, service, clock):
     server = server_factory()
     server.inject("ehlo", reply="421 4.3.2 busy")
     client = service(server, smtp_retries=0, smtp_circuit_threshold=1, smtp_circuit_cooldown_seconds=0.5)
     assert_error(send(client, mail(1)), 500, "send_failed")
     assert_error(send(client, mail(1) | {"idempotency_key": "k-breaker"}), 503, "provider_down")
     server.reset_faults()
-    time.sleep(0.6)
+    clock.advance(0.6)
     response = send(client, mail(1) | {"idempotency_key": "k-breaker"})
     assert response.status_code == 200 and "Idempotent-Replayed" not in response.headers
 
@@ -263,12 +264,12 @@ def test_bad_credentials_do_not_open_the_breaker(server_factory, service):
         assert_error(send(client, mail(n)), 500, "send_failed", "535")
 
 
-def test_half_open_lets_exactly_one_trial_through(server_factory, service):
+def test_half_open_lets_exactly_one_trial_through(server_factory, service, clock):
     server = server_factory()
     server.inject("ehlo", reply="421 4.3.2 busy", times=1)
     client = service(server, smtp_retries=0, smtp_circuit_threshold=1, smtp_circuit_cooldown_seconds=0.3)
     assert_error(send(client, mail(0)), 500, "send_failed", "421")
-    time.sleep(0.4)
+    clock.advance(0.4)
     server.inject("message", delay=1.0, times=1)  # the trial is slow: the others arrive while it runs
     answers = {}
 
@@ -278,7 +279,7 @@ def test_half_open_lets_exactly_one_trial_through(server_factory, service):
     threads = [threading.Thread(target=call, args=(n,)) for n in range(1, 5)]
     for t in threads:
         t.start()
-        time.sleep(0.05)
+        time.sleep(0.05)  # real time: lets the trial reach the server (and stall there) before the next starts
     for t in threads:
         t.join()
     statuses = sorted(a.status_code for a in answers.values())
@@ -287,7 +288,7 @@ def test_half_open_lets_exactly_one_trial_through(server_factory, service):
     assert send(client, mail(9)).status_code == 200  # the trial closed the circuit
 
 
-def test_idle_connections_age_out_under_steady_traffic(server_factory, service):
+def test_idle_connections_age_out_under_steady_traffic(server_factory, service, clock):
     server = server_factory()
     server.inject("message", delay=0.3, times=4)
     client = service(server, smtp_idle_seconds=0.5)
@@ -299,5 +300,5 @@ def test_idle_connections_age_out_under_steady_traffic(server_factory, service):
     assert server.open_connections == 4
     for n in range(8):  # one mail every 0.2 s keeps one connection warm
         assert send(client, mail(10 + n)).status_code == 200
-        time.sleep(0.2)
+        clock.advance(0.2)
     assert server.open_connections == 1

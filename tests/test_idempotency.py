@@ -1,4 +1,4 @@
-"""Idempotency (SPEC §3): the store contract on both stores, then the behaviour end to end."""
+"""Idempotency: the store contract on both stores, then the behaviour end to end."""
 
 from __future__ import annotations
 
@@ -18,10 +18,21 @@ from tests.support.redis_server import RedisServer
 
 
 @pytest.fixture(params=["memory", "redis"])
-def store(request, redis_client):
-    if request.param == "memory":
-        return MemoryStore()
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def store(backend, clock, redis_client):
+    if backend == "memory":
+        return MemoryStore(clock=clock)
     return RedisStore(redis_client, "test:")
+
+
+@pytest.fixture
+def let_pass(backend, clock):
+    """let_pass(seconds) for `store`: the fake clock for memory, a real sleep for Redis (its TTLs run on real time)."""
+    return clock.advance if backend == "memory" else time.sleep
 
 
 def test_first_reserve_owns_the_key_and_a_second_sees_it_in_flight(store):
@@ -50,9 +61,9 @@ def test_release_frees_the_key(store):
     assert store.reserve("k", "fp", 30).owned
 
 
-def test_an_expired_reservation_cannot_overwrite_or_delete_the_newer_one(store):
+def test_an_expired_reservation_cannot_overwrite_or_delete_the_newer_one(store, let_pass):
     old = store.reserve("k", "fp", 0.2)
-    time.sleep(0.4)
+    let_pass(0.4)
     new = store.reserve("k", "fp", 30)
     assert new.owned
 
@@ -62,11 +73,11 @@ def test_an_expired_reservation_cannot_overwrite_or_delete_the_newer_one(store):
     assert store.finish(new, Record("fp", 200, {"ok": True}), 60)
 
 
-def test_final_record_expires_after_the_ttl(store):
+def test_final_record_expires_after_the_ttl(store, let_pass):
     claim = store.reserve("k", "fp", 30)
     store.finish(claim, Record("fp", 200, {"ok": True}), 1)
     assert store.get("k") is not None
-    time.sleep(1.3)
+    let_pass(1.3)
     assert store.get("k") is None
 
 

@@ -183,17 +183,17 @@ def test_sigterm_lets_in_flight_sends_finish_and_record_their_outcome(tmp_path, 
     assert "Worker exiting" in service.log_text() or "Shutting down" in service.log_text()
 
 
-def test_not_ready_while_the_circuit_is_open_and_ready_again_after_the_cooldown(server_factory, make_client):
+def test_not_ready_while_the_circuit_is_open_and_ready_again_after_the_cooldown(server_factory, make_client, clock):
     # A not-ready pod gets no traffic, so nothing but time can end its open circuit.
     server = server_factory()
     server.inject("ehlo", reply="421 4.3.2 busy")
     client = make_client(settings_from(smtp_env(server) | {
-        "SMTP_RETRIES": "0", "SMTP_CIRCUIT_THRESHOLD": "1", "SMTP_CIRCUIT_COOLDOWN_SECONDS": "0.5"}))
+        "SMTP_RETRIES": "0", "SMTP_CIRCUIT_THRESHOLD": "1", "SMTP_CIRCUIT_COOLDOWN_SECONDS": "0.5"}), clock=clock)
     send(client, {"to": "a@example.com"})
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.get_json()["checks"]["circuit"]["ok"] is False
-    time.sleep(0.7)
+    clock.advance(0.7)
     response = client.get("/readyz")
     assert response.status_code == 200 and response.get_json()["checks"]["circuit"]["detail"] == "half_open"
     assert metric(client.get("/metrics").get_data(as_text=True), "herald_smtp_smtp_circuit_state") == 1

@@ -34,13 +34,15 @@ _MIN_ATTEMPT_SECONDS = 0.5
 
 
 class Mailer:
-    def __init__(self, settings: Settings, metrics: Metrics):
+    def __init__(self, settings: Settings, metrics: Metrics, clock=time.monotonic):
         self.settings = settings
         self.metrics = metrics
         context = transport.tls_context(settings) if settings.smtp_use_tls or settings.smtp_use_starttls else None
-        self.pool = ConnectionPool(settings, context, metrics)
+        # `clock` drives only the breaker's cooldown and the pool's idle ageing; SMTP
+        # deadlines stay on time.monotonic, as sockets time out in real time.
+        self.pool = ConnectionPool(settings, context, metrics, clock=clock)
         self.breaker = CircuitBreaker(settings.smtp_circuit_threshold, settings.smtp_circuit_cooldown_seconds,
-                                      on_change=metrics.set_circuit_state)
+                                      on_change=metrics.set_circuit_state, clock=clock)
 
     def send(self, msg: EmailMessage, recipient: str, budget: float) -> Result:
         """Send within `budget` seconds, retries included."""

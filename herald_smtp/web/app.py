@@ -7,6 +7,7 @@ create_app() builds the store, mailer and send service once per process
 from __future__ import annotations
 
 import re
+import time
 import uuid
 
 from flask import Flask, g, request
@@ -25,7 +26,7 @@ from .services import EXTENSION, Services, services
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 
 
-def create_app(settings: Settings | None = None, store: Store | None = None) -> Flask:
+def create_app(settings: Settings | None = None, store: Store | None = None, clock=time.monotonic) -> Flask:
     settings = settings or load_settings()
     store = store or open_store(settings.redis_url, settings.redis_key_prefix)
     app = Flask(__name__)
@@ -35,7 +36,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.json.ensure_ascii = False
     app.json.sort_keys = False
     metrics = Metrics(settings.metrics_dir)
-    mailer = Mailer(settings, metrics)
+    mailer = Mailer(settings, metrics, clock=clock)
     app.extensions[EXTENSION] = Services(settings, store, SendService(settings, store, mailer, metrics), metrics)
 
     app.before_request(_assign_request_id)

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .net import LOCALHOST, free_port
 
@@ -99,7 +101,9 @@ class RedisServer:
         )
 
     def client(self, timeout: float = 1.0) -> redis.Redis:
-        return redis.Redis(host=LOCALHOST, port=self.port, socket_timeout=timeout, socket_connect_timeout=timeout)
+        """A plain client that fails at once when the server is down (no reconnect retries)."""
+        return redis.Redis(host=LOCALHOST, port=self.port, socket_timeout=timeout, socket_connect_timeout=timeout,
+                           retry=Retry(NoBackoff(), 0))
 
     def _ping(self) -> bool:
         try:
