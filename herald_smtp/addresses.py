@@ -23,8 +23,10 @@ class InvalidAddress(ValueError):
 
 @dataclass(frozen=True)
 class Mailbox:
+    """A valid address, split; both parts as given (the parser only checks them)."""
+
     local: str
-    domain: str  # as the parser normalised it (lower case)
+    domain: str
 
     def __str__(self) -> str:
         return f"{self.local}@{self.domain}"
@@ -34,7 +36,7 @@ def parse_address(text: str) -> Mailbox:
     if not text.isascii():
         raise InvalidAddress("only ASCII addresses are supported (no SMTPUTF8 or internationalised domains)")
     try:
-        parsed = validate_email(
+        validate_email(
             text,
             check_deliverability=False,
             allow_smtputf8=False,
@@ -47,7 +49,10 @@ def parse_address(text: str) -> Mailbox:
         )
     except EmailNotValidError as exc:
         raise InvalidAddress(str(exc)) from None
-    return Mailbox(parsed.local_part, parsed.ascii_domain)
+    # Not email-validator's normalised form, which lower-cases the domain: the caller's spelling is what the envelope,
+    # the headers and the fingerprint have always used.
+    local, _, domain = text.rpartition("@")
+    return Mailbox(local, domain)
 
 
 def mask_email(address: str) -> str:

@@ -271,6 +271,8 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv_path: str | N
     source: dict[str, str] = {}
     if dotenv_path and os.path.isfile(dotenv_path):
         source.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+        # prometheus_client reads its directory from the process environment only.
+        source.pop("PROMETHEUS_MULTIPROC_DIR", None)
     source.update(os.environ if environ is None else environ)
     return settings_from(source)
 

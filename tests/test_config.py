@@ -24,7 +24,7 @@ def config_error(env: dict[str, str]) -> str:
 # --- defaults
 
 
-def test_defaults_match_spec():
+def test_defaults():
     s = settings_from({})
     assert (s.host, s.port, s.bind) == ("0.0.0.0", 8084, "0.0.0.0:8084")
     assert s.api_keys == ()
@@ -340,3 +340,11 @@ def test_non_ascii_password_is_refused_without_showing_it():
     with pytest.raises(ConfigError, match="^SMTP_PASSWORD: expected ASCII") as info:
         settings_from({"SMTP_USER": "u", "SMTP_PASSWORD": "pässwort-geheim"})
     assert "geheim" not in str(info.value)
+
+
+def test_the_metrics_directory_comes_from_the_environment_only(tmp_path):
+    # prometheus_client honours only the process environment; a .env value would point /metrics elsewhere.
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("PROMETHEUS_MULTIPROC_DIR=/from/dotenv\nSMTP_PORT=2525\n")
+    assert load_settings({}, str(dotenv)).metrics_dir == ""
+    assert load_settings({"PROMETHEUS_MULTIPROC_DIR": "/from/env"}, str(dotenv)).metrics_dir == "/from/env"

@@ -171,3 +171,10 @@ def test_an_invalid_test_address_is_refused_before_connecting(good):
     line = failed_line(lines)
     assert code == 1 and line.startswith("FAIL config") and "not a valid email address" in line
     assert good.connections == 0
+
+
+def test_a_4xx_relay_refusal_at_rcpt_is_blamed_on_the_sender_too(good):
+    good.inject("rcpt", reply="454 4.7.1 <ops@example.com>: Relay access denied")
+    code, lines = doctor(smtp_env(good), to="ops@example.com")
+    line = failed_line(lines)
+    assert code == 1 and "sender or relaying refused" in line and "SMTP_FROM" in line

@@ -17,7 +17,7 @@ def test_empty_or_memory_url_is_the_in_process_store_and_one_worker(url):
     settings = settings_from({"REDIS_URL": url, "WEB_CONCURRENCY": "8"})
     assert not settings.store_is_shared
     assert settings.workers() == 1
-    assert isinstance(open_store(settings.redis_url), MemoryStore)
+    assert isinstance(open_store(settings.redis_url, "p:"), MemoryStore)
     assert isinstance(create_app(settings).extensions[EXTENSION].store, MemoryStore)
 
 

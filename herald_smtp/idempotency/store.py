@@ -1,4 +1,4 @@
-"""open_store(url): the backend for a REDIS_URL, chosen by its scheme as the `limits` library does.
+"""open_store(url, prefix): the backend for a REDIS_URL, chosen by its scheme as the `limits` library does.
 
     empty or memory://            the in-process store (one worker process)
     redis://, rediss://, unix://  Redis, shared by every worker and replica
@@ -24,7 +24,7 @@ def backend_for(url: str) -> str:
     return backend
 
 
-def open_store(url: str, prefix: str = "herald-smtp:") -> Store:
+def open_store(url: str, prefix: str) -> Store:
     if backend_for(url) == "memory":
         from .memory import MemoryStore
 

@@ -37,7 +37,7 @@ class Mailer:
     def __init__(self, settings: Settings, metrics: Metrics, clock=time.monotonic):
         self.settings = settings
         self.metrics = metrics
-        context = transport.tls_context(settings) if settings.smtp_use_tls or settings.smtp_use_starttls else None
+        context = transport.tls_context(settings)
         # `clock` drives only the breaker's cooldown and the pool's idle ageing; SMTP
         # deadlines stay on time.monotonic, as sockets time out in real time.
         self.pool = ConnectionPool(settings, context, metrics, clock=clock)

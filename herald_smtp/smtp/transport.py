@@ -49,7 +49,10 @@ def local_hostname() -> str:
     return socket.getfqdn()
 
 
-def tls_context(settings: Settings) -> ssl.SSLContext:
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The client TLS context for SMTP_USE_TLS or SMTP_USE_STARTTLS; None when TLS is off."""
+    if not (settings.smtp_use_tls or settings.smtp_use_starttls):
+        return None
     context = ssl.create_default_context()
     if settings.smtp_tls_ca_file:
         context.load_verify_locations(cafile=settings.smtp_tls_ca_file)
@@ -248,7 +251,7 @@ def is_timeout(exc: BaseException | None) -> bool:
 
 
 def describe_error(exc: BaseException) -> str:
-    if is_timeout(exc):
+    if isinstance(exc, (socket.timeout, TimeoutError)):
         return "timed out"
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"certificate verification failed: {exc.verify_message} (SMTP_TLS_CA_FILE adds a CA; SMTP_TLS_VERIFY=false disables checks)"

@@ -145,7 +145,7 @@ class Doctor:
     def _connect(self) -> Iterator[Step]:
         # smtplib opens TCP, the implicit-TLS handshake and reads the greeting in one call.
         name = "tls" if self.s.smtp_use_tls else "banner"
-        self.conn = self._run(name, lambda deadline: transport.connect(self.s, self._tls_context(), deadline))
+        self.conn = self._run(name, lambda deadline: transport.connect(self.s, transport.tls_context(self.s), deadline))
         if self.s.smtp_use_tls:
             yield Step("tls", OK, f"implicit TLS: {_describe_tls(self.conn.sock)}")
         yield Step("banner", OK, "220 greeting received")
@@ -159,7 +159,8 @@ class Doctor:
         return Step("ehlo", OK, f"extensions: {features}", hint)
 
     def _starttls(self) -> Step:
-        self._run("starttls", lambda deadline: transport.starttls(self.conn, self.s, self._tls_context(), deadline))
+        self._run("starttls", lambda deadline: transport.starttls(self.conn, self.s, transport.tls_context(self.s),
+                                                                  deadline))
         return Step("starttls", OK, _describe_tls(self.conn.sock))
 
     def _auth(self) -> Step:
@@ -189,9 +190,6 @@ class Doctor:
             _fail("test mail", *self._diagnose("test mail", SmtpFailure(transport.AFTER_DATA, reply, code, reply=reply)))
         yield Step("test mail", OK, f"accepted: {code} {reply} (Message-ID <{message_id}>)")
 
-    def _tls_context(self) -> ssl.SSLContext | None:
-        return transport.tls_context(self.s) if self.s.smtp_use_tls or self.s.smtp_use_starttls else None
-
     def _diagnose(self, step: str, failure: SmtpFailure) -> tuple[str, str]:
         """(what happened, the fix) for a failed step: the first rule of HINTS that matches."""
         evidence = _evidence(failure)
@@ -220,7 +218,7 @@ def _evidence(failure: SmtpFailure) -> set[str]:
         tags = {"reply"}
         if code == 530:
             tags |= {"530", "530_starttls"} if "starttls" in reply.lower() else {"530"}
-        if code >= 500 and is_sender_refusal(reply):
+        if is_sender_refusal(reply):
             tags.add("sender_refusal")
         return tags
     if error is None:
@@ -245,24 +243,25 @@ HINTS: tuple[tuple[tuple[str, ...] | str, str, str, str], ...] = (
     (ANY, "certificate", "certificate rejected: {verify}", "{certificate_fix}"),
     (("tls",), "tls", "TLS handshake failed: {error}", PLAIN_FIRST_PORT_HINT),
     (("tls",), "timeout", "no TLS handshake or greeting within {timeout}s", PLAIN_FIRST_PORT_HINT),
-    (("tls",), ANY, "TLS connection failed: {detail}", PLAIN_FIRST_PORT_HINT),
+    (("tls",), ANY, "TLS connection failed: {error}", PLAIN_FIRST_PORT_HINT),
     (("banner",), "timeout", "no SMTP greeting within {timeout}s", IMPLICIT_TLS_PORT_HINT),
     (("banner",), "reply", "server refused the session: {code} {reply}",
      "the server does not accept this client now; ask the provider"),
     (("banner",), "closed", "the server closed the connection before greeting", IMPLICIT_TLS_PORT_HINT),
-    (("banner",), ANY, "no greeting: {detail}", "check SMTP_HOST and SMTP_PORT"),
+    (("banner",), ANY, "no greeting: {error}", "check SMTP_HOST and SMTP_PORT"),
     (("ehlo",), "reply", "EHLO refused: {code} {reply}", "the server does not speak ESMTP to this client"),
     (("starttls",), "not_offered", "the server does not offer STARTTLS (SMTP_USE_STARTTLS=true)",
      "use the provider's submission port 587, or port 465 with SMTP_USE_TLS=true; set SMTP_USE_STARTTLS=false "
      "only for a server that truly has no TLS (mail goes unencrypted)"),
     (("starttls",), "tls", "TLS handshake failed: {error}", "the server's TLS setup is broken or too old; ask the provider"),
     (("starttls",), "reply", "STARTTLS refused: {code} {reply}", "the server offers but refuses STARTTLS; ask the provider"),
+    (("starttls",), ANY, "STARTTLS failed: {error}", RETRY_HINT),
     (("auth",), "not_offered", "the server does not offer AUTH", "{no_auth_fix}"),
     (("auth",), "reply", "authentication failed: {code} {reply}", APP_PASSWORD_HINT),
     # Some servers hang up on bad credentials.
     (("auth",), "closed", "authentication failed: {error}", APP_PASSWORD_HINT),
     (("auth",), "protocol", "authentication failed: {error}", APP_PASSWORD_HINT),
-    (("auth",), "network", "connection failed during AUTH: {error}", "retry; check the network"),
+    (("auth",), ANY, "connection failed during AUTH: {error}", "retry; check the network"),
     (("mail from",), "530_starttls", "{code} {reply}",
      "the server wants TLS first: set SMTP_USE_STARTTLS=true (port 587) or SMTP_USE_TLS=true (port 465)"),
     (("mail from",), "530", "{code} {reply}", "the server wants authentication: set SMTP_USER and SMTP_PASSWORD"),
