@@ -59,6 +59,11 @@ class CircuitBreaker:
             left = self.cooldown - (self._clock() - self._opened_at)
         return max(1, math.ceil(left))
 
+    def abandon(self) -> None:
+        """The attempt ended without saying anything about the server (a bug of ours): free the trial."""
+        with self._lock:
+            self._trial_running = False
+
     def record(self, connection_failure: bool, cause: str = "") -> None:
         """The end of one attempt: did it fail to reach or talk to the server?"""
         with self._lock:

@@ -13,10 +13,11 @@ import ssl
 from dataclasses import dataclass
 
 from ..outcomes import Outcome, Result
+from .deadline import NotSmtpReply
 from .transport import AFTER_DATA, AUTH, CONNECT, DATA, MAIL, RCPT, TLS, SmtpFailure
 
 PHASES = (CONNECT, TLS, AUTH, MAIL, RCPT, DATA, AFTER_DATA)
-EVIDENCE = ("network", "local", "2xx", "4xx", "5xx", "5xx_sender")
+EVIDENCE = ("network", "local", "not_smtp", "2xx", "4xx", "530", "5xx", "5xx_sender")
 _SENDER_REFUSAL = re.compile(r"(?i)sender address rejected|relay access denied|relaying denied|"
                              r"relay not permitted|not allowed to relay|sender not allowed")
 
@@ -28,10 +29,13 @@ RULES: tuple[tuple[tuple[str, ...], str, Outcome, str], ...] = (
     ((AFTER_DATA,), "network", Outcome.SMTP_UNKNOWN, "connection lost after the final dot, before the reply"),
     ((AFTER_DATA,), "4xx", Outcome.SMTP_TRANSIENT, "451 after the final dot: not accepted; never retried in-request"),
     ((AFTER_DATA,), "5xx", Outcome.SMTP_PERMANENT, "554 5.7.1 rejected as spam"),
+    ((AFTER_DATA,), "not_smtp", Outcome.SMTP_UNKNOWN, "garbage instead of a reply to the final dot"),
     (_BEFORE_DATA_END, "network", Outcome.SMTP_TRANSIENT, "connection refused, reset, timeout, DNS failure"),
     (_BEFORE_DATA_END, "4xx", Outcome.SMTP_TRANSIENT, "421 busy, 451 try later, 452 out of storage, 454 TLS/AUTH unavailable"),
     ((CONNECT, TLS, AUTH), "5xx", Outcome.SMTP_SETUP, "554 greeting, 535 bad credentials"),
-    ((CONNECT, TLS, AUTH), "local", Outcome.SMTP_SETUP, "STARTTLS not offered, certificate not trusted, AUTH not offered"),
+    ((CONNECT, TLS, AUTH), "local", Outcome.SMTP_SETUP, "STARTTLS not offered, certificate not trusted, AUTH not offered, SMTP_HOST not a host name"),
+    (_BEFORE_DATA_END, "not_smtp", Outcome.SMTP_SETUP, "an SSH or HTTP server on the SMTP port"),
+    (_BEFORE_DATA_END, "530", Outcome.SMTP_SETUP, "530 5.7.0 Authentication required, 530 Must issue a STARTTLS command first"),
     ((RCPT,), "5xx", Outcome.RECIPIENT_REJECTED, "550 5.1.1 no such user"),
     ((RCPT,), "5xx_sender", Outcome.SMTP_PERMANENT, "553 5.7.1 Sender address rejected; 554 5.7.1 Relay access denied"),
     ((MAIL, DATA), "5xx", Outcome.SMTP_PERMANENT, "553 sender not allowed, 554 DATA refused"),
@@ -40,12 +44,16 @@ RULES: tuple[tuple[tuple[str, ...], str, Outcome, str], ...] = (
 
 def evidence_of(failure: SmtpFailure) -> str:
     if failure.code is not None:
+        if failure.code == 530:  # authentication or STARTTLS required: our setup, whatever the phase
+            return "530"
         if failure.code >= 500 and failure.phase == RCPT and is_sender_refusal(failure.reply):
             return "5xx_sender"
         return f"{failure.code // 100}xx"
     error = failure.error
-    if error is None:
+    if error is None or isinstance(error, ValueError):  # ValueError: e.g. an SMTP_HOST IDNA cannot encode
         return "local"
+    if isinstance(error, NotSmtpReply):
+        return "not_smtp"
     if isinstance(error, ssl.SSLError) and not isinstance(error, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
         return "local"
     return "network"
@@ -76,7 +84,7 @@ def counts_for_breaker(phase: str, evidence: str) -> bool:
     """
     if evidence == "network":
         return phase != AFTER_DATA
-    return phase in (CONNECT, TLS) and evidence == "4xx"
+    return phase in (CONNECT, TLS) and evidence in ("4xx", "not_smtp")
 
 
 @dataclass(frozen=True)

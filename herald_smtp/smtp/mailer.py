@@ -69,7 +69,7 @@ class Mailer:
                 time.sleep(_BACKOFF_SECONDS * 2**attempt)
                 continue
             except Exception:
-                self.breaker.record(False)  # a bug of ours, not the server's: free a half-open trial
+                self.breaker.abandon()  # a bug of ours says nothing about the server: decide nothing
                 raise
             self.breaker.record(False)
             return classify_reply(code, reply, message_id)
@@ -100,6 +100,9 @@ class Mailer:
             code, reply = transport.transmit(pooled.conn, self.settings.smtp_from, recipient, payload, deadline)
         except SmtpFailure as failure:
             self._after_failure(pooled, failure)
+            raise
+        except BaseException:
+            self.pool.discard(pooled)  # the session is in an unknown state: never hand it out again
             raise
         pooled.sent += 1
         if pooled.reused:

@@ -48,7 +48,7 @@ class ConnectionPool:
             self._idle = fit
             pooled = fit.pop() if fit else None
         for old in stale:
-            transport.close_quietly(old.conn)
+            transport.close_without_waiting(old.conn)
         if pooled is None:
             return self.open(deadline)
         pooled.reused = True

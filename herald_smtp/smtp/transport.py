@@ -8,8 +8,9 @@ transmit, `herald-smtp doctor` runs them one by one. Any failure is raised as
 SmtpFailure carrying the phase it happened in and its evidence (reply code and
 text, or the exception), which is what classification needs: the same error
 means "retry" before the end of DATA and "unknown" after it. Every step takes
-a `deadline` (time.monotonic) that bounds it. Pooling, retries and the breaker
-wrap it (see mailer, pool, breaker).
+a `deadline` (time.monotonic) that bounds every wait in it, reads included
+(see deadline.py). Pooling, retries and the breaker wrap it (see mailer,
+pool, breaker).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import time
 from dataclasses import dataclass
 
 from ..config import Settings
+from . import deadline as bounded
+from .deadline import DeadlineSMTP, NotSmtpReply
 
 # Transaction phases, in order. AFTER_DATA starts once the final dot is sent:
 # from then on the server may have accepted the mail.
@@ -88,24 +91,50 @@ def transmit(conn: smtplib.SMTP, sender: str, recipient: str, payload: bytes, de
 
 
 def connect(settings: Settings, context: ssl.SSLContext | None, deadline: float) -> smtplib.SMTP:
-    """TCP, the TLS handshake for implicit TLS, and the server's greeting (smtplib does them in one call)."""
+    """DNS, TCP, the TLS handshake for implicit TLS, and the server's greeting, all within `deadline`."""
+    conn = DeadlineSMTP(local_hostname=local_hostname())  # unconnected: we open the socket ourselves
+    conn._host = settings.smtp_host  # smtplib's starttls() checks the certificate against this name
+    conn.deadline = deadline
+    conn.sock = _open_socket(settings, context, deadline)
     where = f"{settings.smtp_host}:{settings.smtp_port}"
-    timeout = _remaining(CONNECT, deadline)
     try:
-        if settings.smtp_use_tls:
-            return smtplib.SMTP_SSL(settings.smtp_host, settings.smtp_port, local_hostname=local_hostname(),
-                                    timeout=timeout, context=context)
-        return smtplib.SMTP(settings.smtp_host, settings.smtp_port, local_hostname=local_hostname(), timeout=timeout)
-    except ssl.SSLError as exc:
-        raise SmtpFailure(TLS, f"TLS handshake with {where} failed: {describe_error(exc)}", error=exc) from None
-    except smtplib.SMTPConnectError as exc:
-        reply = _text(exc.smtp_error)
-        raise SmtpFailure(CONNECT, f"{where} refused the session: {exc.smtp_code} {reply}",
-                          exc.smtp_code, exc, reply) from None
-    except socket.gaierror as exc:
-        raise SmtpFailure(CONNECT, f"cannot resolve {settings.smtp_host}: {exc.strerror}", error=exc) from None
+        code, reply = conn.getreply()
+    except NotSmtpReply as exc:
+        raise _not_smtp(CONNECT, exc) from None
     except (OSError, smtplib.SMTPException) as exc:
+        conn.close()
         raise SmtpFailure(CONNECT, f"connect to {where} failed: {describe_error(exc)}", error=exc) from None
+    if code != 220:
+        close_quietly(conn)
+        reply = _text(reply)
+        raise SmtpFailure(CONNECT, f"{where} refused the session: {code} {reply}", code, reply=reply)
+    return conn
+
+
+def _open_socket(settings: Settings, context: ssl.SSLContext | None, deadline: float) -> socket.socket:
+    host, where = settings.smtp_host, f"{settings.smtp_host}:{settings.smtp_port}"
+    try:
+        addresses = bounded.resolve(host, settings.smtp_port, deadline)
+    except socket.gaierror as exc:
+        raise SmtpFailure(CONNECT, f"cannot resolve {host}: {exc.strerror}", error=exc) from None
+    except UnicodeError as exc:
+        raise SmtpFailure(CONNECT, f"SMTP_HOST {host!r} is not a valid host name ({exc})", error=exc) from None
+    except TimeoutError as exc:
+        raise SmtpFailure(CONNECT, f"cannot resolve {host}: timed out", error=exc) from None
+    try:
+        sock = bounded.connect_tcp(addresses, deadline)
+    except OSError as exc:
+        raise SmtpFailure(CONNECT, f"connect to {where} failed: {describe_error(exc)}", error=exc) from None
+    if not settings.smtp_use_tls:
+        return sock
+    try:
+        return bounded.wrap_tls(sock, context, host, deadline)
+    except OSError as exc:  # ssl.SSLError is an OSError
+        raise SmtpFailure(TLS, f"TLS handshake with {where} failed: {describe_error(exc)}", error=exc) from None
+
+
+def _not_smtp(phase: str, exc: NotSmtpReply) -> SmtpFailure:
+    return SmtpFailure(phase, f"this is not an SMTP server: it answered {_text(exc.line)[:80]!r}", error=exc)
 
 
 def ehlo(conn: smtplib.SMTP, deadline: float) -> None:
@@ -123,8 +152,11 @@ def starttls(conn: smtplib.SMTP, settings: Settings, context: ssl.SSLContext, de
             "refusing to send without TLS (use SMTP_USE_TLS=true for an implicit-TLS port such as 465)",
         )
     try:
+        conn.deadline = deadline
         conn.sock.settimeout(_remaining(TLS, deadline))
         conn.starttls(context=context)
+    except NotSmtpReply as exc:
+        raise _not_smtp(TLS, exc) from None
     except ssl.SSLError as exc:
         raise SmtpFailure(TLS, f"STARTTLS handshake failed: {describe_error(exc)}", error=exc) from None
     except smtplib.SMTPResponseException as exc:
@@ -137,8 +169,11 @@ def starttls(conn: smtplib.SMTP, settings: Settings, context: ssl.SSLContext, de
 
 def login(conn: smtplib.SMTP, settings: Settings, deadline: float) -> None:
     try:
+        conn.deadline = deadline
         conn.sock.settimeout(_remaining(AUTH, deadline))
         conn.login(settings.smtp_user, settings.smtp_password)
+    except NotSmtpReply as exc:
+        raise _not_smtp(AUTH, exc) from None
     except smtplib.SMTPAuthenticationError as exc:
         reply = _text(exc.smtp_error)
         raise SmtpFailure(AUTH, f"authentication failed: {exc.smtp_code} {reply} (check SMTP_USER and SMTP_PASSWORD)",
@@ -183,7 +218,7 @@ def reset(conn: smtplib.SMTP) -> bool:
     if conn.sock is None:  # smtplib closed it already (e.g. after "500 line too long")
         return False
     try:
-        conn.sock.settimeout(_QUIT_TIMEOUT_SECONDS)
+        _housekeeping(conn)
         return conn.rset()[0] == 250
     except (smtplib.SMTPException, OSError):
         return False
@@ -193,7 +228,7 @@ def close_quietly(conn: smtplib.SMTP) -> None:
     """QUIT and close; a mail already accepted must not turn into an error here."""
     try:
         if conn.sock is not None:
-            conn.sock.settimeout(_QUIT_TIMEOUT_SECONDS)
+            _housekeeping(conn)
         conn.quit()
     except (smtplib.SMTPException, OSError):
         pass
@@ -202,6 +237,24 @@ def close_quietly(conn: smtplib.SMTP) -> None:
             conn.close()
         except OSError:
             pass
+
+
+def close_without_waiting(conn: smtplib.SMTP) -> None:
+    """QUIT without waiting for the reply, then close: idle connections aged out inside a request
+    must not spend the request's time on housekeeping."""
+    try:
+        if conn.sock is not None:
+            conn.sock.settimeout(_QUIT_TIMEOUT_SECONDS)
+            conn.sock.sendall(b"QUIT\r\n")
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def _housekeeping(conn: smtplib.SMTP) -> None:
+    conn.deadline = time.monotonic() + _QUIT_TIMEOUT_SECONDS
+    conn.sock.settimeout(_QUIT_TIMEOUT_SECONDS)
 
 
 def _remaining(phase: str, deadline: float) -> float:
@@ -217,8 +270,11 @@ def _command(conn: smtplib.SMTP, phase: str, call, deadline: float):
     try:
         if conn.sock is None:
             raise smtplib.SMTPServerDisconnected("not connected")
-        conn.sock.settimeout(_remaining(phase, deadline))
+        conn.deadline = deadline
+        conn.sock.settimeout(_remaining(phase, deadline))  # for the sends; reads re-arm it themselves
         result = call()
+    except NotSmtpReply as exc:
+        raise _not_smtp(phase, exc) from None
     except smtplib.SMTPResponseException as exc:
         reply = _text(exc.smtp_error)
         raise SmtpFailure(phase, f"{exc.smtp_code} {reply}", exc.smtp_code, exc, reply) from None

@@ -25,6 +25,7 @@ from ..sending.message import build_message, new_message_id
 from ..sending.request import SendRequest
 from ..smtp import transport
 from ..smtp.classify import is_sender_refusal
+from ..smtp.deadline import NotSmtpReply
 from ..smtp.transport import SmtpFailure, describe_error, is_timeout
 
 OK, FAIL, SKIP = "ok", "FAIL", "skip"
@@ -116,6 +117,8 @@ class Doctor:
             infos = socket.getaddrinfo(self.s.smtp_host, self.s.smtp_port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
             _fail("dns", f"cannot resolve {self.s.smtp_host}: {exc.strerror}", "check SMTP_HOST and DNS")
+        except UnicodeError as exc:  # a name IDNA cannot encode, e.g. an empty label
+            _fail("dns", f"SMTP_HOST {self.s.smtp_host!r} is not a valid host name ({exc})", "check SMTP_HOST")
         addresses = sorted({info[4][0] for info in infos})
         return Step("dns", OK, f"{self.s.smtp_host} -> {', '.join(addresses)}")
 
@@ -231,6 +234,8 @@ def _evidence(failure: SmtpFailure) -> set[str]:
         return {"timeout"}
     if isinstance(error, smtplib.SMTPServerDisconnected):
         return {"closed"}
+    if isinstance(error, NotSmtpReply):
+        return {"not_smtp"}
     if isinstance(error, smtplib.SMTPException):  # before OSError, its base class
         return {"protocol"}  # e.g. no AUTH mechanism in common
     return {"network"}
@@ -241,6 +246,8 @@ ANY = "*"
 # connect (handshake and greeting in one), "banner" the plain-first one.
 HINTS: tuple[tuple[tuple[str, ...] | str, str, str, str], ...] = (
     (ANY, "certificate", "certificate rejected: {verify}", "{certificate_fix}"),
+    (ANY, "not_smtp", "{detail}", "the port answers, but not as an SMTP server: check SMTP_HOST and SMTP_PORT "
+                                  "(587 STARTTLS, 465 implicit TLS, 25 relay)"),
     (("tls",), "tls", "TLS handshake failed: {error}", PLAIN_FIRST_PORT_HINT),
     (("tls",), "timeout", "no TLS handshake or greeting within {timeout}s", PLAIN_FIRST_PORT_HINT),
     (("tls",), ANY, "TLS connection failed: {error}", PLAIN_FIRST_PORT_HINT),
