@@ -396,8 +396,20 @@ def test_readyz_matches_the_document(contract, client, settings, make_client, sm
     assert not_configured.status_code == 503
     assert not_configured.get_json()["checks"]["smtp"]["ok"] is False
 
-    store_down = c.request(make_client(with_changes(settings, redis_url=_dead_redis_url())), "get", "/readyz")
+    # The store down: 200 `degraded` in open mode (the default), 503 in closed mode.
+    degraded = c.request(make_client(with_changes(settings, redis_url=_dead_redis_url())), "get", "/readyz")
+    assert degraded.status_code == 200 and degraded.get_json()["status"] == "degraded"
+    assert degraded.get_json()["checks"]["store"]["ok"] is False
+    closed = make_client(with_changes(settings, redis_url=_dead_redis_url(), idempotency_failure_mode="closed"))
+    store_down = c.request(closed, "get", "/readyz")
     assert store_down.status_code == 503 and store_down.get_json()["checks"]["store"]["ok"] is False
+
+    from herald_smtp.web.health import start_draining  # what gunicorn's SIGTERM sets in each worker
+
+    draining = make_client(settings)
+    start_draining(draining.application)
+    drained = c.request(draining, "get", "/readyz")
+    assert drained.status_code == 503 and drained.get_json()["checks"]["shutdown"]["ok"] is False
 
     breaking = make_client(with_changes(settings, smtp_retries=0, smtp_circuit_threshold=1))
     smtp.inject("ehlo", reply="421 4.3.2 service not available")

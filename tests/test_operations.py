@@ -27,7 +27,7 @@ def test_ready_when_store_answers_smtp_is_configured_and_circuit_closed(client, 
     body = response.get_json()
     assert body["status"] == "ready" and body["service"] == "herald-smtp"
     assert {name: check["ok"] for name, check in body["checks"].items()} == {
-        "store": True, "smtp": True, "circuit": True}
+        "store": True, "smtp": True, "circuit": True, "shutdown": True}
     assert smtp.connections == before  # probes never open an SMTP connection
 
 
@@ -39,14 +39,36 @@ def test_not_ready_without_smtp_config(make_client):
     assert body["checks"]["smtp"]["ok"] is False and "SMTP_HOST" in body["checks"]["smtp"]["detail"]
 
 
-def test_not_ready_when_redis_is_down(settings, make_client, tmp_path):
+def test_redis_down_in_open_mode_is_ready_but_degraded(settings, make_client, tmp_path):
+    # Open mode (the default) sends without idempotency while Redis is down: the pod can
+    # still send, so it stays in the Service; the body says the store check failed.
     with RedisServer(tmp_path) as redis_server:
         client = make_client(with_changes(settings, redis_url=redis_server.url))
+        assert client.get("/readyz").get_json()["status"] == "ready"
+        redis_server.stop()
+        response = client.get("/readyz")
+        assert response.status_code == 200
+        body = response.get_json()
+        assert body["status"] == "degraded"
+        assert {name: check["ok"] for name, check in body["checks"].items()} == {
+            "store": False, "smtp": True, "circuit": True, "shutdown": True}
+        assert send(client, {"to": "a@example.com", "idempotency_key": "deg-1"}).status_code == 200
+        redis_server.start()
+        response = client.get("/readyz")
+        assert response.status_code == 200 and response.get_json()["status"] == "ready"
+
+
+def test_not_ready_when_redis_is_down_in_closed_mode(settings, make_client, tmp_path):
+    # Closed mode refuses every send with a key while Redis is down: this replica cannot send.
+    with RedisServer(tmp_path) as redis_server:
+        client = make_client(with_changes(settings, redis_url=redis_server.url, idempotency_failure_mode="closed"))
         assert client.get("/readyz").status_code == 200
         redis_server.stop()
         response = client.get("/readyz")
         assert response.status_code == 503
-        assert response.get_json()["checks"]["store"]["ok"] is False
+        body = response.get_json()
+        assert body["status"] == "not_ready" and body["checks"]["store"]["ok"] is False
+        assert body["checks"]["store"]["detail"] == "store unreachable; sends are refused (IDEMPOTENCY_FAILURE_MODE=closed)"
         redis_server.start()
         assert client.get("/readyz").status_code == 200
 

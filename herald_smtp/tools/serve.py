@@ -9,8 +9,10 @@ metrics directory must be in the environment before either is imported.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import shutil
+import signal
 import tempfile
 from dataclasses import replace
 
@@ -61,6 +63,7 @@ def gunicorn_options(settings: Settings) -> dict:
         # gunicorn 27's control socket lives in $HOME, shared by every instance; not needed here.
         "control_socket_disable": True,
         "on_starting": on_starting_hook(settings),
+        "post_worker_init": post_worker_init,
         "child_exit": child_exit,
         "worker_exit": worker_exit,
         "on_exit": on_exit_hook(settings),
@@ -75,6 +78,35 @@ def on_starting_hook(settings: Settings):
         log_startup(settings)
 
     return on_starting
+
+
+def post_worker_init(worker) -> None:
+    """Chain a SIGTERM handler in front of gunicorn's own, so /readyz knows the worker is draining.
+
+    On SIGTERM gunicorn stops accepting connections and finishes the requests
+    in flight, but for a moment still answers a request arriving on a kept-alive
+    connection; that /readyz must say 503 (docs/DEPLOYMENT.md, Readiness).
+    gunicorn has no hook for SIGTERM in a worker, hence the handler. The flag is
+    set before gunicorn's handler runs: a request gunicorn still serves after its
+    handler (it then answers "Connection: close") always sees it.
+    """
+    app = getattr(worker, "wsgi", None)
+    previous = signal.getsignal(signal.SIGTERM)
+    if app is None or not callable(previous):
+        return
+    from ..web.health import start_draining
+
+    def on_sigterm(signum, frame) -> None:
+        start_draining(app)
+        try:
+            logging.getLogger("herald_smtp.health").warning(
+                "draining: SIGTERM received; /readyz answers 503 until this worker exits")
+        except Exception:  # e.g. a reentrant write to stdout: the flag is what matters
+            pass
+        previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.siginterrupt(signal.SIGTERM, False)  # as gunicorn has it: let system calls in flight finish
 
 
 def child_exit(server, worker) -> None:
