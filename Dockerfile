@@ -5,7 +5,10 @@
 #
 # Configuration comes only from the environment at run time (see .env.example);
 # nothing secret is baked into the image, and no .env is copied (.dockerignore).
-FROM python:3.11-slim
+# A pinned patch release, not the moving 3.11 tag: from 3.11.10 on (gh-121650, CVE-2024-6923) the email package
+# re-encodes a newline that an RFC 2047 encoded-word decodes to, instead of writing it into the header, where
+# "=0D=0A" started a header line of its own. The service refuses encoded-words itself; the pin is the second guard.
+FROM python:3.11.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

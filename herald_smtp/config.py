@@ -8,6 +8,7 @@ those messages.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import ssl
@@ -18,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 
-from .addresses import InvalidAddress, Mailbox, parse_address
+from .addresses import InvalidAddress, Mailbox, check_display_name, parse_address
 from .idempotency.store import backend_for
 
 SERVICE_NAME = "herald-smtp"
@@ -87,7 +88,9 @@ class Settings:
 
     @property
     def bind(self) -> str:
-        return f"{self.host}:{self.port}"
+        """gunicorn's form: an IPv6 address in brackets, or its colons would be read as the port's."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
     def workers(self) -> int:
         """Gunicorn worker processes: one without Redis, whose cache is per process."""
@@ -130,26 +133,37 @@ def _redact_url(url: str) -> str:
 # --- parsers: each takes the raw string and returns the value or raises ValueError
 # with the expected form.
 
+# Every number has a maximum: a value that passes here must not overflow later (400 digits of seconds are
+# float("inf"), which gunicorn's int() of its timeout cannot take). Seconds settings: an hour at most.
+MAX_SECONDS = 3600
+MAX_TTL_SECONDS = 7 * 24 * 3600  # a replay window beyond a week is a cache, not idempotency
+# What the digits of an integer setting may be: int() itself refuses more than 4300, with a message of its own.
+_INTEGER = re.compile(r"[+-]?[0-9]{1,20}")
 
-def _int(minimum: int) -> Callable[[str], int]:
+
+def _int(minimum: int, maximum: int) -> Callable[[str], int]:
+    form = f"an integer >= {minimum} and <= {maximum}"
+
     def parse(raw: str) -> int:
-        if not re.fullmatch(r"[+-]?[0-9]+", raw.strip()):
-            raise ValueError(f"an integer >= {minimum}")
+        if not _INTEGER.fullmatch(raw.strip()):
+            raise ValueError(form)
         value = int(raw)
-        if value < minimum:
-            raise ValueError(f"an integer >= {minimum}")
+        if not minimum <= value <= maximum:
+            raise ValueError(form)
         return value
 
     return parse
 
 
-def _seconds(minimum: float) -> Callable[[str], float]:
+def _seconds(minimum: float, maximum: float = MAX_SECONDS) -> Callable[[str], float]:
+    form = f"a number of seconds > {minimum:g} and <= {maximum:g}"
+
     def parse(raw: str) -> float:
         if not re.fullmatch(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)", raw.strip()):
-            raise ValueError(f"a number of seconds > {minimum:g}")
+            raise ValueError(form)
         value = float(raw)
-        if not value > minimum:
-            raise ValueError(f"a number of seconds > {minimum:g}")
+        if not minimum < value <= maximum:
+            raise ValueError(form)
         return value
 
     return parse
@@ -200,23 +214,70 @@ def _address(raw: str) -> str:
 
 def _port_number(raw: str) -> int:
     try:
-        value = _int(1)(raw)
+        return _int(1, 65535)(raw)
     except ValueError:
-        value = 0
-    if not 1 <= value <= 65535:
-        raise ValueError("a port number 1-65535")
+        raise ValueError("a port number 1-65535") from None
+
+
+# One DNS label: letters, digits, hyphens (not first or last) and underscores, which Docker and Compose service
+# names may carry and resolvers accept.
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+_HOST_FORM = ("a host name, an IPv4 address or an IPv6 address without brackets (ASCII: dot-separated labels of "
+             "1-63 letters, digits, hyphens or underscores, at most 253 characters)")
+
+
+def _is_dns_name(value: str) -> bool:
+    labels = value.split(".")
+    # A last label of digits is no top-level domain but a mistyped IPv4 address, like 192.0.2.256.
+    return (len(value) <= 253 and all(_DNS_LABEL.fullmatch(label) for label in labels)
+            and not labels[-1].isdigit())
+
+
+def _ip_version(value: str) -> int:
+    """4 or 6 for an IP address, 0 for anything else."""
+    try:
+        return ipaddress.ip_address(value).version
+    except ValueError:
+        return 0
+
+
+def _host(raw: str) -> str:
+    # Checked here, not at the first send: a typo would otherwise show only as a DNS failure per request.
+    value = raw.strip()
+    if not (value.isascii() and (_is_dns_name(value) or _ip_version(value))):
+        raise ValueError(_HOST_FORM)
     return value
 
 
 def _listen(raw: str) -> tuple[str, int]:
-    # ":8084", "8084" or "127.0.0.1:8084"
-    host, _, port = raw.strip().rpartition(":")
+    # ":8084", "8084", "127.0.0.1:8084", "localhost:8084" or "[::1]:8084": only forms gunicorn can bind.
     try:
-        if re.search(r"\s", host):
-            raise ValueError(host)
+        host, port = _listen_parts(raw.strip())
         return (host or "0.0.0.0", _port_number(port))
     except ValueError:
-        raise ValueError("a port like :8084, 8084 or 127.0.0.1:8084") from None
+        raise ValueError("a port like :8084, 8084, 127.0.0.1:8084 or [::1]:8084") from None
+
+
+def _listen_parts(text: str) -> tuple[str, str]:
+    """(host, port) of a PORT value; the host without brackets. ValueError for anything gunicorn would refuse."""
+    bracketed = re.fullmatch(r"\[([^\]]*)\]:([^:]*)", text)
+    if bracketed:
+        host, port = bracketed.groups()
+        if _ip_version(host) != 6:
+            raise ValueError(text)
+        return host, port
+    # Without brackets, a colon can only separate the port: "::1" or "::8084" is no address gunicorn can read.
+    host, _, port = text.rpartition(":")
+    if host and not (host.isascii() and (_ip_version(host) == 4 or _is_dns_name(host))):
+        raise ValueError(text)
+    return host, port
+
+
+def _display_name(raw: str) -> str:
+    try:
+        return check_display_name(raw.strip())
+    except InvalidAddress as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _api_keys(raw: str) -> tuple[str, ...]:
@@ -236,32 +297,32 @@ def _log_level(raw: str) -> str:
 # variable -> (Settings field, parser). Defaults live on the dataclass.
 _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "API_KEY": ("api_keys", _api_keys),
-    "SMTP_HOST": ("smtp_host", _text),
+    "SMTP_HOST": ("smtp_host", _host),
     "SMTP_PORT": ("smtp_port", _port_number),
     "SMTP_USER": ("smtp_user", _ascii(_text)),
     "SMTP_PASSWORD": ("smtp_password", _ascii(lambda raw: raw)),
     "SMTP_FROM": ("smtp_from", _address),
-    "SMTP_FROM_NAME": ("smtp_from_name", _text),
+    "SMTP_FROM_NAME": ("smtp_from_name", _display_name),
     "SMTP_USE_STARTTLS": ("smtp_use_starttls", _bool),
     "SMTP_USE_TLS": ("smtp_use_tls", _bool),
     "SMTP_TLS_VERIFY": ("smtp_tls_verify", _bool),
     "SMTP_TLS_CA_FILE": ("smtp_tls_ca_file", _text),
     "SMTP_TIMEOUT_SECONDS": ("smtp_timeout_seconds", _seconds(0)),
-    "SMTP_RETRIES": ("smtp_retries", _int(0)),
+    "SMTP_RETRIES": ("smtp_retries", _int(0, 10)),
     "SMTP_IDLE_SECONDS": ("smtp_idle_seconds", _seconds(0)),
-    "SMTP_MAX_MESSAGES_PER_CONNECTION": ("smtp_max_messages_per_connection", _int(1)),
-    "SMTP_CIRCUIT_THRESHOLD": ("smtp_circuit_threshold", _int(1)),
+    "SMTP_MAX_MESSAGES_PER_CONNECTION": ("smtp_max_messages_per_connection", _int(1, 10000)),
+    "SMTP_CIRCUIT_THRESHOLD": ("smtp_circuit_threshold", _int(1, 1000)),
     "SMTP_CIRCUIT_COOLDOWN_SECONDS": ("smtp_circuit_cooldown_seconds", _seconds(0)),
     "REDIS_URL": ("redis_url", _redis_url),
     "REDIS_KEY_PREFIX": ("redis_key_prefix", _text),
-    "IDEMPOTENCY_TTL_SECONDS": ("idempotency_ttl_seconds", _int(1)),
+    "IDEMPOTENCY_TTL_SECONDS": ("idempotency_ttl_seconds", _int(1, MAX_TTL_SECONDS)),
     "IDEMPOTENCY_WAIT_SECONDS": ("idempotency_wait_seconds", _seconds(0)),
     "IDEMPOTENCY_FAILURE_MODE": ("idempotency_failure_mode", _choice("open", "closed")),
-    "MAX_REQUEST_BYTES": ("max_request_bytes", _int(1024)),
+    "MAX_REQUEST_BYTES": ("max_request_bytes", _int(1024, 10 * 1024 * 1024)),  # one-time codes, not files
     "LOG_LEVEL": ("log_level", _log_level),
     "LOG_FORMAT": ("log_format", _choice("json", "text")),
-    "WEB_CONCURRENCY": ("web_concurrency", _int(1)),
-    "WEB_THREADS": ("web_threads", _int(1)),
+    "WEB_CONCURRENCY": ("web_concurrency", _int(1, 256)),
+    "WEB_THREADS": ("web_threads", _int(1, 256)),
     "PROMETHEUS_MULTIPROC_DIR": ("metrics_dir", _text),
 }
 

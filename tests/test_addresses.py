@@ -6,7 +6,8 @@ import logging
 
 import pytest
 
-from herald_smtp.addresses import InvalidAddress, Mailbox, mask_addresses, mask_email, parse_address
+from herald_smtp.addresses import (InvalidAddress, Mailbox, check_display_name, mask_addresses, mask_email,
+                                   parse_address)
 from herald_smtp.config import ConfigError, settings_from
 from tests.support.client import assert_error, send
 
@@ -29,6 +30,10 @@ BAD_RECIPIENTS = [
     "x" * 65 + "@example.com",
     "josé@example.com",  # non-ASCII: refused until SMTPUTF8 is supported
     "user@例子.中国",
+    # RFC 2047 encoded-words: the email package decoded them into the To header (other recipients, a line break)
+    "=?utf-8?q?ceo=40bank=2Ecom=2C_x?=@evil.example",
+    "=?utf-8?q?ceo=40bank=2Ecom=0D=0Ax?=@evil.example",
+    "a=?x?=b@example.com",
 ]
 
 
@@ -62,7 +67,8 @@ def test_the_address_reaches_the_server_spelled_as_given(client, smtp):
     assert mail.rcpt_tos == ["Bob@Example.COM"] and mail.message["To"] == "Bob@Example.COM"
 
 
-@pytest.mark.parametrize("sender", ["a@b..c", "noreply@example.local", "..@example.com", "noreply"])
+@pytest.mark.parametrize("sender", ["a@b..c", "noreply@example.local", "..@example.com", "noreply",
+                                    "=?utf-8?q?noreply=40bank=2Ecom?=@example.com"])
 def test_a_bad_smtp_from_stops_startup_naming_it(sender):
     with pytest.raises(ConfigError) as err:
         settings_from({"SMTP_FROM": sender})
@@ -76,6 +82,26 @@ def test_parse_address_splits_and_explains():
     assert str(parse_address("a@example.com")) == "a@example.com"
     with pytest.raises(InvalidAddress, match="period"):
         parse_address("a..b@example.com")
+
+
+def test_parse_address_refuses_encoded_words_with_the_reason():
+    with pytest.raises(InvalidAddress) as info:
+        parse_address("=?utf-8?q?ceo=40bank=2Ecom?=@evil.example")
+    assert str(info.value) == "an address must not contain an RFC 2047 encoded-word (=?...?=)"
+    # "=" and "?" alone are atext: such addresses stay valid.
+    assert parse_address("a=b?c@example.com") == Mailbox("a=b?c", "example.com")
+
+
+@pytest.mark.parametrize("name, reason", [("N" * 201, "at most 200"), ("Herald\r\nBcc: x@evil.example", "control"),
+                                          ("Herald\u2028Team", "control"), ("=?utf-8?q?Herald?=", "encoded-word")])
+def test_check_display_name_refuses_what_the_from_line_cannot_hold(name, reason):
+    with pytest.raises(InvalidAddress, match=reason):
+        check_display_name(name)
+
+
+def test_check_display_name_returns_a_usable_name_unchanged():
+    assert check_display_name("Herald, Inc. (Ünïcode) = ? ok") == "Herald, Inc. (Ünïcode) = ? ok"
+    assert check_display_name("N" * 200) == "N" * 200
 
 
 def test_masking_keeps_the_first_letter_and_the_domain():

@@ -80,6 +80,58 @@ def test_port_forms(raw, host, port):
 
 
 @pytest.mark.parametrize(
+    "raw, address, bind",
+    [
+        (":8084", ("0.0.0.0", 8084), "0.0.0.0:8084"),
+        ("8084", ("0.0.0.0", 8084), "0.0.0.0:8084"),
+        ("127.0.0.1:9000", ("127.0.0.1", 9000), "127.0.0.1:9000"),
+        ("localhost:9000", ("localhost", 9000), "localhost:9000"),
+        ("herald-smtp.internal:9000", ("herald-smtp.internal", 9000), "herald-smtp.internal:9000"),
+        ("[::1]:8084", ("::1", 8084), "[::1]:8084"),
+        ("[::]:8084", ("::", 8084), "[::]:8084"),
+        ("[2001:db8::5]:80", ("2001:db8::5", 80), "[2001:db8::5]:80"),
+    ],
+)
+def test_every_accepted_port_form_is_a_bind_gunicorn_accepts(raw, address, bind):
+    import gunicorn.config
+
+    from herald_smtp.tools.serve import gunicorn_options
+
+    settings = settings_from({"PORT": raw})
+    assert settings.bind == bind
+    config = gunicorn.config.Config()
+    config.set("bind", gunicorn_options(settings)["bind"])
+    assert config.address == [address]  # gunicorn's own parser; raises on a bind it cannot use
+
+
+@pytest.mark.parametrize("host", ["smtp.example.com", "SMTP.Example.COM", "localhost", "mailpit", "mail_relay",
+                                  "smtp-1.eu.example.com", "a" * 63 + ".example.com", "127.0.0.1", "192.0.2.25",
+                                  "::1", "2001:db8::25", " smtp.example.com "])
+def test_smtp_host_accepts_names_and_addresses(host):
+    assert settings_from({"SMTP_HOST": host}).smtp_host == host.strip()
+
+
+def test_the_largest_accepted_numbers_give_gunicorn_options_it_accepts():
+    import gunicorn.config
+
+    from herald_smtp.tools.serve import gunicorn_options
+
+    settings = settings_from({
+        "SMTP_TIMEOUT_SECONDS": "3600", "IDEMPOTENCY_WAIT_SECONDS": "3600", "SMTP_IDLE_SECONDS": "3600",
+        "SMTP_CIRCUIT_COOLDOWN_SECONDS": "3600", "IDEMPOTENCY_TTL_SECONDS": "604800", "SMTP_RETRIES": "10",
+        "SMTP_MAX_MESSAGES_PER_CONNECTION": "10000", "SMTP_CIRCUIT_THRESHOLD": "1000", "WEB_CONCURRENCY": "256",
+        "WEB_THREADS": "256", "MAX_REQUEST_BYTES": "10485760", "REDIS_URL": "redis://localhost:6379/0",
+    })
+    options = gunicorn_options(settings)
+    config = gunicorn.config.Config()
+    for name in ("timeout", "graceful_timeout", "workers", "threads"):
+        config.set(name, options[name])
+    assert (config.timeout, config.graceful_timeout) == (options["timeout"], options["graceful_timeout"])
+    assert config.graceful_timeout > 3600  # finite, and still longer than one send may take
+    assert (config.workers, config.threads) == (256, 256)
+
+
+@pytest.mark.parametrize(
     "raw, keys",
     [
         ("a, b,,c", ("a", "b", "c")),
@@ -162,15 +214,84 @@ INVALID = [
     ("SMTP_TLS_CA_FILE", "/nonexistent.pem", "PEM"),
     ("SMTP_FROM", "jörg@example.com", "ASCII"),
     ("SMTP_USER", "jörg", "ASCII"),
+    # numbers: every one bounded, the bound named (400 digits used to parse to inf and overflow in gunicorn)
+    ("SMTP_TIMEOUT_SECONDS", "9" * 400, "<= 3600"),
+    ("SMTP_TIMEOUT_SECONDS", "3600.5", "<= 3600"),
+    ("SMTP_IDLE_SECONDS", "3601", "<= 3600"),
+    ("SMTP_CIRCUIT_COOLDOWN_SECONDS", "3601", "<= 3600"),
+    ("IDEMPOTENCY_WAIT_SECONDS", "3601", "<= 3600"),
+    ("IDEMPOTENCY_TTL_SECONDS", "604801", "<= 604800"),
+    ("IDEMPOTENCY_TTL_SECONDS", "9" * 5000, "<= 604800"),  # beyond int()'s 4300-digit limit
+    ("SMTP_RETRIES", "11", "<= 10"),
+    ("SMTP_MAX_MESSAGES_PER_CONNECTION", "10001", "<= 10000"),
+    ("SMTP_CIRCUIT_THRESHOLD", "1001", "<= 1000"),
+    ("WEB_CONCURRENCY", "257", "<= 256"),
+    ("WEB_THREADS", "257", "<= 256"),
+    ("MAX_REQUEST_BYTES", "10485761", "<= 10485760"),
+    # PORT: forms gunicorn would refuse at bind time
+    ("PORT", "::8084", "[::1]:8084"),
+    ("PORT", "::1", "[::1]:8084"),
+    ("PORT", "::1:8084", "[::1]:8084"),
+    ("PORT", "http://0.0.0.0:8084", "[::1]:8084"),
+    ("PORT", "[::1]", "[::1]:8084"),
+    ("PORT", "[::1]8084", "[::1]:8084"),
+    ("PORT", "[localhost]:8084", "[::1]:8084"),
+    ("PORT", "[::1]:70000", "[::1]:8084"),
+    ("PORT", "a..b:8084", "[::1]:8084"),
+    ("PORT", "unix:/tmp/x.sock", "[::1]:8084"),
+    # SMTP_HOST: typos that would only show as a DNS failure on the first send
+    ("SMTP_HOST", "smtp..example.com", "a host name, an IPv4 address or an IPv6 address"),
+    ("SMTP_HOST", "a" * 64 + ".example.com", "63"),
+    ("SMTP_HOST", "smtp example.com", "host name"),
+    ("SMTP_HOST", "smtp.example.com:587", "host name"),
+    ("SMTP_HOST", "-smtp.example.com", "host name"),
+    ("SMTP_HOST", "smtp.example.com.", "host name"),
+    ("SMTP_HOST", "192.0.2.256", "host name"),
+    ("SMTP_HOST", "[2001:db8::1]", "without brackets"),
+    ("SMTP_HOST", "smtp.bücher.de", "ASCII"),
+    ("SMTP_HOST", ("a" * 60 + ".") * 5 + "com", "253"),
+    # SMTP_FROM_NAME: a header value; a long one-word name cannot fold
+    ("SMTP_FROM_NAME", "N" * 201, "at most 200 characters"),
+    ("SMTP_FROM_NAME", "Herald\nBcc: x@evil.example", "control character"),
+    ("SMTP_FROM_NAME", "=?utf-8?q?Herald=0D=0ABcc:_x@evil.example?=", "encoded-word"),
+    ("SMTP_FROM", "=?utf-8?q?a=0D=0Ab?=@example.com", "encoded-word"),
 ]
 
 
-@pytest.mark.parametrize("variable, value, form", INVALID, ids=[f"{v}={x}" for v, x, _ in INVALID])
+@pytest.mark.parametrize("variable, value, form", INVALID, ids=[f"{v}={x[:40]}" for v, x, _ in INVALID])
 def test_invalid_value_is_one_line_naming_variable_and_form(variable, value, form):
     message = config_error({variable: value})
     assert "\n" not in message
     assert message.startswith(f"{variable}: expected ")
     assert form in message
+
+
+FROM_NAMES_AT_THE_BOUND = ["N" * 200, '"' * 200, "\\" * 200, "é" * 200, "Herald, Inc. " * 15 + "Heral"]
+
+
+@pytest.mark.parametrize("name", FROM_NAMES_AT_THE_BOUND, ids=["word", "quotes", "backslashes", "non-ascii", "comma"])
+def test_the_longest_accepted_from_name_keeps_every_line_within_998(name):
+    import email.policy
+
+    from herald_smtp.addresses import MAX_DISPLAY_NAME, parse_address
+    from herald_smtp.sending.message import build_message
+    from herald_smtp.sending.request import SendRequest
+
+    domain = ("d" * 62 + ".") * 2 + "d" * 59 + ".com"
+    sender = "s" * 64 + "@" + domain  # 254 characters: the longest address email-validator allows
+    recipient = "r" * 64 + "@" + domain
+    assert len(name) == MAX_DISPLAY_NAME
+    settings = settings_from({"SMTP_FROM": sender, "SMTP_FROM_NAME": name})
+    assert settings.smtp_from_name == name
+    request = SendRequest(to=parse_address(recipient), subject="x" * 5000, body="y" * 5000)
+    raw = build_message(request, settings, "id@example.com").as_bytes(policy=email.policy.SMTP)
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998  # RFC 5322 2.1.1
+
+
+def test_a_long_from_name_is_refused_at_startup_naming_the_bound():
+    # 2,000 characters used to give a 2,001-character From line; an SMTP server may refuse the whole mail for it.
+    message = config_error({"SMTP_FROM_NAME": "N" * 2000})
+    assert message == "SMTP_FROM_NAME: expected a display name of at most 200 characters"
 
 
 def test_both_tls_modes_on_names_both():
