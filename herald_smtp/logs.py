@@ -11,6 +11,7 @@ import logging
 import logging.config
 
 from .config import SERVICE_NAME, Settings
+from .timing import DEADLINE_SLACK_SECONDS, HERALD_CLIENT_TIMEOUT_SECONDS, worst_case_answer_seconds
 
 log = logging.getLogger("herald_smtp")
 
@@ -86,6 +87,11 @@ def log_startup(settings: Settings) -> None:
     if settings.smtp_user and not (settings.smtp_use_tls or settings.smtp_use_starttls):
         log.warning("SMTP_USER is set but TLS is off: the SMTP password travels in clear text; "
                     "set SMTP_USE_STARTTLS=true (port 587) or SMTP_USE_TLS=true (port 465)")
+    if worst_case_answer_seconds(settings) > HERALD_CLIENT_TIMEOUT_SECONDS:
+        log.warning(
+            f"SMTP_TIMEOUT_SECONDS + IDEMPOTENCY_WAIT_SECONDS (+{DEADLINE_SLACK_SECONDS:g}s) is "
+            f"{worst_case_answer_seconds(settings):g}s: longer than Herald's {HERALD_CLIENT_TIMEOUT_SECONDS:g}s "
+            "client timeout, so Herald may report an error for a mail that was sent; lower them")
     if not settings.store_is_shared:
         log.warning(
             f"REDIS_URL is {'memory://' if settings.redis_url else 'empty'}: idempotency records live in this "

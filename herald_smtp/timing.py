@@ -1,25 +1,32 @@
 """How long a send may take, and what must outlive it: every time margin in one place.
 
 The SMTP budget of a request is SMTP_TIMEOUT_SECONDS, or the caller's smaller
-`timeout_seconds`. smtplib gives each connect step (TCP per resolved address,
-the TLS handshake, the greeting) the whole remaining time, so a send can
-overrun its budget by up to about OVERRUN_FACTOR times. Sized from that worst
-case:
+`timeout_seconds`. It bounds the whole exchange, retries included: the DNS
+lookup, each TCP connect, the TLS handshake, the greeting and every read
+(smtp/deadline.py). Only housekeeping may run past it (RSET or QUIT, each
+capped at 1 s), hence DEADLINE_SLACK_SECONDS. Sized from that worst case:
 
-    reservation hold    worst case + HOLD_MARGIN_SECONDS: an idempotency
-                        reservation must not expire while its owner still
-                        talks to the server, or a duplicate would send again.
-    gunicorn timeout    worst case + IDEMPOTENCY_WAIT_SECONDS + 15 s: a worker
-                        busy with one slow send is not killed for it.
-    graceful timeout    the same + 5 s: a SIGTERM lets in-flight sends finish.
+    reservation hold    worst case + HOLD_MARGIN_SECONDS: how long a key stays
+                        reserved, and the hold deadline a committing record
+                        carries. A hold that ends too early cannot send twice
+                        (the owner's commit finds the key taken and hangs up
+                        before the final dot); the margin covers clock skew
+                        between replicas, which compare hold deadlines.
+    answer              worst case + IDEMPOTENCY_WAIT_SECONDS for a duplicate
+                        that waits: Herald's client gives up after 30 s (or
+                        never), so startup warns when this exceeds 30 s.
+    gunicorn timeout    the answer + 15 s: a worker busy with one slow send is
+                        not killed for it.
+    graceful timeout    the answer + 5 s: a SIGTERM lets in-flight sends finish.
 """
 
 from __future__ import annotations
 
 from .config import Settings
 
-OVERRUN_FACTOR = 3
-HOLD_MARGIN_SECONDS = 30.0
+DEADLINE_SLACK_SECONDS = 1.0
+HOLD_MARGIN_SECONDS = 5.0
+HERALD_CLIENT_TIMEOUT_SECONDS = 30.0
 WORKER_TIMEOUT_MARGIN_SECONDS = 15
 GRACEFUL_TIMEOUT_MARGIN_SECONDS = 5
 # gunicorn's own defaults; we never go below them.
@@ -34,15 +41,20 @@ def send_budget(settings: Settings, requested: float | None) -> float:
 
 
 def worst_case_send_seconds(budget: float) -> float:
-    return OVERRUN_FACTOR * budget
+    return budget + DEADLINE_SLACK_SECONDS
 
 
 def reservation_hold_seconds(budget: float) -> float:
     return worst_case_send_seconds(budget) + HOLD_MARGIN_SECONDS
 
 
+def worst_case_answer_seconds(settings: Settings) -> float:
+    """The longest a caller waits for an answer with these settings: a duplicate that waits, then sends."""
+    return worst_case_send_seconds(settings.smtp_timeout_seconds) + settings.idempotency_wait_seconds
+
+
 def gunicorn_timeouts(settings: Settings) -> tuple[int, int]:
     """(timeout, graceful_timeout) for gunicorn."""
-    busy = worst_case_send_seconds(settings.smtp_timeout_seconds) + settings.idempotency_wait_seconds
+    busy = worst_case_answer_seconds(settings)
     return (int(max(MIN_WORKER_TIMEOUT_SECONDS, busy + WORKER_TIMEOUT_MARGIN_SECONDS)),
             int(max(MIN_WORKER_TIMEOUT_SECONDS, busy + GRACEFUL_TIMEOUT_MARGIN_SECONDS)))

@@ -71,3 +71,17 @@ def test_retries_stay_inside_the_same_budget(make_client):
         response, seconds = timed_send(client, {"to": "a@example.com"})
     assert_error(response, 500, "send_failed")
     assert seconds < budget + SLACK_SECONDS
+
+
+def test_startup_warns_when_the_worst_case_answer_outlasts_herald_s_client(caplog):
+    from herald_smtp.logs import log_startup
+
+    warning = "client timeout, so Herald may report an error for a mail that was sent"
+    with caplog.at_level("WARNING", logger="herald_smtp"):
+        log_startup(settings_from({}))  # defaults: 10 s + 1 s + 10 s
+    assert not [m for m in caplog.messages if warning in m]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="herald_smtp"):
+        log_startup(settings_from({"SMTP_TIMEOUT_SECONDS": "25", "IDEMPOTENCY_WAIT_SECONDS": "10"}))
+    [line] = [m for m in caplog.messages if warning in m]
+    assert "36s" in line

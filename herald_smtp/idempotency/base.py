@@ -1,9 +1,13 @@
 """The idempotency store interface: what every backend offers, and the values it trades in.
 
-A key moves through two states: *reserved* (in flight, owned by the holder of
-the claim's token, expiring after a hold time longer than the send can take)
-and *done* (the final status and body, kept for IDEMPOTENCY_TTL_SECONDS).
-Only the token's holder may finish or release a reservation, so an owner whose
+A key moves through three states:
+  reserved    in flight, owned by the holder of the claim's token, expiring
+              after a hold time longer than the send can take;
+  committing  the owner is about to send the final dot: kept for
+              IDEMPOTENCY_TTL_SECONDS, with the owner's hold deadline, so that
+              a crash from here on can never lead to a second mail;
+  done        the final status and body, kept for IDEMPOTENCY_TTL_SECONDS.
+Only the token's holder may commit, finish or release, so an owner whose
 reservation expired and was taken over cannot overwrite the newer one.
 """
 
@@ -24,10 +28,16 @@ class Record:
     fingerprint: str
     status: int | None = None  # None while the first request is in flight
     body: dict | None = None
+    committing: bool = False
+    hold_until: float | None = None  # committing: when the owner's send must be over (time.time())
 
     @property
     def done(self) -> bool:
         return self.status is not None
+
+    def abandoned(self, now: float) -> bool:
+        """Committing past the owner's hold: it died or could not record; the outcome is unknown."""
+        return self.committing and not self.done and self.hold_until is not None and now > self.hold_until
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,10 @@ class Store(Protocol):
 
     def reserve(self, key: str, fingerprint: str, hold_seconds: float) -> Claim:
         """Atomically reserve `key` if absent; else return what is there."""
+
+    def commit(self, claim: Claim, record: Record, ttl_seconds: int) -> Claim | None:
+        """Replace our reservation with the committing `record`; the claim to go on with, or None if
+        the reservation is no longer ours."""
 
     def finish(self, claim: Claim, record: Record, ttl_seconds: int) -> bool:
         """Replace our reservation with the final record; False if it is no longer ours."""

@@ -22,7 +22,7 @@ _SWEEP_EVERY = 1000
 @dataclass(frozen=True)
 class _Entry:
     record: Record
-    token: object | None  # the owner's token while reserved, None once done
+    token: object | None  # the owner's token while reserved or committing, None once done
     expires_at: float
 
 
@@ -43,6 +43,13 @@ class MemoryStore:
             token = object()
             self._put(key, _Entry(Record(fingerprint), token, self._clock() + hold_seconds))
             return Claim(key, token=token)
+
+    def commit(self, claim: Claim, record: Record, ttl_seconds: int) -> Claim | None:
+        with self._lock:
+            if not self._owns(claim):
+                return None
+            self._put(claim.key, _Entry(record, claim.token, self._clock() + ttl_seconds))
+            return claim
 
     def finish(self, claim: Claim, record: Record, ttl_seconds: int) -> bool:
         with self._lock:

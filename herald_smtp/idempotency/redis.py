@@ -1,6 +1,7 @@
 """Redis idempotency store, shared by every worker and replica.
 
 reserve: SET key reservation NX PX hold  (atomic: one winner per key)
+commit:  Lua compare-and-set to the committing record, SETEX with IDEMPOTENCY_TTL_SECONDS
 finish:  Lua compare-and-set, then SETEX with IDEMPOTENCY_TTL_SECONDS
 release: Lua compare-and-delete
 The reservation value holds a random token, so an owner whose reservation
@@ -17,7 +18,8 @@ import redis
 
 from .base import Claim, Record, StoreUnavailable
 
-_FINISH = """
+# Compare-and-set: replace our own value (reservation or committing record) and set its TTL.
+_REPLACE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SETEX', KEYS[1], ARGV[3], ARGV[2])
   return 1
@@ -39,12 +41,15 @@ def _encode(record: Record, token: str = "") -> str:
         data.update(status=record.status, body=record.body)
     else:
         data["token"] = token
+    if record.committing and not record.done:
+        data.update(committing=True, hold_until=record.hold_until)
     return json.dumps(data, separators=(",", ":"))
 
 
 def _decode(raw: str) -> Record:
     data = json.loads(raw)
-    return Record(data["fp"], data.get("status"), data.get("body"))
+    return Record(data["fp"], data.get("status"), data.get("body"), data.get("committing", False),
+                  data.get("hold_until"))
 
 
 @contextmanager
@@ -67,7 +72,7 @@ class RedisStore:
     def __init__(self, client: redis.Redis, prefix: str):
         self._redis = client
         self._prefix = prefix + "idempotency:"
-        self._finish = client.register_script(_FINISH)
+        self._replace = client.register_script(_REPLACE)
         self._release = client.register_script(_RELEASE)
 
     @classmethod
@@ -94,10 +99,16 @@ class RedisStore:
                     return Claim(key, existing=_decode(value))
                 # It expired between SET NX and GET: try to take it again.
 
+    def commit(self, claim: Claim, record: Record, ttl_seconds: int) -> Claim | None:
+        committing = _encode(record, token=secrets.token_hex(16))
+        with _translate_errors():
+            keys, args = [self._prefix + claim.key], [claim.token, committing, int(ttl_seconds)]
+            return Claim(claim.key, token=committing) if self._replace(keys=keys, args=args) else None
+
     def finish(self, claim: Claim, record: Record, ttl_seconds: int) -> bool:
         with _translate_errors():
             keys, args = [self._prefix + claim.key], [claim.token, _encode(record), int(ttl_seconds)]
-            return bool(self._finish(keys=keys, args=args))
+            return bool(self._replace(keys=keys, args=args))
 
     def release(self, claim: Claim) -> bool:
         with _translate_errors():

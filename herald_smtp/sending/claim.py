@@ -1,13 +1,21 @@
-"""The idempotency steps around one send: claim the key before it, record the outcome after it.
+"""The idempotency steps around one send: claim the key, commit just before the final dot, record.
 
     claim(key, fingerprint, hold) -> Owned     we hold the reservation: send
                                      Replay    a finished record with this payload: answer it again
                                      Refused   another payload (conflict), still in flight after the
-                                               wait, or the store failed and we must not send
+                                               wait, abandoned at its commit point (outcome unknown),
+                                               or the store failed and we must not send
                                      Unguarded the store is down and IDEMPOTENCY_FAILURE_MODE=open:
                                                send without idempotency
+    commit(owned)                 -> None to send the final dot, or the Result to answer instead
     record(owned, result, answer)    keep the answer for the TTL, or release the key (outcomes.py
                                      says which)
+
+The commit point is what makes a crash safe: from the moment the final dot may
+be out, the key holds a record kept for the TTL, so a worker killed while
+waiting for the server's reply (or a store failure at record time) leaves a
+key that is never sent again; a duplicate gets "outcome unknown" once the
+owner's hold deadline has passed.
 """
 
 from __future__ import annotations
@@ -25,12 +33,22 @@ log = logging.getLogger("herald_smtp.send")
 
 # How often a duplicate polls for the first request's result.
 _POLL_SECONDS = 0.05
+# Writing the final record: a second try after a short pause, then the committing record protects the key.
+_RECORD_ATTEMPTS = 2
+_RECORD_RETRY_PAUSE_SECONDS = 0.1
+
+_ABANDONED = ("outcome unknown: a request with this idempotency key was sending the mail and stopped before "
+              "it could record the result (its worker died or the store failed); the mail may have been "
+              "delivered, so it is not sent again")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Owned:
+    """Our hold on a key. Not frozen: commit() moves `claim` on to the committing record."""
+
     claim: Claim
     fingerprint: str
+    hold_until: float  # time.time() by which our send must be over; duplicates trust it after a crash
 
 
 @dataclass(frozen=True)
@@ -66,7 +84,7 @@ class KeyGuard:
                 self.metrics.store_errors.labels("reserve").inc()
                 return self._store_down(exc)
             if claim.owned:
-                return Owned(claim, fingerprint)
+                return Owned(claim, fingerprint, time.time() + hold_seconds)
             try:
                 record = self._await_done(key, claim.existing, fingerprint, deadline)
             except StoreUnavailable as exc:
@@ -80,24 +98,55 @@ class KeyGuard:
                 return self._decide(key, record, fingerprint)
             # The first request released the key (transient failure) or it expired: our turn.
 
+    def commit(self, owned: Owned) -> Result | None:
+        """Just before the final dot: make the key's record survive us. None: send the dot."""
+        record = Record(owned.fingerprint, committing=True, hold_until=owned.hold_until)
+        try:
+            claim = self.store.commit(owned.claim, record, self.settings.idempotency_ttl_seconds)
+        except StoreUnavailable as exc:
+            self.metrics.store_errors.labels("commit").inc()
+            if self.settings.idempotency_failure_mode == "closed":
+                log.error("idempotency store unavailable at the commit point; not sending "
+                          "(IDEMPOTENCY_FAILURE_MODE=closed)", extra={"cause": str(exc)})
+                return Result(Outcome.STORE_UNAVAILABLE, f"{exc}; not sending (closed mode), nothing was transmitted")
+            log.error("idempotency store unavailable at the commit point; sending anyway "
+                      "(IDEMPOTENCY_FAILURE_MODE=open)", extra={"cause": str(exc)})
+            return None
+        if claim is None:
+            # Our reservation expired and another request may hold the key: it sends, we must not.
+            log.error("idempotency reservation expired before the commit point; not sending",
+                      extra={"idempotency_key": owned.claim.key})
+            return Result(Outcome.IDEMPOTENCY_IN_FLIGHT, "the idempotency reservation expired before the mail "
+                                                         "was committed; nothing was sent; retry later with the same key")
+        owned.claim = claim
+        return None
+
     def record(self, owned: Owned, result: Result, answer: Answer | None) -> None:
         claim = owned.claim
-        try:
-            if result.outcome.keep:
-                record = Record(owned.fingerprint, answer.status, answer.body)
-                stored = self.store.finish(claim, record, self.settings.idempotency_ttl_seconds)
-            else:
-                stored = self.store.release(claim)
-        except StoreUnavailable as exc:
-            self.metrics.store_errors.labels("record").inc()
-            # The mail's fate is decided and the caller gets it; but until the reservation
-            # expires a retry gets 409, and after that it would send again.
-            log.error("could not record the send outcome in the idempotency store",
-                      extra={"cause": str(exc), "idempotency_key": claim.key, "outcome": result.outcome.value})
-            return
+        for attempt in range(_RECORD_ATTEMPTS):
+            try:
+                stored = self._write_outcome(owned, result, answer)
+                break
+            except StoreUnavailable as exc:
+                self.metrics.store_errors.labels("record").inc()
+                if attempt + 1 < _RECORD_ATTEMPTS:
+                    time.sleep(_RECORD_RETRY_PAUSE_SECONDS)
+                    continue
+                # The mail's fate is decided and the caller gets it. A committed key stays protected by
+                # its committing record; a key that never reached the commit point is free once its
+                # reservation expires, which is right: nothing of that mail was transmitted.
+                log.error("could not record the send outcome in the idempotency store",
+                          extra={"cause": str(exc), "idempotency_key": claim.key, "outcome": result.outcome.value})
+                return
         if not stored:
             log.error("idempotency reservation expired before the send finished; outcome not recorded",
                       extra={"idempotency_key": claim.key, "outcome": result.outcome.value})
+
+    def _write_outcome(self, owned: Owned, result: Result, answer: Answer | None) -> bool:
+        if result.outcome.keep:
+            record = Record(owned.fingerprint, answer.status, answer.body)
+            return self.store.finish(owned.claim, record, self.settings.idempotency_ttl_seconds)
+        return self.store.release(owned.claim)
 
     def _decide(self, key: str, record: Record, fingerprint: str) -> Turn:
         """What a duplicate does with the record it found once the wait is over."""
@@ -110,6 +159,10 @@ class KeyGuard:
                                                      "original_error_code": record.body.get("error_code")})
             self.metrics.replays.inc()
             return Replay(Answer(record.status, record.body, replayed=True))
+        if record.abandoned(time.time()):
+            log.error("idempotency key abandoned at its commit point; outcome unknown, not sending again",
+                      extra={"idempotency_key": key})
+            return Refused(Result(Outcome.SMTP_UNKNOWN, _ABANDONED))
         self.metrics.conflicts.labels("in_flight").inc()
         return Refused(Result(
             Outcome.IDEMPOTENCY_IN_FLIGHT,
@@ -119,7 +172,7 @@ class KeyGuard:
     def _await_done(self, key: str, record: Record | None, fingerprint: str, deadline: float) -> Record | None:
         """Poll while the same payload is in flight elsewhere; return what is there at the end."""
         while record is not None and not record.done and record.fingerprint == fingerprint:
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or record.abandoned(time.time()):
                 break
             time.sleep(_POLL_SECONDS)
             record = self.store.get(key)

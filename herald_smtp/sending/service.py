@@ -15,7 +15,7 @@ from ..config import Settings
 from ..idempotency.base import Store
 from ..metrics import Metrics
 from ..outcomes import Answer, Outcome, Result, answer_for
-from ..smtp.mailer import Mailer
+from ..smtp.mailer import Mailer, SendAborted
 from ..timing import reservation_hold_seconds, send_budget
 from .claim import KeyGuard, Owned, Refused, Replay, Unguarded
 from .fingerprint import fingerprint
@@ -58,7 +58,7 @@ class SendService:
         try:
             message_id = new_message_id(self.settings)
             msg = build_message(request, self.settings, message_id)
-            result = self.mailer.send(msg, str(request.to), budget)
+            result = self.mailer.send(msg, str(request.to), budget, before_dot=self._commit_point(owned))
         except Exception:
             # A bug of ours, before anything reached the server in every case we know of:
             # free the key so the caller's retry is not stuck behind a dead reservation.
@@ -72,6 +72,18 @@ class SendService:
         if owned is not None:
             self.guard.record(owned, result, answer)
         return answer
+
+    def _commit_point(self, owned: Owned | None):
+        """What the mailer runs just before the final dot: commit the key, or stop this send."""
+        if owned is None:
+            return None
+
+        def commit() -> None:
+            refusal = self.guard.commit(owned)
+            if refusal is not None:
+                raise SendAborted(refusal)
+
+        return commit
 
     def _refuse(self, request: SendRequest, result: Result) -> Answer:
         report(result, str(request.to))

@@ -33,6 +33,14 @@ _BACKOFF_SECONDS = 0.2
 _MIN_ATTEMPT_SECONDS = 0.5
 
 
+class SendAborted(Exception):
+    """Raised by a before_dot callback: hang up before the final dot and answer `result` instead."""
+
+    def __init__(self, result: Result):
+        super().__init__(result.message)
+        self.result = result
+
+
 class Mailer:
     def __init__(self, settings: Settings, metrics: Metrics, clock=time.monotonic):
         self.settings = settings
@@ -44,8 +52,12 @@ class Mailer:
         self.breaker = CircuitBreaker(settings.smtp_circuit_threshold, settings.smtp_circuit_cooldown_seconds,
                                       on_change=metrics.set_circuit_state, clock=clock)
 
-    def send(self, msg: EmailMessage, recipient: str, budget: float) -> Result:
-        """Send within `budget` seconds, retries included."""
+    def send(self, msg: EmailMessage, recipient: str, budget: float, before_dot=None) -> Result:
+        """Send within `budget` seconds, retries included.
+
+        `before_dot()` runs just before each attempt's final dot; raising SendAborted there stops the
+        send with nothing transmitted (the server discards a DATA that never ends).
+        """
         deadline = time.monotonic() + budget
         message_id = msg["Message-ID"].strip("<>")
         payload = msg.as_bytes(policy=email.policy.SMTP)
@@ -56,7 +68,7 @@ class Mailer:
                 return last or Result(Outcome.CIRCUIT_OPEN, "SMTP circuit breaker is open after repeated connection "
                                       "failures; failing fast", retry_after=self.breaker.retry_after())
             try:
-                code, reply = self._attempt(payload, recipient, deadline)
+                code, reply = self._attempt(payload, recipient, deadline, before_dot)
             except SmtpFailure as failure:
                 verdict = classify_failure(failure)
                 self.breaker.record(verdict.connection_failure, cause=failure.detail)
@@ -68,6 +80,9 @@ class Mailer:
                                                "smtp_code": failure.code, "errmsg": mask_addresses(failure.detail)})
                 time.sleep(_BACKOFF_SECONDS * 2**attempt)
                 continue
+            except SendAborted as aborted:
+                self.breaker.abandon()
+                return aborted.result
             except Exception:
                 self.breaker.abandon()  # a bug of ours says nothing about the server: decide nothing
                 raise
@@ -83,21 +98,22 @@ class Mailer:
             return False
         return deadline - time.monotonic() - _BACKOFF_SECONDS * 2**attempt >= _MIN_ATTEMPT_SECONDS
 
-    def _attempt(self, payload: bytes, recipient: str, deadline: float) -> tuple[int, str]:
+    def _attempt(self, payload: bytes, recipient: str, deadline: float, before_dot) -> tuple[int, str]:
         pooled = self.pool.acquire(deadline)
         try:
-            return self._transmit(pooled, payload, recipient, deadline)
+            return self._transmit(pooled, payload, recipient, deadline, before_dot)
         except SmtpFailure as failure:
             if not (pooled.reused and _dead_before_mail(failure)):
                 raise
         # The server closed the idle connection (or said 421 at MAIL FROM): replace it quietly.
         log.debug("smtp connection was dead at MAIL FROM; reconnecting")
-        return self._transmit(self.pool.open(deadline), payload, recipient, deadline)
+        return self._transmit(self.pool.open(deadline), payload, recipient, deadline, before_dot)
 
-    def _transmit(self, pooled: PooledConnection, payload: bytes, recipient: str,
-                  deadline: float) -> tuple[int, str]:
+    def _transmit(self, pooled: PooledConnection, payload: bytes, recipient: str, deadline: float,
+                  before_dot) -> tuple[int, str]:
         try:
-            code, reply = transport.transmit(pooled.conn, self.settings.smtp_from, recipient, payload, deadline)
+            code, reply = transport.transmit(pooled.conn, self.settings.smtp_from, recipient, payload, deadline,
+                                             before_dot)
         except SmtpFailure as failure:
             self._after_failure(pooled, failure)
             raise

@@ -83,11 +83,12 @@ def open_connection(settings: Settings, context: ssl.SSLContext | None, deadline
     return conn
 
 
-def transmit(conn: smtplib.SMTP, sender: str, recipient: str, payload: bytes, deadline: float) -> tuple[int, str]:
+def transmit(conn: smtplib.SMTP, sender: str, recipient: str, payload: bytes, deadline: float,
+             before_dot=None) -> tuple[int, str]:
     """MAIL, RCPT, DATA. Returns the server's final reply, which may be a refusal."""
     mail_from(conn, sender, deadline)
     rcpt_to(conn, recipient, deadline)
-    return data(conn, payload, deadline)
+    return data(conn, payload, deadline, before_dot)
 
 
 def connect(settings: Settings, context: ssl.SSLContext | None, deadline: float) -> smtplib.SMTP:
@@ -199,13 +200,20 @@ def rcpt_to(conn: smtplib.SMTP, recipient: str, deadline: float) -> None:
         raise SmtpFailure(RCPT, f"RCPT TO refused: {code} {reply}", code, reply=reply)
 
 
-def data(conn: smtplib.SMTP, payload: bytes, deadline: float) -> tuple[int, str]:
-    """DATA, the message and the final dot; returns the server's reply to it, which may be a refusal."""
+def data(conn: smtplib.SMTP, payload: bytes, deadline: float, before_dot=None) -> tuple[int, str]:
+    """DATA, the message and the final dot; returns the server's reply to it, which may be a refusal.
+
+    `before_dot()` runs when all but the final dot is sent; an exception from it leaves the DATA
+    unfinished, which the server discards when the connection closes.
+    """
     code, reply = _command(conn, DATA, lambda: conn.docmd("DATA"), deadline)
     if code != 354:
         raise SmtpFailure(DATA, f"DATA refused: {code} {reply}", code, reply=reply)
     _command(conn, DATA, lambda: conn.send(_dot_stuffed(payload)), deadline)
-    # The final dot is out: whatever breaks from here on leaves the outcome unknown.
+    if before_dot is not None:
+        before_dot()
+    # From the first byte of the final dot on, the server may accept the mail: a failure is an unknown outcome.
+    _command(conn, AFTER_DATA, lambda: conn.send(b".\r\n"), deadline)
     return _command(conn, AFTER_DATA, conn.getreply, deadline)
 
 
@@ -287,11 +295,11 @@ def _command(conn: smtplib.SMTP, phase: str, call, deadline: float):
 
 
 def _dot_stuffed(payload: bytes) -> bytes:
-    # RFC 5321 4.5.2: a line starting with "." gets another "."; then the final dot.
+    # RFC 5321 4.5.2: a line starting with "." gets another "."; the final dot is sent on its own.
     data = re.sub(rb"(?m)^\.", b"..", payload)
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
-    return data + b".\r\n"
+    return data
 
 
 def _text(reply) -> str:

@@ -29,6 +29,11 @@ class HeraldProcess:
         self._proc: subprocess.Popen | None = None
 
     @property
+    def pid(self) -> int:
+        """The gunicorn master's PID (its workers are its children)."""
+        return self._proc.pid
+
+    @property
     def url(self) -> str:
         return f"http://{LOCALHOST}:{self.port}"
 
