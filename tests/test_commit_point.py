@@ -208,3 +208,26 @@ def _post_quietly(url: str, payload: dict) -> None:
 def _children(pid: int) -> list[int]:
     with open(f"/proc/{pid}/task/{pid}/children") as fh:
         return [int(child) for child in fh.read().split()]
+
+
+def test_an_owner_whose_reservation_was_taken_over_hangs_up_before_the_dot(settings, make_client, smtp):
+    from tests.support.clock import FakeClock
+
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    client = make_client(settings, store=store)
+    payload = {"to": "a@example.com", "idempotency_key": "k-stolen"}
+    smtp.inject("rcpt", delay=0.5, times=1)
+
+    def take_over():  # while the owner waits at RCPT: its hold runs out and another worker reserves the key
+        clock.advance(3600)
+        assert store.reserve("k-stolen", fingerprint_of(payload), 60).owned
+
+    thief = threading.Timer(0.2, take_over)
+    thief.start()
+    response = send(client, payload)
+    thief.join()
+    assert_error(response, 409, "idempotency_conflict", "nothing was sent")
+    time.sleep(0.3)
+    assert smtp.messages == [] and smtp.dropped == []
+    assert store.get("k-stolen") == Record(fingerprint_of(payload))  # the new owner's reservation, untouched

@@ -44,11 +44,13 @@ _ABANDONED = ("outcome unknown: a request with this idempotency key was sending 
 
 @dataclass
 class Owned:
-    """Our hold on a key. Not frozen: commit() moves `claim` on to the committing record."""
+    """Our hold on a key. Not frozen: commit() moves it on to the committing record."""
 
     claim: Claim
     fingerprint: str
     hold_until: float  # time.time() by which our send must be over; duplicates trust it after a crash
+    # "reserved"; "committed" once the final dot may go out; "lost" when another request took the key over.
+    stage: str = "reserved"
 
 
 @dataclass(frozen=True)
@@ -114,14 +116,17 @@ class KeyGuard:
             return None
         if claim is None:
             # Our reservation expired and another request may hold the key: it sends, we must not.
+            owned.stage = "lost"
             log.error("idempotency reservation expired before the commit point; not sending",
                       extra={"idempotency_key": owned.claim.key})
             return Result(Outcome.IDEMPOTENCY_IN_FLIGHT, "the idempotency reservation expired before the mail "
                                                          "was committed; nothing was sent; retry later with the same key")
-        owned.claim = claim
+        owned.claim, owned.stage = claim, "committed"
         return None
 
     def record(self, owned: Owned, result: Result, answer: Answer | None) -> None:
+        if owned.stage == "lost":
+            return  # the key is another request's now
         claim = owned.claim
         for attempt in range(_RECORD_ATTEMPTS):
             try:

@@ -60,9 +60,10 @@ class SendService:
             msg = build_message(request, self.settings, message_id)
             result = self.mailer.send(msg, str(request.to), budget, before_dot=self._commit_point(owned))
         except Exception:
-            # A bug of ours, before anything reached the server in every case we know of:
-            # free the key so the caller's retry is not stuck behind a dead reservation.
-            if owned is not None:
+            # A bug of ours. Before the commit point nothing can have been delivered: free the key so
+            # the caller's retry is not stuck behind a dead reservation. After it, the committing
+            # record stays: the mail may be out.
+            if owned is not None and owned.stage == "reserved":
                 self.guard.record(owned, Result(Outcome.INTERNAL_ERROR), None)
             raise
         seconds = time.monotonic() - started
