@@ -61,6 +61,7 @@ class Settings:
     smtp_circuit_cooldown_seconds: float = 30.0
     redis_url: str = ""
     redis_key_prefix: str = "herald-smtp:"
+    idempotency_secret: str = ""  # keys the payload fingerprints in the store (sending/fingerprint.py)
     idempotency_ttl_seconds: int = 300
     idempotency_wait_seconds: float = 10.0
     idempotency_failure_mode: str = "open"
@@ -102,7 +103,7 @@ class Settings:
 
     def redacted(self) -> dict:
         """The effective configuration for the startup log: secrets only as set/unset."""
-        secret = {"api_keys", "smtp_password"}
+        secret = {"api_keys", "smtp_password", "idempotency_secret"}
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
@@ -315,6 +316,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "SMTP_CIRCUIT_COOLDOWN_SECONDS": ("smtp_circuit_cooldown_seconds", _seconds(0)),
     "REDIS_URL": ("redis_url", _redis_url),
     "REDIS_KEY_PREFIX": ("redis_key_prefix", _text),
+    "IDEMPOTENCY_SECRET": ("idempotency_secret", lambda raw: raw),
     "IDEMPOTENCY_TTL_SECONDS": ("idempotency_ttl_seconds", _int(1, MAX_TTL_SECONDS)),
     "IDEMPOTENCY_WAIT_SECONDS": ("idempotency_wait_seconds", _seconds(0)),
     "IDEMPOTENCY_FAILURE_MODE": ("idempotency_failure_mode", _choice("open", "closed")),

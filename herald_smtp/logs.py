@@ -92,6 +92,10 @@ def log_startup(settings: Settings) -> None:
             f"SMTP_TIMEOUT_SECONDS + IDEMPOTENCY_WAIT_SECONDS (+{DEADLINE_SLACK_SECONDS:g}s) is "
             f"{worst_case_answer_seconds(settings):g}s: longer than Herald's {HERALD_CLIENT_TIMEOUT_SECONDS:g}s "
             "client timeout, so Herald may report an error for a mail that was sent; lower them")
+    if settings.store_is_shared and not settings.idempotency_secret:
+        log.warning("IDEMPOTENCY_SECRET is empty: payload fingerprints in the store are plain SHA-256 hashes; "
+                    "whoever can read Redis and knows a recipient could recover a one-time code from them. "
+                    "Set it, the same on every replica")
     if not settings.store_is_shared:
         log.warning(
             f"REDIS_URL is {'memory://' if settings.redis_url else 'empty'}: idempotency records live in this "

@@ -37,7 +37,8 @@ class SendService:
         budget = send_budget(self.settings, request.timeout_seconds)
         if request.idempotency_key is None:
             return self._send(request, budget)
-        turn = self.guard.claim(request.idempotency_key, fingerprint(request), reservation_hold_seconds(budget))
+        turn = self.guard.claim(request.idempotency_key, fingerprint(request, self.settings.idempotency_secret),
+                                reservation_hold_seconds(budget))
         match turn:
             case Owned():
                 return self._send(request, budget, turn)

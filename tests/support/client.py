@@ -47,9 +47,9 @@ def assert_error(response, status: int, error_code: str, message_part: str = "")
     return body
 
 
-def fingerprint_of(payload: dict) -> str:
-    """The fingerprint the service computes for this body."""
-    return fingerprint(parse_send_request(json.dumps(payload).encode(), None))
+def fingerprint_of(payload: dict, secret: str = "") -> str:
+    """The fingerprint the service computes for this body (with this IDEMPOTENCY_SECRET)."""
+    return fingerprint(parse_send_request(json.dumps(payload).encode(), None), secret)
 
 
 def smtp_env(server: SmtpTestServer) -> dict[str, str]:
