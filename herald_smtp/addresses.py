@@ -6,8 +6,24 @@ email-validator's syntax check with deliverability checks off (no DNS on the
 request path): no quoted local parts, no IP literals, no display names, no
 leading, trailing or doubled dots, a dotted domain that is not a special-use
 name (.local, .invalid, .localhost ...; .test is allowed, for test and
-staging setups), no RFC 2047 encoded-word (=?...?=). Non-ASCII addresses are
-refused until SMTPUTF8 is supported.
+staging setups), no RFC 2047 encoded-word (=?...?=), at most 64 octets before
+the @ (UTF-8 counted in bytes, RFC 6531).
+
+International addresses (`parse_address(text, international=True)`, what the
+request's `to` uses):
+
+- an internationalised domain (例子.中国) is checked and converted by
+  email-validator (IDNA 2008, UTS #46) to its ASCII form (xn--fsqu00a.xn--fiqs8s),
+  `Mailbox.ascii_domain`, which the envelope and the To header carry; a domain
+  IDNA refuses (a symbol, mixed writing directions, invisible joiners) is refused;
+- a non-ASCII local part (josé) is kept, NFC-normalised, and makes
+  `Mailbox.smtputf8` true: the mail then needs SMTPUTF8 (RFC 6531), which the
+  mailer asks for, or refuses the send when the server does not offer it.
+  Invisible, bidi-control, space and combining-first characters are refused.
+
+Without `international` (the default) an address must be ASCII: that is the
+rule for SMTP_FROM, which goes out in every MAIL FROM whether the server offers
+SMTPUTF8 or not, and for `herald-smtp doctor --to`.
 """
 
 from __future__ import annotations
@@ -24,13 +40,34 @@ class InvalidAddress(ValueError):
 
 @dataclass(frozen=True)
 class Mailbox:
-    """A valid address, split; both parts as given (the parser only checks them)."""
+    """A valid address, split.
+
+    `local` is the part before the @ as given (NFC-normalised when it is not
+    ASCII); `domain` is the part after it as given; `ascii_domain` is the form
+    the envelope and the To header use: the domain itself when it is ASCII
+    (the caller's spelling, case included), its IDNA form otherwise.
+    `str()` is the envelope address, `local@ascii_domain`: what the mailer sends
+    in RCPT TO and the idempotency fingerprint hashes (for an ASCII address,
+    exactly the text the caller sent).
+    """
 
     local: str
     domain: str
+    ascii_domain: str = ""  # "" when built by hand: the domain, which must then be ASCII
+
+    def __post_init__(self) -> None:
+        if not self.ascii_domain:
+            if not self.domain.isascii():
+                raise ValueError("a Mailbox with a non-ASCII domain needs its ascii_domain (use parse_address)")
+            object.__setattr__(self, "ascii_domain", self.domain)
+
+    @property
+    def smtputf8(self) -> bool:
+        """True when the local part is not ASCII: the mail can only go out with SMTPUTF8 (RFC 6531)."""
+        return not self.local.isascii()
 
     def __str__(self) -> str:
-        return f"{self.local}@{self.domain}"
+        return f"{self.local}@{self.ascii_domain}"
 
 
 # An RFC 2047 encoded-word, as loosely as the email package's header parser finds one: "=?", anything, "?=".
@@ -42,18 +79,26 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 # A display name is one word when it has no spaces, and the email package cannot fold a word: the From line would
 # pass RFC 5322's 998 characters. 200, doubled by quoting, plus the longest address stays far below that.
 MAX_DISPLAY_NAME = 200
+# RFC 5321 4.5.3.1.1, in octets: for a UTF-8 local part (RFC 6531 3.3) that is fewer characters.
+MAX_LOCAL_OCTETS = 64
 
 
-def parse_address(text: str) -> Mailbox:
-    if not text.isascii():
-        raise InvalidAddress("only ASCII addresses are supported (no SMTPUTF8 or internationalised domains)")
+def parse_address(text: str, *, international: bool = False) -> Mailbox:
+    """Check one plain address; InvalidAddress says what is wrong.
+
+    international=False (SMTP_FROM, doctor): ASCII only. international=True (the
+    request's `to`): internationalised domains and, for SMTPUTF8, non-ASCII local
+    parts too; every other rule is the same.
+    """
+    if not international and not text.isascii():
+        raise InvalidAddress("only ASCII addresses are supported here (no SMTPUTF8 or internationalised domains)")
     if ENCODED_WORD.search(text):
         raise InvalidAddress("an address must not contain an RFC 2047 encoded-word (=?...?=)")
     try:
-        validate_email(
+        valid = validate_email(
             text,
             check_deliverability=False,
-            allow_smtputf8=False,
+            allow_smtputf8=international,
             allow_display_name=False,
             allow_quoted_local=False,
             allow_domain_literal=False,
@@ -63,10 +108,16 @@ def parse_address(text: str) -> Mailbox:
         )
     except EmailNotValidError as exc:
         raise InvalidAddress(str(exc)) from None
-    # Not email-validator's normalised form, which lower-cases the domain: the caller's spelling is what the envelope,
-    # the headers and the fingerprint have always used.
+    # Not email-validator's normalised form, which lower-cases the domain (and postmaster@, abuse@ ...): the caller's
+    # spelling of an ASCII address is what the envelope, the headers and the fingerprint have always used.
     local, _, domain = text.rpartition("@")
-    return Mailbox(local, domain)
+    if not local.isascii():
+        local = valid.local_part  # NFC, as RFC 6532 3.1 asks; email-validator checked that form too
+    # email-validator counts characters; RFC 6531 keeps RFC 5321's limit in octets.
+    if len(local.encode("utf-8")) > MAX_LOCAL_OCTETS:
+        raise InvalidAddress(f"the part before the @ is {len(local.encode('utf-8'))} bytes long in UTF-8; at most "
+                             f"{MAX_LOCAL_OCTETS} are allowed")
+    return Mailbox(local, domain, domain if domain.isascii() else valid.ascii_domain)
 
 
 def check_display_name(name: str) -> str:

@@ -28,8 +28,10 @@ BAD_RECIPIENTS = [
     "@example.com",
     "a@",
     "x" * 65 + "@example.com",
-    "josé@example.com",  # non-ASCII: refused until SMTPUTF8 is supported
-    "user@例子.中国",
+    "é" * 33 + "@example.com",  # 33 characters, 66 bytes in UTF-8: the limit is 64 octets
+    "a@例子.local",  # internationalised, and special-use all the same
+    "a\u200b@example.com",  # an invisible character
+    "a@☃.net",  # a character IDNA does not allow
     # RFC 2047 encoded-words: the email package decoded them into the To header (other recipients, a line break)
     "=?utf-8?q?ceo=40bank=2Ecom=2C_x?=@evil.example",
     "=?utf-8?q?ceo=40bank=2Ecom=0D=0Ax?=@evil.example",
@@ -61,6 +63,17 @@ def test_valid_recipients_reach_the_server_as_given(client, smtp, to):
     assert mail.message["To"] == to
 
 
+@pytest.mark.parametrize("to, envelope", [("josé@example.com", "josé@example.com"),
+                                          ("user@例子.中国", "user@xn--fsqu00a.xn--fiqs8s")])
+def test_international_recipients_are_accepted(client, smtp, to, envelope):
+    # Once refused as invalid; tests/test_international.py has the whole behaviour (SMTPUTF8 or not).
+    response = send(client, {"to": to})
+    assert response.status_code == 200, response.get_json()
+    [mail] = smtp.wait_for(1)
+    assert mail.rcpt_tos == [envelope]
+    assert mail.message["To"] == envelope
+
+
 def test_the_address_reaches_the_server_spelled_as_given(client, smtp):
     assert send(client, {"to": "Bob@Example.COM"}).status_code == 200
     [mail] = smtp.wait_for(1)
@@ -82,6 +95,32 @@ def test_parse_address_splits_and_explains():
     assert str(parse_address("a@example.com")) == "a@example.com"
     with pytest.raises(InvalidAddress, match="period"):
         parse_address("a..b@example.com")
+
+
+def test_parse_address_gives_the_envelope_form_and_whether_smtputf8_is_needed():
+    idn = parse_address("user@例子.中国", international=True)
+    assert idn == Mailbox("user", "例子.中国", "xn--fsqu00a.xn--fiqs8s")
+    assert str(idn) == "user@xn--fsqu00a.xn--fiqs8s" and not idn.smtputf8
+    utf8 = parse_address("josé@Example.COM", international=True)
+    assert utf8 == Mailbox("josé", "Example.COM") and utf8.smtputf8 and str(utf8) == "josé@Example.COM"
+    # An ASCII address is exactly as given, in every field and in str() (what the fingerprint hashes).
+    ascii_ = parse_address("Postmaster@Mail.Example.com", international=True)
+    assert (ascii_.local, ascii_.domain, ascii_.ascii_domain) == ("Postmaster", "Mail.Example.com", "Mail.Example.com")
+    assert str(ascii_) == "Postmaster@Mail.Example.com" and not ascii_.smtputf8
+    with pytest.raises(ValueError, match="ascii_domain"):
+        Mailbox("user", "例子.中国")
+
+
+@pytest.mark.parametrize("text", ["josé@example.com", "user@例子.中国"])
+def test_parse_address_is_ascii_only_unless_asked(text):
+    with pytest.raises(InvalidAddress, match="^only ASCII addresses are supported here"):
+        parse_address(text)
+
+
+def test_parse_address_counts_the_local_part_in_utf8_octets():
+    assert parse_address("李" * 21 + "@example.com", international=True).local == "李" * 21  # 63 bytes
+    with pytest.raises(InvalidAddress, match="^the part before the @ is 66 bytes long in UTF-8; at most 64"):
+        parse_address("李" * 22 + "@example.com", international=True)
 
 
 def test_parse_address_refuses_encoded_words_with_the_reason():

@@ -1,4 +1,10 @@
-"""SendRequest -> email.message.EmailMessage: headers, Message-ID, UTF-8 body."""
+"""SendRequest -> email.message.EmailMessage: headers, Message-ID, UTF-8 body.
+
+The To header carries the envelope's form of the recipient: the IDNA (xn--)
+domain, and a non-ASCII local part as it is. Such a local part can only be
+written as UTF-8, which the mailer does (email.policy.SMTPUTF8) for a mail it
+sends with SMTPUTF8; every other mail is serialised 7-bit (email.policy.SMTP).
+"""
 
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ def build_message(request: SendRequest, settings: Settings, message_id: str) -> 
     msg = EmailMessage()
     sender = settings.sender
     msg["From"] = Address(display_name=settings.smtp_from_name, username=sender.local, domain=sender.domain)
-    msg["To"] = Address(username=request.to.local, domain=request.to.domain)
+    msg["To"] = Address(username=request.to.local, domain=request.to.ascii_domain)
     msg["Subject"] = request.subject
     msg["Date"] = formatdate(localtime=False, usegmt=True)
     msg["Message-ID"] = f"<{message_id}>"

@@ -1,6 +1,10 @@
 """Parsing and validation of the POST /v1/send body into a SendRequest, content resolution included.
 
 Every refusal is an InvalidRequest carrying its Outcome; the web layer renders it.
+`to` goes through addresses.parse_address with international=True: an
+internationalised domain or a non-ASCII local part is accepted here; whether
+the SMTP server can take a non-ASCII local part (SMTPUTF8) is only known once
+the mailer has its EHLO (see smtp/transport.py mail_from).
 """
 
 from __future__ import annotations
@@ -120,7 +124,7 @@ def _recipient(data: dict) -> Mailbox:
     if _CRLF.search(to):
         raise InvalidRequest(Outcome.INVALID_DESTINATION, "to must not contain CR or LF")
     try:
-        return parse_address(to)
+        return parse_address(to, international=True)
     except InvalidAddress as exc:
         raise InvalidRequest(Outcome.INVALID_DESTINATION, f"to is not a valid email address: {exc}") from None
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 from ..outcomes import Outcome, Result
 from .deadline import NotSmtpReply
-from .transport import AFTER_DATA, AUTH, CONNECT, DATA, MAIL, RCPT, TLS, SmtpFailure
+from .transport import AFTER_DATA, AUTH, CONNECT, DATA, MAIL, RCPT, TLS, SmtpFailure, SmtpUtf8NotOffered
 
 PHASES = (CONNECT, TLS, AUTH, MAIL, RCPT, DATA, AFTER_DATA)
-EVIDENCE = ("network", "local", "not_smtp", "2xx", "4xx", "530", "5xx", "5xx_sender")
+EVIDENCE = ("network", "local", "not_smtp", "no_smtputf8", "2xx", "4xx", "530", "5xx", "5xx_sender")
 _SENDER_REFUSAL = re.compile(r"(?i)sender address rejected|relay access denied|relaying denied|"
                              r"relay not permitted|not allowed to relay|sender not allowed")
 
@@ -39,6 +39,7 @@ RULES: tuple[tuple[tuple[str, ...], str, Outcome, str], ...] = (
     ((RCPT,), "5xx", Outcome.RECIPIENT_REJECTED, "550 5.1.1 no such user"),
     ((RCPT,), "5xx_sender", Outcome.SMTP_PERMANENT, "553 5.7.1 Sender address rejected; 554 5.7.1 Relay access denied"),
     ((MAIL, DATA), "5xx", Outcome.SMTP_PERMANENT, "553 sender not allowed, 554 DATA refused"),
+    ((MAIL,), "no_smtputf8", Outcome.INVALID_DESTINATION, "to josé@example.com (a non-ASCII local part), no SMTPUTF8 in the server's EHLO: stopped before MAIL FROM"),
 )
 
 
@@ -50,6 +51,8 @@ def evidence_of(failure: SmtpFailure) -> str:
             return "5xx_sender"
         return f"{failure.code // 100}xx"
     error = failure.error
+    if isinstance(error, SmtpUtf8NotOffered):
+        return "no_smtputf8"
     if error is None or isinstance(error, ValueError):  # ValueError: e.g. an SMTP_HOST IDNA cannot encode
         return "local"
     if isinstance(error, NotSmtpReply):
@@ -120,6 +123,8 @@ def _message(failure: SmtpFailure, outcome: Outcome) -> str:
         )
     if outcome is Outcome.RECIPIENT_REJECTED:
         return f"recipient rejected: {failure.detail}"
+    if outcome is Outcome.INVALID_DESTINATION:  # no SMTPUTF8: the detail names it
+        return failure.detail
     if failure.phase == RCPT and outcome is Outcome.SMTP_PERMANENT:
         return f"sender or relaying refused at RCPT (check SMTP_FROM and AUTH): {failure.detail}"
     return f"SMTP {failure.phase} failed: {failure.detail}"

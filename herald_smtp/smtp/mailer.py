@@ -6,6 +6,13 @@
 while nothing of the message was committed (before the final dot), with a
 short backoff, inside the request's time budget. A pooled connection found
 dead at MAIL FROM is replaced at once, without counting as a retry.
+
+A mail to a non-ASCII local part is serialised with email.policy.SMTPUTF8
+(UTF-8 headers) and sent with SMTPUTF8; every other mail with
+email.policy.SMTP (7-bit). Such a mail never reaches a server that does not
+offer SMTPUTF8: transport.mail_from stops before MAIL FROM, the answer is 400
+invalid_destination (not retried, not counted by the breaker, the key
+released), and the connection goes back to the pool as it was.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from . import transport
 from .breaker import CircuitBreaker
 from .classify import classify_failure, classify_reply
 from .pool import ConnectionPool, PooledConnection
-from .transport import MAIL, SmtpFailure
+from .transport import MAIL, SmtpFailure, SmtpUtf8NotOffered
 
 log = logging.getLogger("herald_smtp.mailer")
 
@@ -60,7 +67,8 @@ class Mailer:
         """
         deadline = time.monotonic() + budget
         message_id = msg["Message-ID"].strip("<>")
-        payload = msg.as_bytes(policy=email.policy.SMTP)
+        smtputf8 = transport.needs_smtputf8(self.settings.smtp_from, recipient)
+        payload = msg.as_bytes(policy=email.policy.SMTPUTF8 if smtputf8 else email.policy.SMTP)
         last: Result | None = None
         for attempt in range(self.settings.smtp_retries + 1):
             if not self.breaker.allow():
@@ -127,13 +135,20 @@ class Mailer:
         return code, reply
 
     def _after_failure(self, pooled: PooledConnection, failure: SmtpFailure) -> None:
-        # A refusal (a reply code, but not 421 "closing") leaves the session usable
-        # after RSET; anything else leaves it in an unknown state.
-        if failure.code not in (None, 421) and transport.reset(pooled.conn):
+        # No SMTPUTF8: stopped before MAIL FROM, the session is as it was. A refusal (a reply code, but
+        # not 421 "closing") leaves the session usable after RSET; anything else leaves it in an unknown state.
+        if _not_started(failure):
+            self.pool.release(pooled)
+        elif failure.code not in (None, 421) and transport.reset(pooled.conn):
             self.pool.release(pooled)
         else:
             self.pool.discard(pooled)
 
 
 def _dead_before_mail(failure: SmtpFailure) -> bool:
-    return failure.phase == MAIL and (failure.code is None or failure.code == 421)
+    return failure.phase == MAIL and (failure.code is None or failure.code == 421) and not _not_started(failure)
+
+
+def _not_started(failure: SmtpFailure) -> bool:
+    """We stopped before MAIL FROM (the server lacks SMTPUTF8): nothing was sent on the connection."""
+    return isinstance(failure.error, SmtpUtf8NotOffered)

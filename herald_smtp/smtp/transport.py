@@ -3,6 +3,11 @@
     open_connection = connect (TCP, implicit TLS, greeting) -> ehlo -> [starttls] -> [login]
     transmit        = mail_from -> rcpt_to -> data (the message, the final dot, the reply)
 
+A mail to a non-ASCII address (a UTF-8 local part) goes with SMTPUTF8 (RFC
+6531): mail_from checks the EHLO for it first and, when the server does not
+offer it, stops before MAIL FROM (SmtpUtf8NotOffered: nothing was sent, the
+session stays usable), else sends MAIL FROM with the SMTPUTF8 parameter.
+
 Each step is public: the mailer runs them through open_connection and
 transmit, `herald-smtp doctor` runs them one by one. Any failure is raised as
 SmtpFailure carrying the phase it happened in and its evidence (reply code and
@@ -46,6 +51,19 @@ class SmtpFailure(Exception):
         return f"{self.phase}: {self.detail}"
 
 
+class SmtpUtf8NotOffered(Exception):
+    """The mail needs SMTPUTF8 and the server's EHLO does not offer it: stopped before MAIL FROM, nothing sent."""
+
+
+SMTPUTF8_NOT_OFFERED = ("the recipient's address has a non-ASCII part before the @, which needs SMTPUTF8 (RFC 6531), "
+                        "and the SMTP server does not offer SMTPUTF8; nothing was sent")
+
+
+def needs_smtputf8(*addresses: str) -> bool:
+    """True when an envelope address is not ASCII (a UTF-8 local part: IDNA domains are ASCII already)."""
+    return not all(address.isascii() for address in addresses)
+
+
 @functools.lru_cache(maxsize=1)
 def local_hostname() -> str:
     """The EHLO name. smtplib would look it up (DNS) on every connection; once per process is enough."""
@@ -85,8 +103,11 @@ def open_connection(settings: Settings, context: ssl.SSLContext | None, deadline
 
 def transmit(conn: smtplib.SMTP, sender: str, recipient: str, payload: bytes, deadline: float,
              before_dot=None) -> tuple[int, str]:
-    """MAIL, RCPT, DATA. Returns the server's final reply, which may be a refusal."""
-    mail_from(conn, sender, deadline)
+    """MAIL, RCPT, DATA. Returns the server's final reply, which may be a refusal.
+
+    With a non-ASCII address the MAIL FROM asks for SMTPUTF8 (and `payload` may hold UTF-8 headers).
+    """
+    mail_from(conn, sender, deadline, smtputf8=needs_smtputf8(sender, recipient))
     rcpt_to(conn, recipient, deadline)
     return data(conn, payload, deadline, before_dot)
 
@@ -188,8 +209,15 @@ def login(conn: smtplib.SMTP, settings: Settings, deadline: float) -> None:
         raise SmtpFailure(AUTH, f"authentication failed: {describe_error(exc)}", error=exc) from None
 
 
-def mail_from(conn: smtplib.SMTP, sender: str, deadline: float) -> None:
-    code, reply = _command(conn, MAIL, lambda: conn.mail(sender), deadline)
+def mail_from(conn: smtplib.SMTP, sender: str, deadline: float, smtputf8: bool = False) -> None:
+    """MAIL FROM, with the SMTPUTF8 parameter when `smtputf8`; refused before any command if the server lacks it."""
+    if smtputf8 and not conn.has_extn("smtputf8"):
+        raise SmtpFailure(MAIL, SMTPUTF8_NOT_OFFERED, error=SmtpUtf8NotOffered())
+    # smtplib's mail() switches the command encoding to UTF-8 for SMTPUTF8 and only RSET switches it back:
+    # every transaction on a pooled connection starts from ASCII.
+    conn.command_encoding = "ascii"
+    options = ["SMTPUTF8"] if smtputf8 else []
+    code, reply = _command(conn, MAIL, lambda: conn.mail(sender, options), deadline)
     if code != 250:
         raise SmtpFailure(MAIL, f"MAIL FROM:<{sender}> refused: {code} {reply}", code, reply=reply)
 

@@ -1,8 +1,10 @@
 """A real SMTP server for the tests: aiosmtpd in a thread, with TLS, AUTH and fault knobs.
 
 TLS certificates come from trustme; faults are injected per SMTP phase
-(inject(phase, reply/drop/delay/times)). Anything that cannot start raises
-RuntimeError saying what is missing; nothing here skips a test.
+(inject(phase, reply/drop/delay/times)). It offers SMTPUTF8 (RFC 6531), as
+aiosmtpd's Controller does by default; smtputf8=False makes a server that does
+not (no SMTPUTF8 in the EHLO, non-ASCII commands refused). Anything that cannot
+start raises RuntimeError saying what is missing; nothing here skips a test.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import ssl
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import EmailMessage
-from email.parser import BytesParser
+from email.parser import BytesParser, Parser
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
@@ -32,12 +34,21 @@ class Received:
     rcpt_tos: list[str]
     raw: bytes
     message: EmailMessage
+    mail_options: list[str] = field(default_factory=list)  # the MAIL FROM parameters, upper-cased ("SMTPUTF8")
+    rcpt_options: list[str] = field(default_factory=list)
+    smtp_utf8: bool = False  # MAIL FROM asked for SMTPUTF8
 
 
 def _parse(envelope) -> Received:
     raw = bytes(envelope.original_content)
-    message = BytesParser(policy=email.policy.default).parsebytes(raw)
-    return Received(envelope.mail_from, list(envelope.rcpt_tos), raw, message)
+    if envelope.smtp_utf8:
+        # RFC 6532: the headers of an SMTPUTF8 mail are UTF-8. BytesParser reads them as ASCII (the bytes
+        # beyond it as surrogates), so read them as a receiving SMTPUTF8 client does.
+        message = Parser(policy=email.policy.default).parsestr(raw.decode("utf-8", "surrogateescape"))
+    else:
+        message = BytesParser(policy=email.policy.default).parsebytes(raw)
+    return Received(envelope.mail_from, list(envelope.rcpt_tos), raw, message, list(envelope.mail_options),
+                    list(envelope.rcpt_options), envelope.smtp_utf8)
 
 
 # Where a fault can be injected, in the order a session meets them.
@@ -114,6 +125,19 @@ class _TrackedSMTP(SMTP):
         self._owner._live.discard(self)
         super().connection_lost(error)
 
+    # Every MAIL, RCPT and RSET as it arrived, before any check: "nothing was sent" can be seen.
+    async def smtp_MAIL(self, arg):
+        self._owner._note("MAIL", arg)
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg):
+        self._owner._note("RCPT", arg)
+        await super().smtp_RCPT(arg)
+
+    async def smtp_RSET(self, arg):
+        self._owner._note("RSET", arg)
+        await super().smtp_RSET(arg)
+
     async def smtp_DATA(self, arg):
         # No handler hook exists before the 354, so the "data" phase lives here.
         if self.envelope.rcpt_tos:
@@ -148,8 +172,11 @@ class SmtpTestServer:
 
     Faults: inject(phase, reply=/drop=/delay=/times=) at any PHASES step,
     reject_rcpt (a set of addresses), reset_faults(). idle_timeout closes
-    connections silent for that many seconds, as real servers do.
-    Observations: messages, dropped, connections, auth_attempts, auth_failures.
+    connections silent for that many seconds, as real servers do. smtputf8
+    (default True) offers SMTPUTF8 in the EHLO; False leaves it out and refuses
+    non-ASCII commands, as a server without RFC 6531 does.
+    Observations: messages, dropped, connections, auth_attempts, auth_failures,
+    commands ((verb, argument) of every MAIL, RCPT and RSET received).
     """
 
     def __init__(
@@ -161,6 +188,7 @@ class SmtpTestServer:
         certdir: Path | None = None,
         idle_timeout: float | None = None,
         cert_names: tuple[str, ...] = ("localhost", LOCALHOST),
+        smtputf8: bool = True,
     ):
         if starttls and implicit_tls:
             raise ValueError("choose starttls or implicit_tls, not both")
@@ -171,6 +199,7 @@ class SmtpTestServer:
         self.auth = auth
         self.idle_timeout = idle_timeout
         self.cert_names = cert_names
+        self.smtputf8 = smtputf8
         self.ca_file: str | None = None
         self._server_ctx: ssl.SSLContext | None = None
         self._tmp_certdir: tempfile.TemporaryDirectory | None = None
@@ -179,6 +208,7 @@ class SmtpTestServer:
         self._lock = threading.Condition()
         self._messages: list[Received] = []
         self._dropped: list[Received] = []
+        self._commands: list[tuple[str, str]] = []
         self._live: set[SMTP] = set()
         self._controller: Controller | None = None
         self.connections = 0
@@ -224,6 +254,8 @@ class SmtpTestServer:
         }
         if self.idle_timeout:
             kwargs["timeout"] = self.idle_timeout  # aiosmtpd closes silent sessions after this
+        # "250-SMTPUTF8" in the EHLO and UTF-8 commands accepted, or neither (aiosmtpd's Controller defaults to True).
+        kwargs["enable_SMTPUTF8"] = self.smtputf8
         if self.starttls:
             kwargs.update(tls_context=self._server_ctx, require_starttls=False)
         if self.implicit_tls:
@@ -381,6 +413,16 @@ class SmtpTestServer:
         with self._lock:
             return list(self._messages)
 
+    def _note(self, verb: str, arg: str | None) -> None:
+        with self._lock:
+            self._commands.append((verb, arg or ""))
+
+    @property
+    def commands(self) -> list[tuple[str, str]]:
+        """A snapshot of every MAIL, RCPT and RSET received, e.g. ("MAIL", "FROM:<a@b.test> SMTPUTF8")."""
+        with self._lock:
+            return list(self._commands)
+
     @property
     def dropped(self) -> list[Received]:
         """Mails fully transmitted, then hung up on (inject("message", drop=True))."""
@@ -399,3 +441,4 @@ class SmtpTestServer:
         with self._lock:
             self._messages.clear()
             self._dropped.clear()
+            self._commands.clear()
