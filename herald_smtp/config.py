@@ -18,6 +18,7 @@ from typing import Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from dotenv import dotenv_values
+from limits.util import granularity_from_string
 
 from .addresses import InvalidAddress, Mailbox, check_display_name, parse_address
 from .idempotency.store import backend_for
@@ -36,6 +37,17 @@ LOG_LEVELS = {
 
 class ConfigError(ValueError):
     """A configuration variable holds a value we cannot use."""
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A rate limit: at most `amount` sends in any `seconds` (sending/abuse.py applies it)."""
+
+    amount: int
+    seconds: int
+
+    def __str__(self) -> str:
+        return f"{self.amount}/{self.seconds}s"
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,10 @@ class Settings:
     idempotency_wait_seconds: float = 10.0
     idempotency_failure_mode: str = "open"
     max_request_bytes: int = 65536
+    # Abuse limits (sending/abuse.py): None is off; () allows every recipient domain.
+    rate_limit_per_recipient: Rate | None = None
+    rate_limit_global: Rate | None = None
+    allowed_recipient_domains: tuple[str, ...] = ()  # lower-cased
     log_level: str = "INFO"
     log_format: str = "json"
     web_concurrency: int = 0  # 0: derived from the CPU count, see workers()
@@ -111,6 +127,8 @@ class Settings:
                 out[f.name] = "set" if value else "unset"
             elif f.name == "redis_url":
                 out[f.name] = _redact_url(value)
+            elif f.name.startswith("rate_limit_"):
+                out[f.name] = str(value) if value else "off"
             else:
                 out[f.name] = value
         out["workers"] = self.workers()
@@ -291,6 +309,55 @@ def _redis_url(raw: str) -> str:
     return value
 
 
+# The moving window keeps one timestamp per send in the window (a Redis list), so the count is bounded; a window
+# beyond a day is no abuse limit any more.
+MAX_RATE_AMOUNT = 100_000
+MAX_RATE_WINDOW_SECONDS = 24 * 3600
+# "5/60s", or limits' own notation "5/minute", "5/2 minutes" (but not its "5 per minute" or "1/s;5/m" lists).
+_RATE = re.compile(r"([0-9]{1,7})\s*/\s*([0-9]{1,7})?\s*([A-Za-z]+)")
+_RATE_FORM = (f"a rate like 5/60s or 5/minute: 1-{MAX_RATE_AMOUNT} sends per window of 1 s to 1 day "
+              "(Ns, or [N] second, minute, hour or day)")
+
+
+def _rate(raw: str) -> Rate:
+    match = _RATE.fullmatch(raw.strip())
+    if not match:
+        raise ValueError(_RATE_FORM)
+    amount, multiples, unit = int(match[1]), int(match[2] or 1), match[3]
+    seconds = multiples * _unit_seconds(unit)
+    if not (1 <= amount <= MAX_RATE_AMOUNT and 1 <= seconds <= MAX_RATE_WINDOW_SECONDS):
+        raise ValueError(_RATE_FORM)
+    return Rate(amount, seconds)
+
+
+def _unit_seconds(unit: str) -> int:
+    if unit.lower() == "s":
+        return 1
+    try:
+        return granularity_from_string(unit).GRANULARITY.seconds
+    except ValueError:
+        raise ValueError(_RATE_FORM) from None
+
+
+def _domains(raw: str) -> tuple[str, ...]:
+    """ALLOWED_RECIPIENT_DOMAINS: each entry a domain that an address accepted as `to` can have."""
+    entries = [entry.strip() for entry in raw.split(",")]
+    for entry in entries:
+        if not _is_recipient_domain(entry):
+            raise ValueError(f"comma-separated domain names like example.com,example.org ({entry[:80]!r} is not "
+                             "the domain of a valid address)")
+    return tuple(dict.fromkeys(entry.lower() for entry in entries))
+
+
+def _is_recipient_domain(entry: str) -> bool:
+    # The one address parser decides: an entry no accepted recipient could have (a typo, "@example.com",
+    # "localhost", "corp.local") would silently refuse everyone it was meant to allow.
+    try:
+        return bool(entry) and "@" not in entry and parse_address(f"postmaster@{entry}").domain == entry
+    except InvalidAddress:
+        return False
+
+
 def _log_level(raw: str) -> str:
     return LOG_LEVELS[_choice(*LOG_LEVELS)(raw)]
 
@@ -321,6 +388,9 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "IDEMPOTENCY_WAIT_SECONDS": ("idempotency_wait_seconds", _seconds(0)),
     "IDEMPOTENCY_FAILURE_MODE": ("idempotency_failure_mode", _choice("open", "closed")),
     "MAX_REQUEST_BYTES": ("max_request_bytes", _int(1024, 10 * 1024 * 1024)),  # one-time codes, not files
+    "RATE_LIMIT_PER_RECIPIENT": ("rate_limit_per_recipient", _rate),
+    "RATE_LIMIT_GLOBAL": ("rate_limit_global", _rate),
+    "ALLOWED_RECIPIENT_DOMAINS": ("allowed_recipient_domains", _domains),
     "LOG_LEVEL": ("log_level", _log_level),
     "LOG_FORMAT": ("log_format", _choice("json", "text")),
     "WEB_CONCURRENCY": ("web_concurrency", _int(1, 256)),

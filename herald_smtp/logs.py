@@ -93,11 +93,15 @@ def log_startup(settings: Settings) -> None:
             f"{worst_case_answer_seconds(settings):g}s: longer than Herald's {HERALD_CLIENT_TIMEOUT_SECONDS:g}s "
             "client timeout, so Herald may report an error for a mail that was sent; lower them")
     if settings.store_is_shared and not settings.idempotency_secret:
+        recipients = (" and the per-recipient rate limit keys are plain SHA-256 hashes of the addresses"
+                      if settings.rate_limit_per_recipient else "")
         log.warning("IDEMPOTENCY_SECRET is empty: payload fingerprints in the store are plain SHA-256 hashes; "
-                    "whoever can read Redis and knows a recipient could recover a one-time code from them. "
-                    "Set it, the same on every replica")
+                    "whoever can read Redis and knows a recipient could recover a one-time code from them"
+                    f"{recipients}. Set it, the same on every replica")
     if not settings.store_is_shared:
+        counted = ("; the rate limits count per replica" if settings.rate_limit_per_recipient
+                   or settings.rate_limit_global else "")
         log.warning(
             f"REDIS_URL is {'memory://' if settings.redis_url else 'empty'}: idempotency records live in this "
-            "process only and are not shared between workers or replicas; running a single worker process"
+            f"process only and are not shared between workers or replicas; running a single worker process{counted}"
         )

@@ -33,6 +33,12 @@ class Metrics:
                                  "409 idempotency_conflict answers by reason", ["reason"], registry=r)
         self.store_errors = Counter("herald_smtp_idempotency_store_errors",
                                     "Idempotency store failures by operation", ["operation"], registry=r)
+        self.rate_limited = Counter("herald_smtp_rate_limited",
+                                    "Sends refused with 429 rate_limited, by the limit that refused them "
+                                    "(per_recipient, global)", ["limit"], registry=r)
+        self.rate_limit_store_errors = Counter("herald_smtp_rate_limit_store_errors",
+                                               "Rate limit store failures (the send then followed "
+                                               "IDEMPOTENCY_FAILURE_MODE)", registry=r)
         self.connections_opened = Counter("herald_smtp_smtp_connections_opened", "New SMTP connections",
                                           registry=r)
         self.connections_reused = Counter("herald_smtp_smtp_connections_reused",

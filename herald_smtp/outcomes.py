@@ -75,6 +75,7 @@ class Result:
     smtp_code: int | None = None
     phase: str | None = None
     retry_after: int | None = None
+    limit: str | None = None  # rate_limited: which limit refused it (RATE_LIMIT_PER_RECIPIENT or RATE_LIMIT_GLOBAL)
 
     @property
     def ok(self) -> bool:

@@ -46,6 +46,7 @@ def test_defaults():
     assert s.max_request_bytes == 65536
     assert s.log_level == "INFO"
     assert s.log_format == "json"
+    assert (s.rate_limit_per_recipient, s.rate_limit_global, s.allowed_recipient_domains) == (None, None, ())
 
 
 @pytest.mark.parametrize(
@@ -178,6 +179,25 @@ def test_boolean_forms(raw, value):
     assert settings_from({"SMTP_USE_TLS": raw, "SMTP_USE_STARTTLS": "false"}).smtp_use_tls is value
 
 
+@pytest.mark.parametrize(
+    "raw, amount, seconds",
+    [("5/60s", 5, 60), ("5/minute", 5, 60), ("5/2 minutes", 5, 120), ("10/hour", 10, 3600), ("1/s", 1, 1),
+     (" 5 / 60S ", 5, 60), ("1000/day", 1000, 86400), ("100000/1second", 100000, 1), ("3/86400s", 3, 86400)],
+)
+def test_rate_limit_forms(raw, amount, seconds):
+    for variable, field in [("RATE_LIMIT_PER_RECIPIENT", "rate_limit_per_recipient"),
+                            ("RATE_LIMIT_GLOBAL", "rate_limit_global")]:
+        rate = getattr(settings_from({variable: raw}), field)
+        assert (rate.amount, rate.seconds) == (amount, seconds)
+        assert settings_from({variable: raw}).redacted()[field] == f"{amount}/{seconds}s"
+
+
+def test_allowed_recipient_domains_are_lower_cased_and_deduplicated():
+    s = settings_from({"ALLOWED_RECIPIENT_DOMAINS": " Example.COM , example.org,example.com, mail.example.test"})
+    assert s.allowed_recipient_domains == ("example.com", "example.org", "mail.example.test")
+    assert settings_from({}).redacted()["rate_limit_global"] == "off"
+
+
 def test_implicit_tls_with_starttls_off_is_accepted():
     s = settings_from({"SMTP_USE_TLS": "true", "SMTP_USE_STARTTLS": "false", "SMTP_PORT": "465"})
     assert (s.smtp_use_tls, s.smtp_use_starttls, s.smtp_port) == (True, False, 465)
@@ -255,6 +275,26 @@ INVALID = [
     ("SMTP_FROM_NAME", "Herald\nBcc: x@evil.example", "control character"),
     ("SMTP_FROM_NAME", "=?utf-8?q?Herald=0D=0ABcc:_x@evil.example?=", "encoded-word"),
     ("SMTP_FROM", "=?utf-8?q?a=0D=0Ab?=@example.com", "encoded-word"),
+    # abuse limits: "N/Ms" or limits' "N/[M] unit", a count 1-100000, a window of 1 s to a day
+    ("RATE_LIMIT_PER_RECIPIENT", "5 per minute", "a rate like 5/60s or 5/minute"),
+    ("RATE_LIMIT_PER_RECIPIENT", "0/60s", "1-100000 sends"),
+    ("RATE_LIMIT_PER_RECIPIENT", "5/0s", "1 s to 1 day"),
+    ("RATE_LIMIT_PER_RECIPIENT", "5/60", "5/60s"),
+    ("RATE_LIMIT_PER_RECIPIENT", "5/1h", "hour"),
+    ("RATE_LIMIT_GLOBAL", "-1/s", "a rate like 5/60s"),
+    ("RATE_LIMIT_GLOBAL", "abc", "a rate like 5/60s"),
+    ("RATE_LIMIT_GLOBAL", "100001/minute", "1-100000 sends"),
+    ("RATE_LIMIT_GLOBAL", "5/month", "1 s to 1 day"),
+    ("RATE_LIMIT_GLOBAL", "1/second;5/minute", "a rate like 5/60s"),
+    ("RATE_LIMIT_GLOBAL", "9" * 400 + "/s", "1-100000 sends"),
+    ("ALLOWED_RECIPIENT_DOMAINS", "example..com", "domain names like example.com,example.org ('example..com'"),
+    ("ALLOWED_RECIPIENT_DOMAINS", "example.com,@example.org", "'@example.org'"),
+    ("ALLOWED_RECIPIENT_DOMAINS", "example.com,", "''"),
+    ("ALLOWED_RECIPIENT_DOMAINS", "localhost", "'localhost'"),
+    ("ALLOWED_RECIPIENT_DOMAINS", "corp.local", "'corp.local'"),
+    ("ALLOWED_RECIPIENT_DOMAINS", "192.0.2.1", "'192.0.2.1'"),
+    ("ALLOWED_RECIPIENT_DOMAINS", "exa mple.com", "'exa mple.com'"),
+    ("ALLOWED_RECIPIENT_DOMAINS", "example.com\nBcc.example.org", "domain names"),
 ]
 
 
@@ -418,8 +458,10 @@ def test_workers(env, workers):
         ({"SMTP_PORT": "abc"}, ["SMTP_PORT"]),
         ({"SMTP_USE_TLS": "true", "SMTP_USE_STARTTLS": "true"}, ["SMTP_USE_TLS", "SMTP_USE_STARTTLS"]),
         ({"REDIS_URL": "memcached://127.0.0.1:11211"}, ["REDIS_URL"]),
+        ({"RATE_LIMIT_PER_RECIPIENT": "5 per minute"}, ["RATE_LIMIT_PER_RECIPIENT"]),
+        ({"ALLOWED_RECIPIENT_DOMAINS": "example..com"}, ["ALLOWED_RECIPIENT_DOMAINS"]),
     ],
-    ids=["bad-port", "both-tls", "unknown-store-scheme"],
+    ids=["bad-port", "both-tls", "unknown-store-scheme", "bad-rate", "bad-domain"],
 )
 def test_serve_exits_with_one_line_on_bad_config(tmp_path, extra, names):
     env = {**os.environ, **extra, "SMTP_USER": "u", "SMTP_PASSWORD": "hunter2-secret"}

@@ -30,18 +30,14 @@ from openapi_spec_validator import validate
 from herald_smtp.config import settings_from
 from herald_smtp.idempotency.memory import MemoryStore
 from herald_smtp.outcomes import Outcome
-from tests.support.client import API_KEY, fingerprint_of, with_changes
+from tests.support.client import API_KEY, fingerprint_of, smtp_env, with_changes
 from tests.support.net import free_port
 
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 GENERIC = ("*", "*")  # the operation key of `x-generic-responses`
 
 # Documented combinations that no test can produce in this build, and why.
-UNREACHABLE = {
-    # No rate limit is configurable in this version (the API reserves the code; SECURITY.md
-    # says to put a limiter in front). Nothing in the app returns the `rate_limited` outcome.
-    ("/v1/send", "post", 429, "rate_limited"),
-}
+UNREACHABLE: set = set()
 # Note: ("/v1/send", "post", 500, "internal_error") needs a bug. It is produced below by one
 # stand-in: the mailer's `send` replaced by a function raising RuntimeError.
 
@@ -380,10 +376,17 @@ def test_send_healthz_and_generic_answers_match_the_document(contract, client, s
     assert c.request(client, "options", "/v1/send").status_code == 405
     assert c.request(client, "put", "/healthz").status_code == 405
 
-    c.assert_all_produced({("/v1/send", "post"), ("/healthz", "get"), GENERIC})
     time.sleep(0.1)
     # Mails: the first send, the key-rotation send; nothing else got through.
     assert len(smtp.messages) == 2
+
+    # 429: RATE_LIMIT_PER_RECIPIENT used up (after the count above: it sends a mail of its own).
+    limited = make_client(settings_from(smtp_env(smtp) | {"RATE_LIMIT_PER_RECIPIENT": "1/60s"}))
+    assert c.send(limited, {"to": "rl@example.com"}).status_code == 200
+    over = c.send(limited, {"to": "rl@example.com"})
+    assert over.status_code == 429 and over.headers["Retry-After"].isdigit()
+
+    c.assert_all_produced({("/v1/send", "post"), ("/healthz", "get"), GENERIC})
 
 
 def test_readyz_matches_the_document(contract, client, settings, make_client, smtp):
@@ -441,8 +444,6 @@ CONTRACT_TESTS = {
 
 
 # --- helpers
-
-
 
 
 def _dead_redis_url() -> str:

@@ -17,7 +17,7 @@ def report(result: Result, to: str | None, seconds: float = 0.0) -> None:
     if result.ok:
         log.info("send ok", extra={"message_id": result.message_id, "to": masked, "duration_ms": duration_ms})
         return
-    log.warning("send_failed", extra={
+    fields = {
         "error_code": result.outcome.error_code,
         "errmsg": mask_addresses(result.message),
         "smtp_code": result.smtp_code,
@@ -25,4 +25,7 @@ def report(result: Result, to: str | None, seconds: float = 0.0) -> None:
         "outcome": result.outcome.value,
         "to": masked,
         "duration_ms": duration_ms,
-    })
+    }
+    if result.limit:
+        fields["limit"] = result.limit
+    log.warning("send_failed", extra=fields)

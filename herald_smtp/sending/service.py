@@ -1,10 +1,15 @@
 """The send use case: one SendRequest in, one Answer out, at most one mail per idempotency key.
 
-    SendRequest -> [SMTP configured?] -> claim the key -> build and send the mail -> record -> Answer
+    SendRequest -> [allowed domain?] -> [SMTP configured?] -> claim the key -> [rate limits]
+                -> build and send the mail -> record -> Answer
 
-This module decides *when* to send; claim.py guards the key; the mailer
-decides *how* to send; outcomes.py decides what each result means for the
-caller and for the record.
+This module decides *when* to send; claim.py guards the key; abuse.py holds
+the allowlist and the rate limits; the mailer decides *how* to send;
+outcomes.py decides what each result means for the caller and for the record.
+The rate limits are taken only by a request that is about to send (we own the
+key, there is none, or the store is down and we send unguarded): a replay is
+never counted, and a denial releases the reservation like any refusal the
+record does not keep.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from ..metrics import Metrics
 from ..outcomes import Answer, Outcome, Result, answer_for
 from ..smtp.mailer import Mailer, SendAborted
 from ..timing import reservation_hold_seconds, send_budget
+from .abuse import AbuseLimits
 from .claim import KeyGuard, Owned, Refused, Replay, Unguarded
 from .fingerprint import fingerprint
 from .message import build_message, new_message_id
@@ -30,29 +36,43 @@ class SendService:
         self.mailer = mailer
         self.metrics = metrics
         self.guard = KeyGuard(settings, store, metrics)
+        self.abuse = AbuseLimits(settings, metrics)
 
     def handle(self, request: SendRequest) -> Answer:
+        refusal = self.abuse.destination_refusal(request.to)
+        if refusal is not None:
+            return self._refuse(request, refusal)
         if not self.settings.smtp_configured:
             return self._refuse(request, Result(Outcome.SMTP_NOT_CONFIGURED, "SMTP not configured"))
         budget = send_budget(self.settings, request.timeout_seconds)
         if request.idempotency_key is None:
-            return self._send(request, budget)
+            return self._admit_and_send(request, budget)
         turn = self.guard.claim(request.idempotency_key, fingerprint(request, self.settings.idempotency_secret),
                                 reservation_hold_seconds(budget))
         match turn:
             case Owned():
-                return self._send(request, budget, turn)
+                return self._admit_and_send(request, budget, turn)
             case Replay(answer):
                 return answer
             case Refused(result):
                 return self._refuse(request, result)
             case Unguarded():
-                return self._send(request, budget)
+                return self._admit_and_send(request, budget)
         raise AssertionError(f"unexpected claim turn {turn!r}")
 
     def close(self) -> None:
         """At worker exit: QUIT the pooled SMTP connections."""
         self.mailer.close()
+
+    def _admit_and_send(self, request: SendRequest, budget: float, owned: Owned | None = None) -> Answer:
+        try:
+            refusal = self.abuse.admit(request.to)
+        except Exception:
+            self._release_after_bug(owned)
+            raise
+        if refusal is not None:
+            return self._refuse(request, refusal, owned)
+        return self._send(request, budget, owned)
 
     def _send(self, request: SendRequest, budget: float, owned: Owned | None = None) -> Answer:
         started = time.monotonic()
@@ -61,11 +81,7 @@ class SendService:
             msg = build_message(request, self.settings, message_id)
             result = self.mailer.send(msg, str(request.to), budget, before_dot=self._commit_point(owned))
         except Exception:
-            # A bug of ours. Before the commit point nothing can have been delivered: free the key so
-            # the caller's retry is not stuck behind a dead reservation. After it, the committing
-            # record stays: the mail may be out.
-            if owned is not None and owned.stage == "reserved":
-                self.guard.record(owned, Result(Outcome.INTERNAL_ERROR), None)
+            self._release_after_bug(owned)
             raise
         seconds = time.monotonic() - started
         self.metrics.send_duration.labels(result.outcome.value).observe(seconds)
@@ -74,6 +90,13 @@ class SendService:
         if owned is not None:
             self.guard.record(owned, result, answer)
         return answer
+
+    def _release_after_bug(self, owned: Owned | None) -> None:
+        # A bug of ours. Before the commit point nothing can have been delivered: free the key so
+        # the caller's retry is not stuck behind a dead reservation. After it, the committing
+        # record stays: the mail may be out.
+        if owned is not None and owned.stage == "reserved":
+            self.guard.record(owned, Result(Outcome.INTERNAL_ERROR), None)
 
     def _commit_point(self, owned: Owned | None):
         """What the mailer runs just before the final dot: commit the key, or stop this send."""
@@ -87,6 +110,11 @@ class SendService:
 
         return commit
 
-    def _refuse(self, request: SendRequest, result: Result) -> Answer:
+    def _refuse(self, request: SendRequest, result: Result, owned: Owned | None = None) -> Answer:
+        """Answer without sending; a key we own is recorded as outcomes.py says (rate_limited and
+        provider_down release it)."""
         report(result, str(request.to))
-        return answer_for(result)
+        answer = answer_for(result)
+        if owned is not None:
+            self.guard.record(owned, result, answer)
+        return answer
