@@ -39,7 +39,7 @@ class Outcome(Enum):
     METHOD_NOT_ALLOWED = ("method_not_allowed", "method_not_allowed", 405, False, False)
     IDEMPOTENCY_CONFLICT = ("idempotency_conflict", "idempotency_conflict", 409, False, False)
     IDEMPOTENCY_IN_FLIGHT = ("idempotency_in_flight", "idempotency_conflict", 409, True, False)
-    # Documented for Herald, which maps it; nothing produces it yet (the abuse limits will).
+    # RATE_LIMIT_PER_RECIPIENT or RATE_LIMIT_GLOBAL used up (sending/abuse.py); Herald maps it.
     RATE_LIMITED = ("rate_limited", "rate_limited", 429, True, False)
     # the service cannot try right now: nothing sent, retry later
     SMTP_NOT_CONFIGURED = ("smtp_not_configured", "provider_down", 503, True, False)
