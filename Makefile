@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 SINK_PORT ?= 2525
 MAIL_DIR  ?= var/mail
 
-.PHONY: run test install install-test clean
+.PHONY: run test test-all faults install install-test clean
 
 run: $(VENV)/.installed-dev .env
 	@mkdir -p $(MAIL_DIR)
@@ -17,6 +17,15 @@ run: $(VENV)/.installed-dev .env
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The full fault run (tests/faults/): steady load while Redis, the SMTP server and a worker fail;
+# writes docs/RELIABILITY.md from the run's figures and fails if an invariant broke. About 3 minutes.
+# (`make test` runs a reduced version: tests/test_faults.py.)
+faults: $(VENV)/.installed-test
+	$(BIN)/python -m tests.faults --full --report docs/RELIABILITY.md
+
+# Everything: the suite (with the reduced fault run), then the full fault run.
+test-all: test faults
 
 install: $(VENV)/.installed-dev
 install-test: $(VENV)/.installed-test
