@@ -9,8 +9,9 @@ How the contract check works:
   `error_code` is one of the response's `x-error-codes`, that the JSON body
   validates against the response schema (with `$ref` resolved and `allOf`
   merged here, by `resolve`, then checked with jsonschema's Draft 2020-12
-  validator, the dialect of OpenAPI 3.1), that the body has no field the
-  document does not list, and that the documented headers are there.
+  validator, the dialect of OpenAPI 3.1, reading `pattern` as ECMA-262 does),
+  that the body has no field the document does not list, and that the
+  documented headers are there.
 - Each (path, method, status, error_code) the app produced is recorded; every
   combination the document lists must have been produced, except the few in
   UNREACHABLE, each with its reason.
@@ -18,7 +19,9 @@ How the contract check works:
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import time
 from pathlib import Path
 
@@ -109,8 +112,44 @@ def strict(schema):
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def ecma_pattern(pattern: str) -> re.Pattern:
+    """`pattern` as ECMA-262 reads it, for Python's `re`, in the subset the document uses.
+
+    Outside a character class, `$` is the end of the string (Python's also matches before a final newline)
+    and `.` is any character but a line terminator (Python's only excludes LF).
+    """
+    out, in_class, i = [], False, 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            out.append(pattern[i:i + 2])
+            i += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+        elif char == "$":
+            char = r"\Z"
+        elif char == ".":
+            char = r"[^\n\r\u2028\u2029]"
+        out.append(char)
+        i += 1
+    return re.compile("".join(out))
+
+
+def _ecma_pattern_keyword(validator, pattern, instance, schema):
+    if validator.is_type(instance, "string") and not ecma_pattern(pattern).search(instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+# Draft 2020-12 (OpenAPI 3.1's dialect) with `pattern` read as ECMA-262, as the document means it.
+EcmaValidator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _ecma_pattern_keyword})
+
+
 def schema_errors(schema: dict, instance) -> list[str]:
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = EcmaValidator(schema)
     return [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in validator.iter_errors(instance)]
 
 
@@ -187,7 +226,7 @@ class Contract:
             if name in response.headers:
                 errors = schema_errors(header["schema"], _header_value(header["schema"], response.headers[name]))
                 assert not errors, f"{where}: header {name}: {errors}"
-        for name in ("X-Request-ID", "Retry-After", "Idempotent-Replayed"):
+        for name in ("X-Request-ID", "Retry-After", "Idempotent-Replayed", "Allow"):
             if name in response.headers:
                 assert name in headers, f"{where}: header {name} is sent but not documented for this response"
         self.produced.add((*op_key, response.status_code, code))
@@ -255,17 +294,48 @@ def test_every_documented_operation_has_a_contract_test():
     assert owned == documented_operations() | {GENERIC}, "add the new operation to a contract test below"
 
 
-@pytest.mark.parametrize("body", [
+ACCEPTED_BODIES = [
     {"to": "a@example.com"},
     {"to": "a@example.com", "channel": "email", "subject": "验证码", "body": "x", "params": {"code": "1"},
      "template": "otp", "locale": "zh-CN", "idempotency_key": "k-1", "timeout_seconds": 5, "unknown": [1]},
-])
+    # What Herald sends.
+    {"channel": "email", "to": "li@example.com", "subject": "您的验证码", "body": "您的验证码是 482913，10 分钟内有效。",
+     "locale": "zh-CN", "idempotency_key": "ch_3q2-7wAbCdEfGhIjKlMnOp"},
+    {"to": "a@example.com", "timeout_seconds": 10.0},  # an integer, for JSON Schema and the service
+    {"to": "a@example.com", "timeout_seconds": 10 ** 400},
+    {"to": "a@example.com", "unknown": None},  # null is only refused in the fields the service reads
+    {"to": "a@example.com", "idempotency_key": "".join(chr(c) for c in range(0x21, 0x7F))},
+    {"to": "a@example.com", "idempotency_key": "k" * 256},
+    {"to": "a@example.com", "subject": "", "body": "", "channel": ""},
+    {"to": "a@example.com", "subject": "Code = 42? Yes, what?= now =?"},  # no encoded-word: `?=` before `=?`
+    {"to": "a@example.com", "subject": "a=?b"},
+    {"to": "a@example.com", "body": "line 1\r\nline 2\n\ttabbed\n"},
+    {"to": "a@example.com", "params": {"code": "12\t34\n", "other": "\x00"}, "template": "\x00", "locale": "\x01"},
+    {"to": "a@example.com", "body": "x", "params": {"code": ""}},
+    {"to": "A.b-c+d_e!#$%&'*/=?^`{|}~@Sub.Example.COM"},
+    {"to": "x@a.b-c"},
+    {"to": "x@a.1c"},
+    {"to": "x@test.test"},
+    {"to": "x@local.example"},
+    {"to": "x@xn--p1ai.xn--p1ai"},
+    {"to": "x@" + "b" * 63 + ".com"},
+    {"to": "a" * 64 + "@example.com"},
+    {"to": "x@" + ("b" * 62 + ".") * 3 + "com"},
+    {"to": "=?a@b.com"},  # "=?" alone is no encoded-word
+    {"to": "user@例子.中国"},
+    {"to": "user@例子。中国"},
+    {"to": "josé@example.com"},
+]
+
+
+@pytest.mark.parametrize("body", ACCEPTED_BODIES)
 def test_request_schema_accepts_what_the_app_sends(client, smtp, body):
     assert not schema_errors(request_schema(), body)
-    assert client.post("/v1/send", json=body).status_code == 200
+    response = client.post("/v1/send", json=body)
+    assert response.status_code == 200, response.get_json()
 
 
-@pytest.mark.parametrize("body", [
+REJECTED_BODIES = [
     {},
     {"to": 5},
     {"to": "a@example.com", "subject": 1},
@@ -274,15 +344,81 @@ def test_request_schema_accepts_what_the_app_sends(client, smtp, body):
     {"to": "a@example.com", "timeout_seconds": 1.5},
     {"to": "a@example.com", "timeout_seconds": True},
     {"to": "a@example.com", "timeout_seconds": 0},
+    {"to": "a@example.com", "timeout_seconds": 0.0},
+    {"to": "a@example.com", "timeout_seconds": "10"},
     {"to": "a@example.com", "channel": "sms"},
     {"to": "a@example.com", "idempotency_key": ""},
     {"to": "a@example.com", "idempotency_key": "has space"},
+    {"to": "a@example.com", "idempotency_key": "tab\there"},
     {"to": "a@example.com", "idempotency_key": "x" * 257},
-])
+    {"to": "a@example.com", "idempotency_key": "ключ"},
+    {"to": "a@example.com", "idempotency_key": "caf\u00e9"},
+    {"to": "a@example.com", "idempotency_key": "del\x7f"},
+    {"to": "a@example.com", "idempotency_key": "k\n"},  # a final newline: Python's `$` alone would let it by
+    # null, for every field the service reads
+    *({"to": "a@example.com", field: None} for field in
+      ("channel", "subject", "body", "params", "template", "locale", "idempotency_key", "timeout_seconds")),
+    {"to": None},
+    # subject: control and line-break characters, encoded-words
+    *({"to": "a@example.com", "subject": f"Hi{c}there"} for c in ("\r\n", "\n", "\x00", "\x0b", "\x1f", "\x7f",
+                                                                    "\x85", "\u2028", "\u2029", "\t")),
+    {"to": "a@example.com", "subject": "Hi\n"},
+    {"to": "a@example.com", "subject": "=?utf-8?q?Your_code?="},
+    {"to": "a@example.com", "subject": "Code =?utf-8*en?Q?x?= here"},
+    # body and params.code: control characters other than tab and line breaks
+    *({"to": "a@example.com", "body": f"code{c}1"} for c in ("\x00", "\x08", "\x0b", "\x0c", "\x1b", "\x7f")),
+    {"to": "a@example.com", "params": {"code": "12\x1b3"}},
+    {"to": "a@example.com", "body": "x", "params": {"code": "12\x003"}},
+    # to
+    {"to": ""},
+    {"to": "not-an-address"},
+    {"to": "a@localhost"},
+    {"to": "a@printer.local"},
+    {"to": "a@x.home.ARPA"},
+    {"to": "a@x.invalid"},
+    {"to": "a@x.onion"},
+    {"to": "a@x.localhost"},
+    {"to": "a@b.C1"},
+    {"to": "a@192.0.2.1"},
+    {"to": "a@-bad.example.com"},
+    {"to": "a@bad-.example.com"},
+    {"to": "a@ab--cd.example.com"},
+    {"to": "a@x_y.com"},
+    {"to": "a@b..com"},
+    {"to": "a@b.com."},
+    {"to": ".a@example.com"},
+    {"to": "a.@example.com"},
+    {"to": "a..b@example.com"},
+    {"to": "a b@example.com"},
+    {"to": '"a b"@example.com'},
+    {"to": "a@[192.0.2.1]"},
+    {"to": "Alice <a@example.com>"},
+    {"to": "a@example.com, b@example.com"},
+    {"to": "a@example.com\r\nBcc: x@example.com"},
+    {"to": "a@example.com\n"},
+    {"to": "a" * 65 + "@example.com"},
+    {"to": "x@" + "b" * 64 + ".com"},
+    {"to": "x@" + ("b" * 62 + ".") * 4 + "com"},  # over 254 characters
+    {"to": "=?utf-8?q?ceo=40bank=2Ecom?=@evil.example"},
+    {"to": "a=?x?=b@example.com"},
+]
+
+
+@pytest.mark.parametrize("body", REJECTED_BODIES)
 def test_request_schema_rejects_what_the_app_rejects(client, smtp, body):
     assert schema_errors(request_schema(), body), f"{body} passes the documented request schema"
-    assert client.post("/v1/send", json=body).status_code == 400
+    response = client.post("/v1/send", json=body)
+    assert response.status_code == 400, response.get_json()
     assert smtp.messages == []
+
+
+def test_patterns_are_read_as_ecma_262():
+    # The document's patterns end in `$`; ECMA-262 reads it as the end of the string, Python's `re` alone would
+    # also match before a final newline.
+    assert re.search("^[a]+$", "aa\n") and not ecma_pattern("^[a]+$").search("aa\n")
+    assert not ecma_pattern("^[$.]+$").search("x") and ecma_pattern("^[$.]+$").search("$.")
+    assert re.search("a.b", "a\u2028b") and not ecma_pattern("a.b").search("a\u2028b")
+    assert ecma_pattern(r"^a\.b$").search("a.b") and not ecma_pattern(r"^a\.b$").search("axb")
 
 
 # --- the app against the document

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from herald_smtp.config import settings_from
-from herald_smtp.sending.request import DEFAULT_SUBJECT, NO_CODE_BODY
+from herald_smtp.sending.request import DEFAULT_SUBJECT, NO_CODE_BODY, parse_send_request
 from tests.support.client import API_KEY, assert_error, send, with_changes
 
 
@@ -266,3 +266,108 @@ def test_arbitrary_input_always_gets_a_json_4xx_and_sends_nothing(client, smtp):
 def test_options_on_any_route_is_a_json_405(client):
     for path in ("/v1/send", "/healthz", "/readyz", "/metrics"):
         assert_error(client.options(path), 405, "method_not_allowed")
+
+
+# --- what the schema-driven fuzz run and the property tests found
+
+
+@pytest.mark.parametrize("method, path, allowed", [
+    ("GET", "/v1/send", {"POST"}),
+    ("OPTIONS", "/v1/send", {"POST"}),
+    ("DELETE", "/v1/send", {"POST"}),
+    ("PUT", "/healthz", {"GET", "HEAD"}),
+    ("POST", "/readyz", {"GET", "HEAD"}),
+    ("OPTIONS", "/metrics", {"GET", "HEAD"}),
+])
+def test_a_405_is_json_and_names_the_allowed_methods_in_allow(client, method, path, allowed):
+    response = client.open(path, method=method)
+    assert_error(response, 405, "method_not_allowed")
+    assert response.mimetype == "application/json"
+    assert {m.strip() for m in response.headers.get("Allow", "").split(",") if m.strip()} == allowed  # RFC 9110 15.5.6
+    assert response.headers["X-Request-ID"]
+
+
+SEND_FIELDS = ["to", "channel", "subject", "body", "params", "template", "locale", "idempotency_key", "timeout_seconds"]
+
+
+@pytest.mark.parametrize("field", SEND_FIELDS)
+def test_null_is_refused_for_every_field_and_nothing_is_sent(client, smtp, field):
+    # Herald never sends null; taking it as absent would turn `"idempotency_key": null` into a send without
+    # idempotency. So null is a wrong type, as the document's `type` says.
+    assert_error(send(client, {"to": "a@example.com", field: None}), 400, "invalid_request",
+                 f"{field} must not be null")
+    assert smtp.messages == []
+
+
+def test_a_null_body_key_is_refused_even_with_a_header_key(client, smtp):
+    response = send(client, {"to": "a@example.com", "idempotency_key": None}, {"Idempotency-Key": "k-null"})
+    assert_error(response, 400, "invalid_request", "idempotency_key must not be null")
+    assert smtp.messages == []
+
+
+def test_null_in_an_unknown_field_is_ignored_like_any_unknown_field(client, smtp):
+    assert send(client, {"to": "a@example.com", "whatever": None}).status_code == 200
+    assert len(smtp.wait_for(1)) == 1
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (b"10.0", 10.0), (b"1.0", 1.0), (b"3e0", 3.0), (b"2.50e1", 25.0), (b"1e400", 86400.0), (b"7", 7.0),
+])
+def test_an_integral_json_number_is_an_integer_timeout(raw, expected):
+    # JSON Schema counts 10.0 as an integer (the document's `type: integer`); so does the service.
+    body = b'{"to": "a@example.com", "timeout_seconds": ' + raw + b"}"
+    assert parse_send_request(body, None).timeout_seconds == expected
+
+
+def test_an_integral_float_timeout_sends(client, smtp):
+    assert send(client, {"to": "a@example.com", "timeout_seconds": 4.0}).status_code == 200
+    assert len(smtp.wait_for(1)) == 1
+
+
+@pytest.mark.parametrize("raw", [b"1.5", b"0.0", b"-2.0", b"-1e400", b"1e-400", b"true", b'"10"', b"[10]"])
+def test_a_timeout_that_is_no_positive_integer_is_still_refused(client, smtp, raw):
+    body = b'{"to": "a@example.com", "timeout_seconds": ' + raw + b"}"
+    assert_error(client.post("/v1/send", data=body, content_type="application/json"), 400, "invalid_request",
+                 "timeout_seconds")
+    assert smtp.messages == []
+
+
+@pytest.mark.parametrize("raw", [b"NaN", b"Infinity", b"-Infinity"])
+def test_nan_and_infinity_are_not_json(client, smtp, raw):
+    # Python's json module reads them; RFC 8259 has no such numbers. Refused wherever they stand.
+    for body in (b'{"to": "a@example.com", "timeout_seconds": ' + raw + b"}",
+                 b'{"to": "a@example.com", "extra": [' + raw + b"]}"):
+        assert_error(client.post("/v1/send", data=body, content_type="application/json"), 400, "invalid_request",
+                     "not valid JSON")
+    assert smtp.messages == []
+
+
+def test_an_idempotency_key_is_visible_ascii_in_the_body_and_in_the_header(client, smtp):
+    key = "ключ-1"
+    on_the_wire = key.encode("utf-8").decode("latin-1")  # what a WSGI server hands over for these header bytes
+    for body, headers in (({"to": "a@example.com", "idempotency_key": key}, {}),
+                          ({"to": "a@example.com"}, {"Idempotency-Key": on_the_wire}),
+                          ({"to": "a@example.com", "idempotency_key": key}, {"Idempotency-Key": on_the_wire}),
+                          ({"to": "a@example.com", "idempotency_key": "caf\u00e9"}, {}),
+                          ({"to": "a@example.com", "idempotency_key": "a\u00a0b"}, {}),
+                          ({"to": "a@example.com", "idempotency_key": "del\x7f"}, {})):
+        response = send(client, body, headers)
+        # The same key in both places is a bad key, not a mismatch.
+        assert_error(response, 400, "invalid_request", "visible ASCII")
+        assert "differ" not in response.get_json()["error_message"]
+    assert smtp.messages == []
+
+
+def test_every_visible_ascii_character_is_allowed_in_a_key(client, smtp):
+    key = "".join(chr(c) for c in range(0x21, 0x7F))
+    assert send(client, {"to": "a@example.com", "idempotency_key": key}, {"Idempotency-Key": key}).status_code == 200
+    assert len(smtp.wait_for(1)) == 1
+
+
+def test_params_code_is_held_to_the_body_rule_even_when_a_body_is_given(client, smtp):
+    # One context-free rule, so the document can state it as a pattern: params.code never carries control
+    # characters other than tab and line breaks, whether or not it becomes the text.
+    response = send(client, {"to": "a@example.com", "body": "Your code is below.", "params": {"code": "12\x003"}})
+    assert_error(response, 400, "invalid_request", "control characters")
+    assert smtp.messages == []
+    assert send(client, {"to": "a@example.com", "body": "x", "params": {"code": "12\t3\r\n", "o": "\x00"}}).status_code == 200

@@ -5,11 +5,19 @@ Every refusal is an InvalidRequest carrying its Outcome; the web layer renders i
 internationalised domain or a non-ASCII local part is accepted here; whether
 the SMTP server can take a non-ASCII local part (SMTPUTF8) is only known once
 the mailer has its EHLO (see smtp/transport.py mail_from).
+
+`null` is no value for any field (a wrong type, 400): Herald never sends it, and
+taking `"idempotency_key": null` as absent would send without idempotency. An
+idempotency key is 1-256 visible ASCII characters (0x21-0x7E) in the body and in
+the header alike: a WSGI server reads header bytes as Latin-1, so a non-ASCII key
+could never equal its body spelling. `timeout_seconds` is a JSON integer as JSON
+Schema counts one: 10.0 is 10.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -19,12 +27,16 @@ from ..outcomes import Outcome
 DEFAULT_SUBJECT = "Verification code"
 NO_CODE_BODY = "You have a verification message. Please check your code."
 MAX_KEY_LENGTH = 256
+# The fields this version reads; any other is ignored, null or not.
+FIELDS = ("to", "channel", "subject", "body", "params", "template", "locale", "idempotency_key", "timeout_seconds")
 
 _CRLF = re.compile(r"[\r\n]")
 # Everything str.splitlines() breaks on, plus the other C0 controls and DEL: none belong in a header.
 _HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 # A text body may hold tabs and line breaks, not other control characters (NUL above all).
 _BODY_UNSAFE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# An idempotency key: visible ASCII, the same rule in the body and in the Idempotency-Key header.
+_KEY = re.compile(r"[\x21-\x7e]+")
 # timeout_seconds beyond this is no different from SMTP_TIMEOUT_SECONDS; capping avoids float overflow.
 _MAX_TIMEOUT_SECONDS = 86400
 
@@ -61,6 +73,9 @@ def parse_send_request(raw: bytes, header_key: str | None) -> SendRequest:
 
 
 def _send_request(data: dict, header_key: str | None) -> SendRequest:
+    for name in FIELDS:
+        if name in data and data[name] is None:
+            raise InvalidRequest(Outcome.INVALID_REQUEST, f"{name} must not be null: leave the field out instead")
     channel = _optional_str(data, "channel")
     if channel not in ("", "email"):
         raise InvalidRequest(Outcome.INVALID_REQUEST, f"unsupported channel {channel[:40]!r}: only 'email'")
@@ -68,7 +83,8 @@ def _send_request(data: dict, header_key: str | None) -> SendRequest:
     subject = _subject(data)
     params = _params(data)
     body = resolve_body(_optional_str(data, "body"), params)
-    if _BODY_UNSAFE.search(body):
+    # params.code is checked whether or not it becomes the text: one rule, which the document states as a pattern.
+    if _BODY_UNSAFE.search(body) or _BODY_UNSAFE.search(params.get("code", "")):
         raise InvalidRequest(Outcome.INVALID_REQUEST, "body and params.code must not contain control characters "
                                                 "other than tab and line breaks")
     return SendRequest(
@@ -93,7 +109,7 @@ def resolve_body(body: str, params: dict[str, str]) -> str:
 
 def _json_object(raw: bytes) -> dict:
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"), parse_constant=_not_json)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise InvalidRequest(Outcome.INVALID_REQUEST, "body is not valid JSON") from None
     if not isinstance(data, dict):
@@ -104,6 +120,11 @@ def _json_object(raw: bytes) -> dict:
     except UnicodeEncodeError:
         raise InvalidRequest(Outcome.INVALID_REQUEST, "body contains invalid Unicode (a lone surrogate)") from None
     return data
+
+
+def _not_json(constant: str):
+    # Python's json module reads NaN, Infinity and -Infinity; RFC 8259 has no such numbers.
+    raise ValueError(f"{constant} is not JSON")
 
 
 def _optional_str(data: dict, name: str) -> str:
@@ -158,24 +179,30 @@ def _idempotency_key(data: dict, header_key: str | None) -> str | None:
     body_key = data.get("idempotency_key")
     if body_key is not None and not isinstance(body_key, str):
         raise InvalidRequest(Outcome.INVALID_REQUEST, "idempotency_key must be a string")
+    # Each key is checked before they are compared: the same bad key in both places is a bad key, not a mismatch.
+    for key in (body_key, header_key):
+        if key is not None and not (len(key) <= MAX_KEY_LENGTH and _KEY.fullmatch(key)):
+            raise InvalidRequest(
+                Outcome.INVALID_REQUEST,
+                f"idempotency key must be 1-{MAX_KEY_LENGTH} visible ASCII characters (0x21-0x7E: no space, "
+                "control or non-ASCII character)",
+            )
     if body_key is not None and header_key is not None and body_key != header_key:
         raise InvalidRequest(Outcome.INVALID_REQUEST, "Idempotency-Key header and idempotency_key differ")
-    key = body_key if body_key is not None else header_key
-    if key is None:
-        return None
-    # isprintable() is False for control characters and every Unicode separator but " ".
-    if not (0 < len(key) <= MAX_KEY_LENGTH and key.isprintable() and " " not in key):
-        raise InvalidRequest(
-            Outcome.INVALID_REQUEST,
-            f"idempotency key must be 1-{MAX_KEY_LENGTH} printable characters without whitespace",
-        )
-    return key
+    return body_key if body_key is not None else header_key
 
 
 def _timeout(data: dict) -> float | None:
     value = data.get("timeout_seconds")
     if value is None:
         return None
+    if isinstance(value, float):
+        # An integral float is an integer, as in JSON Schema: 10.0 is 10. A literal beyond the float range reads
+        # as inf and is as integral as 10**400 (capped below), -1e400 as -10**400.
+        if math.isinf(value):
+            value = _MAX_TIMEOUT_SECONDS + 1 if value > 0 else -1
+        elif value.is_integer():
+            value = int(value)
     # bool is an int in Python; true is not a timeout.
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidRequest(Outcome.INVALID_REQUEST, "timeout_seconds must be an integer")

@@ -27,6 +27,14 @@ ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-i
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # In a metrics directory we created ourselves: on_exit removes only such a directory.
 _OWNED_MARKER = ".created-by-herald-smtp"
+# gunicorn's parser refuses, with its own fixed text/html page, a request line over LIMIT_REQUEST_LINE bytes (414),
+# a header line over LIMIT_REQUEST_FIELD_SIZE bytes or more than LIMIT_REQUEST_FIELDS fields (431), and malformed
+# HTTP (400): gunicorn has no hook or setting for that page, so those answers carry no X-Request-ID. These are
+# gunicorn's defaults, pinned so that the figures in docs/openapi.yaml (`x-malformed-http`) cannot drift with a
+# gunicorn upgrade; Herald's requests stay far below them.
+LIMIT_REQUEST_LINE = 4094
+LIMIT_REQUEST_FIELDS = 100
+LIMIT_REQUEST_FIELD_SIZE = 8190
 
 
 def prepare_metrics_dir(settings: Settings) -> Settings:
@@ -59,6 +67,9 @@ def gunicorn_options(settings: Settings) -> dict:
         "graceful_timeout": graceful_timeout,
         "accesslog": "-",
         "access_log_format": ACCESS_LOG_FORMAT,
+        "limit_request_line": LIMIT_REQUEST_LINE,
+        "limit_request_fields": LIMIT_REQUEST_FIELDS,
+        "limit_request_field_size": LIMIT_REQUEST_FIELD_SIZE,
         "logconfig_dict": logging_dict(settings),
         # gunicorn 27's control socket lives in $HOME, shared by every instance; not needed here.
         "control_socket_disable": True,

@@ -1,9 +1,10 @@
 """Every response the service gives: Result -> Answer -> JSON, and the error handlers.
 
 Views and hooks hand an Answer (or a Result) to render(); Flask's own HTTP
-errors, InvalidRequest and unexpected exceptions come here through the
-handlers registered by register_error_handlers(). Each response carries its
-error_code for the requests metric.
+errors (with their headers, e.g. `Allow` on a 405), InvalidRequest, a body
+gunicorn cannot parse (malformed chunked encoding) and unexpected exceptions
+come here through the handlers registered by register_error_handlers(). Each
+response carries its error_code for the requests metric.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, jsonify, request
+from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import HTTPException
 
 from ..outcomes import Answer, Outcome, Result, answer_for
@@ -47,6 +49,7 @@ def render_result(result: Result) -> HeraldResponse:
 def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(InvalidRequest, _invalid_request)
     app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(ParseException, _malformed_body)
     app.register_error_handler(Exception, _unexpected_error)
 
 
@@ -63,6 +66,21 @@ def _http_error(exc: HTTPException):
     result = Result(outcome, "request body too large" if exc.code == 413 else (exc.description or exc.name))
     log.warning("request failed", extra={"status": exc.code, "path": request.path, "method": request.method,
                                           "error_code": outcome.error_code, "errmsg": result.message})
+    response = render_result(result)
+    # Werkzeug's own headers for the error, Content-Type aside (ours is JSON): above all `Allow` on a 405,
+    # which RFC 9110 requires. OPTIONS is not in it: the app answers OPTIONS with this 405 on purpose.
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
+
+
+def _malformed_body(exc: ParseException):
+    # gunicorn parses a chunked body only while the app reads it: a bad chunk size, terminator or extension is
+    # raised here, in request.get_data(). The client's fault, not a bug: 400, and no traceback in the log.
+    result = Result(Outcome.INVALID_REQUEST, f"malformed HTTP request body: {type(exc).__name__}")
+    log.warning("request failed", extra={"status": 400, "path": request.path, "method": request.method,
+                                          "error_code": result.outcome.error_code, "errmsg": str(exc)[:200]})
     return render_result(result)
 
 
