@@ -1,7 +1,14 @@
 """One SMTP connection and one mail transaction over it, as steps.
 
     open_connection = connect (TCP, implicit TLS, greeting) -> ehlo -> [starttls] -> [login]
-    transmit        = mail_from -> rcpt_to -> data (the message, the final dot, the reply)
+    transmit        = mail_from -> rcpt_to -> start_data -> content (the message, the final dot, the reply)
+
+When the server offers PIPELINING (RFC 2920), transmit sends MAIL, RCPT and
+DATA in one write and reads their three replies (envelope_pipelined): two
+round trips a mail instead of four. Each reply is still checked against its
+own phase, so a refusal names MAIL, RCPT or DATA as the sequential exchange
+would, and the content is sent only after a 354 that followed two
+acceptances.
 
 A mail to a non-ASCII address (a UTF-8 local part) goes with SMTPUTF8 (RFC
 6531): mail_from checks the EHLO for it first and, when the server does not
@@ -103,13 +110,19 @@ def open_connection(settings: Settings, context: ssl.SSLContext | None, deadline
 
 def transmit(conn: smtplib.SMTP, sender: str, recipient: str, payload: bytes, deadline: float,
              before_dot=None) -> tuple[int, str]:
-    """MAIL, RCPT, DATA. Returns the server's final reply, which may be a refusal.
+    """MAIL, RCPT, DATA, pipelined when the server offers it. Returns the server's final reply,
+    which may be a refusal.
 
     With a non-ASCII address the MAIL FROM asks for SMTPUTF8 (and `payload` may hold UTF-8 headers).
     """
-    mail_from(conn, sender, deadline, smtputf8=needs_smtputf8(sender, recipient))
-    rcpt_to(conn, recipient, deadline)
-    return data(conn, payload, deadline, before_dot)
+    smtputf8 = needs_smtputf8(sender, recipient)
+    if conn.has_extn("pipelining"):
+        envelope_pipelined(conn, sender, recipient, deadline, smtputf8)
+    else:
+        mail_from(conn, sender, deadline, smtputf8)
+        rcpt_to(conn, recipient, deadline)
+        start_data(conn, deadline)
+    return content(conn, payload, deadline, before_dot)
 
 
 def connect(settings: Settings, context: ssl.SSLContext | None, deadline: float) -> smtplib.SMTP:
@@ -211,32 +224,84 @@ def login(conn: smtplib.SMTP, settings: Settings, deadline: float) -> None:
 
 def mail_from(conn: smtplib.SMTP, sender: str, deadline: float, smtputf8: bool = False) -> None:
     """MAIL FROM, with the SMTPUTF8 parameter when `smtputf8`; refused before any command if the server lacks it."""
+    _check_smtputf8(conn, smtputf8)
+    options = ["SMTPUTF8"] if smtputf8 else []
+    code, reply = _command(conn, MAIL, lambda: conn.mail(sender, options), deadline)
+    _check_reply(MAIL, sender, code, reply)
+
+
+def rcpt_to(conn: smtplib.SMTP, recipient: str, deadline: float) -> None:
+    code, reply = _command(conn, RCPT, lambda: conn.rcpt(recipient), deadline)
+    _check_reply(RCPT, recipient, code, reply)
+
+
+def start_data(conn: smtplib.SMTP, deadline: float) -> None:
+    code, reply = _command(conn, DATA, lambda: conn.docmd("DATA"), deadline)
+    _check_reply(DATA, "", code, reply)
+
+
+def envelope_pipelined(conn: smtplib.SMTP, sender: str, recipient: str, deadline: float,
+                       smtputf8: bool = False) -> None:
+    """MAIL, RCPT and DATA in one write, then their three replies, each checked against its own phase.
+
+    Every reply is read, so the session stays in step: after a refused MAIL or RCPT the server
+    refuses the DATA too, and the connection is fit for RSET and reuse. The first refusal is raised.
+    A session that cannot be kept in step (a lost connection, a 421, or a 354 after a refusal, i.e.
+    a server waiting for content that must never be sent) is closed before raising.
+    """
+    _check_smtputf8(conn, smtputf8)
+    parameters = " SMTPUTF8" if smtputf8 else ""
+    group = f"MAIL FROM:{smtplib.quoteaddr(sender)}{parameters}\r\nRCPT TO:{smtplib.quoteaddr(recipient)}\r\nDATA\r\n"
+    if group.count("\n") != 3:  # addresses are validated long before; a line break here would inject commands
+        raise ValueError("line break in an envelope address")
+    _command(conn, MAIL, lambda: conn.send(group.encode("utf-8" if smtputf8 else "ascii")), deadline)
+    refusal: SmtpFailure | None = None
+    for phase, address in ((MAIL, sender), (RCPT, recipient), (DATA, "")):
+        try:
+            code, reply = _command(conn, phase, conn.getreply, deadline)
+            if refusal is None:
+                _check_reply(phase, address, code, reply)
+        except SmtpFailure as failure:
+            refusal = refusal or failure
+            if failure.code in (None, 421):
+                conn.close()
+                raise refusal from None
+    if refusal is not None:
+        if code == 354:
+            conn.close()
+        raise refusal
+
+
+# What each envelope phase accepts, and how its refusal reads.
+_ACCEPTED = {MAIL: (250,), RCPT: (250, 251), DATA: (354,)}
+_REFUSED = {MAIL: "MAIL FROM:<{}> refused", RCPT: "RCPT TO refused", DATA: "DATA refused"}
+
+
+def _check_reply(phase: str, address: str, code: int, reply: str) -> None:
+    if code not in _ACCEPTED[phase]:
+        raise SmtpFailure(phase, f"{_REFUSED[phase].format(address)}: {code} {reply}", code, reply=reply)
+
+
+def _check_smtputf8(conn: smtplib.SMTP, smtputf8: bool) -> None:
     if smtputf8 and not conn.has_extn("smtputf8"):
         raise SmtpFailure(MAIL, SMTPUTF8_NOT_OFFERED, error=SmtpUtf8NotOffered())
     # smtplib's mail() switches the command encoding to UTF-8 for SMTPUTF8 and only RSET switches it back:
     # every transaction on a pooled connection starts from ASCII.
     conn.command_encoding = "ascii"
-    options = ["SMTPUTF8"] if smtputf8 else []
-    code, reply = _command(conn, MAIL, lambda: conn.mail(sender, options), deadline)
-    if code != 250:
-        raise SmtpFailure(MAIL, f"MAIL FROM:<{sender}> refused: {code} {reply}", code, reply=reply)
-
-
-def rcpt_to(conn: smtplib.SMTP, recipient: str, deadline: float) -> None:
-    code, reply = _command(conn, RCPT, lambda: conn.rcpt(recipient), deadline)
-    if code not in (250, 251):
-        raise SmtpFailure(RCPT, f"RCPT TO refused: {code} {reply}", code, reply=reply)
 
 
 def data(conn: smtplib.SMTP, payload: bytes, deadline: float, before_dot=None) -> tuple[int, str]:
-    """DATA, the message and the final dot; returns the server's reply to it, which may be a refusal.
+    """DATA, then the content (see `content`): the doctor's test mail, one step after RCPT."""
+    start_data(conn, deadline)
+    return content(conn, payload, deadline, before_dot)
+
+
+def content(conn: smtplib.SMTP, payload: bytes, deadline: float, before_dot=None) -> tuple[int, str]:
+    """The message and the final dot, after a 354; returns the server's reply, which may be a refusal.
 
     `before_dot()` runs when all but the final dot is sent; an exception from it leaves the DATA
     unfinished, which the server discards when the connection closes.
     """
-    code, reply = _command(conn, DATA, lambda: conn.docmd("DATA"), deadline)
-    if code != 354:
-        raise SmtpFailure(DATA, f"DATA refused: {code} {reply}", code, reply=reply)
     _command(conn, DATA, lambda: conn.send(_dot_stuffed(payload)), deadline)
     if before_dot is not None:
         before_dot()

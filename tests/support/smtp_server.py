@@ -3,7 +3,9 @@
 TLS certificates come from trustme; faults are injected per SMTP phase
 (inject(phase, reply/drop/delay/times)). It offers SMTPUTF8 (RFC 6531), as
 aiosmtpd's Controller does by default; smtputf8=False makes a server that does
-not (no SMTPUTF8 in the EHLO, non-ASCII commands refused). Anything that cannot
+not (no SMTPUTF8 in the EHLO, non-ASCII commands refused). It offers
+PIPELINING (RFC 2920), as real servers do; pipelining=False leaves it out of
+the EHLO, which makes clients talk one command at a time. Anything that cannot
 start raises RuntimeError saying what is missing; nothing here skips a test.
 """
 
@@ -74,7 +76,12 @@ class _FaultyHandler:
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
         reply = await self.owner._apply_fault("ehlo", server)
-        return [reply] if reply else responses
+        if reply:
+            return [reply]
+        if self.owner.pipelining:
+            # aiosmtpd reads one command at a time from its buffer, so it serves a pipelined group as is.
+            responses.insert(1, "250-PIPELINING")
+        return responses
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         # auth_required=True in aiosmtpd warns on every connection when TLS is
@@ -128,6 +135,8 @@ class _TrackedSMTP(SMTP):
     # Every MAIL, RCPT and RSET as it arrived, before any check: "nothing was sent" can be seen.
     async def smtp_MAIL(self, arg):
         self._owner._note("MAIL", arg)
+        # What came in the same write is already buffered: a pipelining client's RCPT and DATA.
+        self._owner._note_group(bytes(self._reader._buffer))
         await super().smtp_MAIL(arg)
 
     async def smtp_RCPT(self, arg):
@@ -140,6 +149,9 @@ class _TrackedSMTP(SMTP):
 
     async def smtp_DATA(self, arg):
         # No handler hook exists before the 354, so the "data" phase lives here.
+        if not self.envelope.rcpt_tos and self._owner.data_reply_without_recipients:
+            await self.push(self._owner.data_reply_without_recipients)  # a broken server's answer
+            return
         if self.envelope.rcpt_tos:
             reply = await self._owner._apply_fault("data", self)
             if reply:
@@ -174,9 +186,11 @@ class SmtpTestServer:
     reject_rcpt (a set of addresses), reset_faults(). idle_timeout closes
     connections silent for that many seconds, as real servers do. smtputf8
     (default True) offers SMTPUTF8 in the EHLO; False leaves it out and refuses
-    non-ASCII commands, as a server without RFC 6531 does.
+    non-ASCII commands, as a server without RFC 6531 does. pipelining (default
+    True) offers PIPELINING.
     Observations: messages, dropped, connections, auth_attempts, auth_failures,
-    commands ((verb, argument) of every MAIL, RCPT and RSET received).
+    commands ((verb, argument) of every MAIL, RCPT and RSET received),
+    pipelined_groups (what arrived with each MAIL).
     """
 
     def __init__(
@@ -189,6 +203,7 @@ class SmtpTestServer:
         idle_timeout: float | None = None,
         cert_names: tuple[str, ...] = ("localhost", LOCALHOST),
         smtputf8: bool = True,
+        pipelining: bool = True,
     ):
         if starttls and implicit_tls:
             raise ValueError("choose starttls or implicit_tls, not both")
@@ -200,6 +215,7 @@ class SmtpTestServer:
         self.idle_timeout = idle_timeout
         self.cert_names = cert_names
         self.smtputf8 = smtputf8
+        self.pipelining = pipelining
         self.ca_file: str | None = None
         self._server_ctx: ssl.SSLContext | None = None
         self._tmp_certdir: tempfile.TemporaryDirectory | None = None
@@ -209,6 +225,7 @@ class SmtpTestServer:
         self._messages: list[Received] = []
         self._dropped: list[Received] = []
         self._commands: list[tuple[str, str]] = []
+        self._groups: list[bytes] = []
         self._live: set[SMTP] = set()
         self._controller: Controller | None = None
         self.connections = 0
@@ -340,6 +357,8 @@ class SmtpTestServer:
     def reset_faults(self) -> None:
         with self._lock:
             self.reject_rcpt: set[str] = set()
+            # What DATA gets when no recipient was accepted; None: aiosmtpd's 503. A broken server says 354.
+            self.data_reply_without_recipients: str | None = None
             self._faults: list[Fault] = []
             self.fault_hits: dict[str, int] = {phase: 0 for phase in PHASES}  # faults applied, by phase
 
@@ -417,6 +436,17 @@ class SmtpTestServer:
         with self._lock:
             self._commands.append((verb, arg or ""))
 
+    def _note_group(self, rest: bytes) -> None:
+        with self._lock:
+            self._groups.append(rest)
+
+    @property
+    def pipelined_groups(self) -> list[bytes]:
+        """For every MAIL received: what had arrived with it, after it (b"" from a client that waited
+        for the MAIL reply; b"RCPT TO:<...>\\r\\nDATA\\r\\n" from a pipelining one)."""
+        with self._lock:
+            return list(self._groups)
+
     @property
     def commands(self) -> list[tuple[str, str]]:
         """A snapshot of every MAIL, RCPT and RSET received, e.g. ("MAIL", "FROM:<a@b.test> SMTPUTF8")."""
@@ -442,3 +472,4 @@ class SmtpTestServer:
             self._messages.clear()
             self._dropped.clear()
             self._commands.clear()
+            self._groups.clear()
