@@ -25,7 +25,7 @@ from ..timing import reservation_hold_seconds, send_budget
 from .abuse import AbuseLimits
 from .claim import KeyGuard, Owned, Refused, Replay, Unguarded
 from .fingerprint import fingerprint
-from .message import build_message, new_message_id
+from .message import MailWriter, new_message_id
 from .report import report
 from .request import SendRequest
 
@@ -37,6 +37,7 @@ class SendService:
         self.metrics = metrics
         self.guard = KeyGuard(settings, store, metrics)
         self.abuse = AbuseLimits(settings, metrics)
+        self.writer = MailWriter(settings)
 
     def handle(self, request: SendRequest) -> Answer:
         refusal = self.abuse.destination_refusal(request.to)
@@ -78,8 +79,8 @@ class SendService:
         started = time.monotonic()
         try:
             message_id = new_message_id(self.settings)
-            msg = build_message(request, self.settings, message_id)
-            result = self.mailer.send(msg, str(request.to), budget, before_dot=self._commit_point(owned))
+            mail = self.writer.build(request, message_id)
+            result = self.mailer.send(mail, str(request.to), budget, before_dot=self._commit_point(owned))
         except Exception:
             self._release_after_bug(owned)
             raise

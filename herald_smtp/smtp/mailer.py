@@ -1,4 +1,4 @@
-"""The mailer: sends one EmailMessage over SMTP and returns a Result.
+"""The mailer: sends one Mail over SMTP and returns a Result.
 
     circuit breaker -> [attempt: pooled connection -> MAIL/RCPT/DATA] -> retry transient failures -> Result
 
@@ -7,20 +7,17 @@ while nothing of the message was committed (before the final dot), with a
 short backoff, inside the request's time budget. A pooled connection found
 dead at MAIL FROM is replaced at once, without counting as a retry.
 
-A mail to a non-ASCII local part is serialised with email.policy.SMTPUTF8
-(UTF-8 headers) and sent with SMTPUTF8; every other mail with
-email.policy.SMTP (7-bit). Such a mail never reaches a server that does not
-offer SMTPUTF8: transport.mail_from stops before MAIL FROM, the answer is 400
+A mail to a non-ASCII local part (its headers UTF-8, see sending/message.py)
+is sent with SMTPUTF8. Such a mail never reaches a server that does not offer SMTPUTF8: transport.mail_from stops before MAIL FROM, the answer is 400
 invalid_destination (not retried, not counted by the breaker, the key
 released), and the connection goes back to the pool as it was.
 """
 
 from __future__ import annotations
 
-import email.policy
 import logging
 import time
-from email.message import EmailMessage
+from dataclasses import dataclass
 
 from ..config import Settings
 from ..addresses import mask_addresses
@@ -38,6 +35,14 @@ log = logging.getLogger("herald_smtp.mailer")
 _BACKOFF_SECONDS = 0.2
 # A retry is only worth starting with at least this much of the budget left.
 _MIN_ATTEMPT_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class Mail:
+    """One mail, ready for the wire (sending/message.py builds it)."""
+
+    message_id: str  # without angle brackets
+    payload: bytes  # headers and body with CRLF line ends, not yet dot-stuffed
 
 
 class SendAborted(Exception):
@@ -59,16 +64,14 @@ class Mailer:
         self.breaker = CircuitBreaker(settings.smtp_circuit_threshold, settings.smtp_circuit_cooldown_seconds,
                                       on_change=metrics.set_circuit_state, clock=clock)
 
-    def send(self, msg: EmailMessage, recipient: str, budget: float, before_dot=None) -> Result:
+    def send(self, mail: Mail, recipient: str, budget: float, before_dot=None) -> Result:
         """Send within `budget` seconds, retries included.
 
         `before_dot()` runs just before each attempt's final dot; raising SendAborted there stops the
         send with nothing transmitted (the server discards a DATA that never ends).
         """
         deadline = time.monotonic() + budget
-        message_id = msg["Message-ID"].strip("<>")
-        smtputf8 = transport.needs_smtputf8(self.settings.smtp_from, recipient)
-        payload = msg.as_bytes(policy=email.policy.SMTPUTF8 if smtputf8 else email.policy.SMTP)
+        message_id, payload = mail.message_id, mail.payload
         last: Result | None = None
         for attempt in range(self.settings.smtp_retries + 1):
             if not self.breaker.allow():

@@ -11,7 +11,6 @@ Secrets are never printed: the password is only ever handed to smtplib.
 
 from __future__ import annotations
 
-import email.policy
 import smtplib
 import socket
 import ssl
@@ -21,7 +20,7 @@ from typing import Callable, Iterator
 
 from ..addresses import InvalidAddress, parse_address
 from ..config import Settings
-from ..sending.message import build_message, new_message_id
+from ..sending.message import MailWriter, new_message_id
 from ..sending.request import SendRequest
 from ..smtp import transport
 from ..smtp.classify import is_sender_refusal
@@ -187,7 +186,7 @@ class Doctor:
         message_id = new_message_id(self.s)
         request = SendRequest(to=parse_address(self.to), subject="herald-smtp doctor test mail",
                               body="This is a test mail sent by `herald-smtp doctor`. No action is needed.")
-        payload = build_message(request, self.s, message_id).as_bytes(policy=email.policy.SMTP)
+        payload = MailWriter(self.s).build(request, message_id).payload
         code, reply = self._run("test mail", lambda deadline: transport.data(self.conn, payload, deadline))
         if code != 250:
             _fail("test mail", *self._diagnose("test mail", SmtpFailure(transport.AFTER_DATA, reply, code, reply=reply)))
