@@ -7,6 +7,7 @@ one that does not: the answers, the phase named and what reaches the server must
 from __future__ import annotations
 
 import logging
+import socket
 
 import pytest
 
@@ -166,3 +167,15 @@ def test_a_354_after_a_refused_recipient_gets_no_content_and_the_session_is_drop
     assert send(client, {"to": "other@example.com"}).status_code == 200
     assert [m.rcpt_tos for m in server.wait_for(1)] == [["other@example.com"]]
     assert server.connections == (2 if server.pipelining else 1)
+
+
+def test_smtp_sockets_send_small_writes_at_once(make_client, server):
+    # The final dot is a 3-byte write of its own after the message: with Nagle's algorithm on, it
+    # waits for the server's delayed ACK (40 ms a mail on Linux). TCP_NODELAY must be set on every
+    # connection the pool opens (the TLS layer keeps the option of the socket beneath it).
+    app_client = make_client(settings_from(smtp_env(server)))
+    assert send(app_client, {"to": TO}).status_code == 200
+    mailer = app_client.application.extensions["herald_smtp"].send.mailer
+    idle = mailer.pool._idle
+    assert len(idle) == 1
+    assert idle[0].conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
