@@ -15,6 +15,8 @@ run: $(VENV)/.installed-dev .env
 	 trap 'kill $$sink 2>/dev/null' EXIT INT TERM; \
 	 $(BIN)/herald-smtp serve
 
+# The alert rule tests (promtool test rules) run when promtool is on PATH; otherwise the run
+# ends with one line saying they did not run (tests/conftest.py).
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -2,18 +2,48 @@
 
 Every line carries time, level, logger, message, `service` and, inside a
 request, `request_id`. The same dictConfig serves gunicorn (`logconfig_dict`)
-and the other entry points, so all output has one shape.
+and the other entry points, so all output has one shape. `time` is RFC 3339
+in UTC with milliseconds (2026-12-01T08:52:38.562Z), so the lines sort and
+join with other systems' logs.
 """
 
 from __future__ import annotations
 
 import logging
 import logging.config
+from collections.abc import Mapping
+from datetime import datetime, timezone
+
+from pythonjsonlogger.json import JsonFormatter
 
 from .config import SERVICE_NAME, Settings
 from .timing import DEADLINE_SLACK_SECONDS, HERALD_CLIENT_TIMEOUT_SECONDS, worst_case_answer_seconds
 
 log = logging.getLogger("herald_smtp")
+
+ACCESS_LOGGER = "gunicorn.access"
+# The gunicorn access-log atom of the X-Request-ID response header that web/app.py sets.
+_ACCESS_REQUEST_ID_ATOM = "{x-request-id}o"
+
+
+def rfc3339(created: float) -> str:
+    """A record's time as RFC 3339 in UTC with milliseconds: 2026-12-01T08:52:38.562Z."""
+    stamp = datetime.fromtimestamp(created, tz=timezone.utc).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+class TextFormatter(logging.Formatter):
+    """Plain lines for a terminal, with the same `time` as the JSON lines."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return rfc3339(record.created)
+
+
+class JsonLineFormatter(JsonFormatter):
+    """One JSON object per line; `time` in RFC 3339."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return rfc3339(record.created)
 
 
 class ContextFilter(logging.Filter):
@@ -22,8 +52,22 @@ class ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.service = SERVICE_NAME
         if not hasattr(record, "request_id"):
-            record.request_id = _current_request_id()
+            record.request_id = _access_request_id(record) or _current_request_id()
         return True
+
+
+def _access_request_id(record: logging.LogRecord) -> str | None:
+    # gunicorn logs the access line after the response, outside the Flask request context;
+    # the id is in the line's atoms, as the X-Request-ID header the app answered with.
+    if record.name != ACCESS_LOGGER or not isinstance(record.args, Mapping):
+        return None
+    try:
+        # Indexing, not .get(): gunicorn's atoms look response headers up in __getitem__,
+        # and give "-" for a header that is missing.
+        value = record.args[_ACCESS_REQUEST_ID_ATOM]
+    except KeyError:
+        return None
+    return value if isinstance(value, str) and value not in ("", "-") else None
 
 
 def _current_request_id() -> str | None:
@@ -39,13 +83,14 @@ def logging_dict(settings: Settings) -> dict:
     """A logging.config.dictConfig dict for the app and gunicorn's loggers."""
     if settings.log_format == "json":
         formatter = {
-            "()": "pythonjsonlogger.json.JsonFormatter",
+            "()": JsonLineFormatter,
             "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s %(service)s %(request_id)s",
             "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
             "timestamp": False,
         }
     else:
-        formatter = {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"}
+        formatter = {"()": TextFormatter,
+                     "format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"}
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -63,7 +108,7 @@ def logging_dict(settings: Settings) -> dict:
         "loggers": {
             # gunicorn's loggers propagate to root instead of keeping their own handlers.
             "gunicorn.error": {"level": settings.log_level, "handlers": [], "propagate": True},
-            "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": True},
+            ACCESS_LOGGER: {"level": "INFO", "handlers": [], "propagate": True},
             # aiosmtpd (the dev sink) narrates every SMTP command at INFO.
             "mail.log": {"level": "WARNING"},
         },

@@ -50,6 +50,16 @@ class Metrics:
                                    "SMTP circuit breaker: 0 closed, 1 half-open, 2 open (worst live worker)",
                                    registry=r, multiprocess_mode="livemax")
         self.circuit_state.set(0)
+        # What the last /readyz answered on this instance (the probe hits one worker at a time):
+        # livemostrecent is the latest answer of a live worker. 0 until a probe fails, so a fresh
+        # instance does not count as failing.
+        self.not_ready = Gauge("herald_smtp_not_ready",
+                               "1 when the last /readyz answer was 503 not_ready, else 0",
+                               registry=r, multiprocess_mode="livemostrecent")
+        # SMTP_TIMEOUT_SECONDS, so that an alert on slow sends can compare with the budget in force.
+        self.smtp_timeout = Gauge("herald_smtp_smtp_timeout_seconds",
+                                  "SMTP_TIMEOUT_SECONDS: the time budget of one send's SMTP exchange",
+                                  registry=r, multiprocess_mode="livemax")
 
     def set_circuit_state(self, state: str) -> None:
         self.circuit_state.set(CIRCUIT_STATES[state])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -87,6 +88,7 @@ def test_logs_are_json_lines_with_the_operators_messages_and_no_secrets(tmp_path
     for line in lines:
         assert {"time", "level", "logger", "message", "service"} <= line.keys(), line
         assert line["service"] == "herald-smtp"
+        assert datetime.fromisoformat(line["time"]).tzinfo is not None, line  # RFC 3339, with its zone
     messages = [line["message"] for line in lines]
     sent = next(line for line in lines if line["message"] == "send ok")
     assert sent["to"] == "a***@example.com" and sent["request_id"] == "req-ok-1"
@@ -96,7 +98,7 @@ def test_logs_are_json_lines_with_the_operators_messages_and_no_secrets(tmp_path
     assert "greylisted" in failed["errmsg"] and failed["to"] == "b***@example.com"
     assert "send unauthorized: invalid or missing API key" in messages
     assert "send idempotent hit" in messages
-    assert any(line["logger"] == "gunicorn.access" for line in lines)
+    assert any(line["logger"] == "gunicorn.access" and line["request_id"] == "req-ok-1" for line in lines)
     assert any(line["message"] == "starting herald-smtp" and line["config"]["api_keys"] == "set" for line in lines)
     rejected = next(line for line in lines if line["message"] == "send_failed" and line.get("smtp_code") == 550)
     assert rejected["error_code"] == "invalid_destination" and "c***@example.com" in rejected["errmsg"]

@@ -22,8 +22,9 @@ from ..config import Settings
 from ..logs import log_startup, logging_dict
 from ..timing import gunicorn_timeouts
 
-# What gunicorn writes per request; the request id ties it to the app's lines.
-ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
+# What gunicorn writes per request. The request id that ties it to the app's lines is not in the
+# text: logs.py puts it in the line's `request_id` field, as on every other line.
+ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # In a metrics directory we created ourselves: on_exit removes only such a directory.
 _OWNED_MARKER = ".created-by-herald-smtp"

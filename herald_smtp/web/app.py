@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None, clo
     app.json.ensure_ascii = False
     app.json.sort_keys = False
     metrics = Metrics(settings.metrics_dir)
+    metrics.smtp_timeout.set(settings.smtp_timeout_seconds)
     mailer = Mailer(settings, metrics, clock=clock)
     app.extensions[EXTENSION] = Services(settings, store, SendService(settings, store, mailer, metrics), metrics)
 

@@ -74,6 +74,7 @@ def readyz():
         status = "degraded"
     else:
         status = "not_ready"
+    s.metrics.not_ready.set(1 if status == "not_ready" else 0)
     response = jsonify(status=status, service=SERVICE_NAME, checks=checks)
     response.status_code = 503 if status == "not_ready" else 200
     return response

@@ -1,0 +1,111 @@
+"""Log lines that join other systems' logs: RFC 3339 `time`, and the request id on gunicorn's access line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import urllib.request
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from herald_smtp.logs import ContextFilter, JsonLineFormatter, TextFormatter, logging_dict, rfc3339
+from herald_smtp.config import settings_from
+from tests.support.client import API_KEY, post, smtp_env
+from tests.support.herald_process import HeraldProcess
+
+# RFC 3339 with milliseconds and an explicit zone (Z or +HH:MM).
+RFC3339_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}(Z|[+-]\d\d:\d\d)")
+
+
+def parse_time(value: str) -> datetime:
+    assert RFC3339_MS.fullmatch(value), f"time {value!r} is not RFC 3339 with milliseconds and a zone"
+    parsed = datetime.fromisoformat(value)
+    assert parsed.tzinfo is not None, value
+    return parsed
+
+
+@pytest.fixture(scope="module")
+def service_log(tmp_path_factory, _smtp_session) -> tuple[list[dict], dict[str, str]]:
+    """The real service under gunicorn: one send with an X-Request-ID, one without, a probe."""
+    env = smtp_env(_smtp_session) | {"API_KEY": API_KEY, "WEB_CONCURRENCY": "1"}
+    answered = {}
+    with HeraldProcess(tmp_path_factory.mktemp("logs"), env) as service:
+        status, _, headers = post(service.url, {"to": "alice@example.com", "params": {"code": "123456"}},
+                                  {"X-API-Key": API_KEY, "X-Request-ID": "req-join-1"})
+        assert status == 200
+        answered["given"] = headers["X-Request-ID"]
+        status, _, headers = post(service.url, {"to": "x"}, {"X-API-Key": API_KEY})
+        assert status == 400
+        answered["generated"] = headers["X-Request-ID"]
+        with urllib.request.urlopen(service.url + "/healthz", timeout=5) as response:
+            answered["healthz"] = response.headers["X-Request-ID"]
+    lines = [json.loads(line) for line in service.log_text().splitlines() if line.strip()]
+    return lines, answered
+
+
+def access_lines(lines: list[dict]) -> list[dict]:
+    return [line for line in lines if line["logger"] == "gunicorn.access"]
+
+
+def test_gunicorn_access_lines_carry_the_request_id_answered(service_log):
+    lines, answered = service_log
+    assert answered["given"] == "req-join-1"
+    by_id = {line["request_id"]: line for line in access_lines(lines)}
+    for name, request_id in answered.items():
+        assert request_id in by_id, f"no access line with request_id {request_id!r} ({name}): {access_lines(lines)}"
+    assert '"POST /v1/send HTTP/1.1" 200' in by_id["req-join-1"]["message"]
+    assert '"POST /v1/send HTTP/1.1" 400' in by_id[answered["generated"]]["message"]
+    # The id is a field now, not part of the text.
+    for line in access_lines(lines):
+        assert "request_id=" not in line["message"] and line["request_id"] not in line["message"]
+
+
+def test_the_app_and_gunicorn_lines_of_one_request_share_its_id(service_log):
+    lines, _ = service_log
+    of_request = [line for line in lines if line.get("request_id") == "req-join-1"]
+    assert {line["logger"] for line in of_request} >= {"herald_smtp.send", "gunicorn.access"}, of_request
+
+
+def test_every_line_has_an_rfc3339_time_with_zone_and_milliseconds(service_log):
+    lines, _ = service_log
+    loggers = {line["logger"] for line in lines}
+    assert {"gunicorn.error", "gunicorn.access", "herald_smtp"} <= loggers, loggers
+    now = datetime.now(timezone.utc)
+    for line in lines:
+        stamp = parse_time(line["time"])
+        assert now - timedelta(minutes=10) < stamp <= now + timedelta(seconds=1), line
+
+
+def make_record(name: str = "herald_smtp.test", msg: str = "hello", args=None) -> logging.LogRecord:
+    record = logging.LogRecord(name, logging.INFO, __file__, 1, msg, (args,) if args else None, None)
+    record.created = datetime(2026, 12, 1, 8, 52, 38, 562_000, tzinfo=timezone.utc).timestamp()
+    ContextFilter().filter(record)
+    return record
+
+
+def test_rfc3339_is_utc_with_milliseconds():
+    assert rfc3339(datetime(2026, 12, 1, 8, 52, 38, 562_900, tzinfo=timezone.utc).timestamp()) \
+        == "2026-12-01T08:52:38.562Z"
+
+
+def test_the_configured_formatters_write_rfc3339():
+    json_fmt = logging_dict(settings_from({"LOG_FORMAT": "json"}))["formatters"]["main"]
+    text_fmt = logging_dict(settings_from({"LOG_FORMAT": "text"}))["formatters"]["main"]
+    assert json_fmt["()"] is JsonLineFormatter and text_fmt["()"] is TextFormatter
+    record = make_record()
+    formatter = JsonLineFormatter(fmt=json_fmt["fmt"], rename_fields=json_fmt["rename_fields"], timestamp=False)
+    assert json.loads(formatter.format(record))["time"] == "2026-12-01T08:52:38.562Z"
+    text = TextFormatter(text_fmt["format"]).format(make_record())
+    assert text.startswith("2026-12-01T08:52:38.562Z INFO herald_smtp.test [None] hello"), text
+
+
+def test_an_access_record_without_the_header_has_no_request_id():
+    # gunicorn's atoms answer "-" for a header the response lacks (an answer gunicorn itself gave).
+    record = make_record("gunicorn.access", "%(h)s %({x-request-id}o)s", {"h": "127.0.0.1", "{x-request-id}o": "-"})
+    assert record.request_id is None
+    record = make_record("gunicorn.access", "%(h)s", {"h": "127.0.0.1"})
+    assert record.request_id is None
+    record = make_record("gunicorn.access", "%(h)s", {"h": "127.0.0.1", "{x-request-id}o": "abc"})
+    assert record.request_id == "abc"
