@@ -40,14 +40,14 @@ class FloorServer(HeraldServer):
 
     def load_config(self) -> None:
         super().load_config()
-        self.cfg.set("worker_exit", _nothing)
+        self.cfg.set("worker_exit", _keep_nothing_open)
 
     def load(self):
         return create_floor_app()
 
 
-def _nothing(*_args) -> None:
-    pass
+def _keep_nothing_open(server, worker) -> None:
+    """worker_exit: the floor app holds no SMTP connections to close."""
 
 
 def main() -> int:
