@@ -28,7 +28,8 @@ from . import loadgen, smtp_clients, workload
 from . import wrk as wrk_runner
 from .usage import cpu_seconds, worker_peak_rss_mb
 from .processes import BenchSmtpProcess, Certificates, GunicornProcess, floor_process, herald_process
-from .results import (CEILING, CONNECT_PER_MESSAGE, FLOOR, HERALD, REPLAY, WARM, Latencies, Measurement)
+from .results import (CEILING, CONNECT_PER_MESSAGE, DOT_APART, DOT_APART_NODELAY, FLOOR, HERALD, REPLAY, WARM,
+                      Latencies, Measurement)
 
 CONCURRENCIES = (1, 4, 16)
 ROUND_TRIPS_MS = (0.0, 20.0)
@@ -145,6 +146,9 @@ def measure_raw_smtp(context: Context, smtp: BenchSmtpProcess) -> None:
     runs = [(CONNECT_PER_MESSAGE, 1, lambda: smtp_clients.connect_per_message(
         target, budget.max_requests, budget.seconds))]
     runs.append((WARM, 1, lambda: smtp_clients.warm_connections(target, 1, budget.max_requests, budget.seconds)))
+    for setup, nodelay in ((DOT_APART, False), (DOT_APART_NODELAY, True)):
+        runs.append((setup, 1, lambda nodelay=nodelay: smtp_clients.dot_written_apart(
+            target, nodelay, budget.max_requests, budget.seconds)))
     for concurrency in CONCURRENCIES:
         runs.append((CEILING, concurrency, lambda c=concurrency: smtp_clients.warm_connections(
             target, c, budget.max_requests, budget.seconds)))

@@ -13,7 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
 from .report import http_generator  # noqa: E402
-from .results import CEILING, CONNECT_PER_MESSAGE, FLOOR, HERALD, REPLAY, WARM, Run  # noqa: E402
+from .results import (CEILING, CONNECT_PER_MESSAGE, DOT_APART, DOT_APART_NODELAY, FLOOR, HERALD, REPLAY,  # noqa: E402
+                      WARM, Run)
 
 # (setup, server PIPELINING or None for any, legend, colour)
 SERIES = [
@@ -23,6 +24,8 @@ SERIES = [
     (REPLAY, None, "replay", "tab:purple"),
     (FLOOR, None, "HTTP floor (no SMTP)", "tab:gray"),
     (WARM, None, "warm connection (smtplib)", "tab:olive"),
+    (DOT_APART, None, "dot written apart (smtplib)", "tab:brown"),
+    (DOT_APART_NODELAY, None, "dot apart + TCP_NODELAY (smtplib)", "tab:cyan"),
     (CONNECT_PER_MESSAGE, None, "connect-per-message (smtplib)", "tab:red"),
 ]
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .results import (CEILING, CONNECT_PER_MESSAGE, FLOOR, HERALD, REPLAY, SETUPS, WARM, Measurement, Run)
+from .results import (CEILING, CONNECT_PER_MESSAGE, DOT_APART, DOT_APART_NODELAY, FLOOR, HERALD, REPLAY, SETUPS,
+                      WARM, Measurement, Run)
 
 RSS_TARGET_MB = 80.0
 
@@ -121,7 +122,8 @@ def round_trip_table(run: Run) -> list[str]:
              "transaction writes / mail | reads / mail | reads with > 1 command | commands / read | "
              "server CPU ms / mail |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    rows = [m for m in run.measurements if m.setup in (HERALD, WARM, CONNECT_PER_MESSAGE) and m.smtp.get("mails")]
+    clients = (HERALD, WARM, DOT_APART, DOT_APART_NODELAY, CONNECT_PER_MESSAGE)
+    rows = [m for m in run.measurements if m.setup in clients and m.smtp.get("mails")]
     for m in sorted(rows, key=_order):
         s = m.smtp
         lines.append(f"| {m.setup} | {_num(m.rtt_ms, 0)} | {_onoff(m.pipelining)} | {m.concurrency} | {s['mails']} | "
@@ -147,6 +149,41 @@ def pipelining_verdict(run: Run) -> str:
     return (f"herald-smtp does not pipeline: {rt_on:.2f} transaction round trips per mail with PIPELINING offered, "
             f"{rt_off:.2f} without, and {grouped} reads with PIPELINING offered carried more than one command "
             "(a non-pipelining client needs 4: MAIL, RCPT, DATA, the final dot).")
+
+
+def final_dot(run: Run) -> list[str]:
+    """The cost of writing the final dot apart from the message, measured with smtplib, next to herald-smtp's."""
+    rows = []
+    for rtt_ms in sorted({m.rtt_ms for m in run.measurements if m.setup == DOT_APART}):
+        warm, apart, nodelay = (run.find(setup, rtt_ms=rtt_ms, concurrency=1)
+                                for setup in (WARM, DOT_APART, DOT_APART_NODELAY))
+        herald = run.find(HERALD, rtt_ms=rtt_ms, pipelining=True, concurrency=1)
+        rows.append((rtt_ms, warm, apart, nodelay, herald))
+    if not rows:
+        return ["Not measured in this run."]
+    lines = ["A client that commits its idempotency key just before the final dot writes the message and the dot "
+             "in two sends. Without TCP_NODELAY, Nagle's algorithm holds the dot until the server ACKs the "
+             "message, and a server delays that ACK (no reply is due yet). Measured with smtplib on a warm "
+             "connection at concurrency 1:", "",
+             "| RTT ms | one write p50 ms | dot apart p50 ms | dot apart + TCP_NODELAY p50 ms | "
+             "herald-smtp p50 ms (PIPELINING server, c=1) | herald-smtp reads / mail | herald-smtp round trips / mail |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for rtt_ms, warm, apart, nodelay, herald in rows:
+        smtp = herald.smtp if herald is not None else {}
+        lines.append(f"| {_num(rtt_ms, 0)} | {_num(_lat(warm, 'p50_ms'), 2)} | {_num(_lat(apart, 'p50_ms'), 2)} | "
+                     f"{_num(_lat(nodelay, 'p50_ms'), 2)} | {_num(_lat(herald, 'p50_ms'), 2)} | "
+                     f"{_num(_quotient(smtp.get('reads'), smtp.get('mails')), 2)} | "
+                     f"{_num(herald.transaction_round_trips_per_mail() if herald else None, 2)} |")
+    rtt_ms, warm, apart, nodelay, herald = rows[0]
+    if None not in (warm, apart, nodelay, herald) and herald.smtp.get("mails"):
+        stall = apart.latencies.p50_ms - warm.latencies.p50_ms
+        with_nodelay = nodelay.latencies.p50_ms - warm.latencies.p50_ms
+        extra_reads = (herald.smtp["reads"] - herald.smtp["transaction_writes"]) / herald.smtp["mails"]
+        verdict = "so it writes the dot apart" if extra_reads >= 0.9 else "so it writes the dot with the message"
+        lines += ["", f"At {rtt_ms:g} ms the dot written apart costs {stall:.1f} ms per mail more than one write, "
+                      f"{with_nodelay:.1f} ms with TCP_NODELAY. herald-smtp's server saw {extra_reads:.2f} more "
+                      f"reads than round trips per mail ({verdict})."]
+    return lines
 
 
 def growth_table(run: Run) -> list[str]:
@@ -215,6 +252,8 @@ def render(run: Run, plot_name: str | None = "benchmarks.png") -> str:
             "EHLO, STARTTLS, AUTH and QUIT excluded). A read that carried more than one command is a pipelined "
             "group.", "", pipelining_verdict(run), ""]
     out += round_trip_table(run)
+    out += ["", "## The final dot", ""]
+    out += final_dot(run)
     out += ["", "## Results", "",
             f"Latencies are the generator's, per request ({generator} for HTTP, smtplib's own timing for the raw "
             "SMTP clients). CPU ms/req is the CPU time of gunicorn's master and workers per request; peak RSS is "
@@ -231,6 +270,8 @@ def render(run: Run, plot_name: str | None = "benchmarks.png") -> str:
     out += ["", "## What each setup is", "",
             f"- **{CONNECT_PER_MESSAGE}**: raw smtplib, TCP + STARTTLS + AUTH + the mail + QUIT for every mail.",
             f"- **{WARM}**: raw smtplib, one open authenticated connection, one mail after another.",
+            f"- **{DOT_APART}** (and **{DOT_APART_NODELAY}**): the warm connection, but the message and its final "
+            "dot in two sends, as herald-smtp's commit point needs; with TCP_NODELAY set on the client socket.",
             f"- **{CEILING}**: raw smtplib, one persistent connection per client thread, no HTTP.",
             f"- **{FLOOR}**: a trivial JSON endpoint (bench/floor_app.py) on herald-smtp's gunicorn options "
             "(workers, gthread threads, timeouts, logging), POSTed the same body by the same generator.",

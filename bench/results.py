@@ -15,10 +15,12 @@ from pathlib import Path
 CONNECT_PER_MESSAGE = "connect-per-message"
 WARM = "warm connection"
 CEILING = "ceiling"
+DOT_APART = "dot written apart"
+DOT_APART_NODELAY = "dot written apart, TCP_NODELAY"
 FLOOR = "HTTP floor"
 HERALD = "herald-smtp"
 REPLAY = "replay"
-SETUPS = (CONNECT_PER_MESSAGE, WARM, CEILING, FLOOR, HERALD, REPLAY)
+SETUPS = (CONNECT_PER_MESSAGE, WARM, DOT_APART, DOT_APART_NODELAY, CEILING, FLOOR, HERALD, REPLAY)
 
 
 @dataclass

@@ -3,7 +3,10 @@
 - connect-per-message: TCP, greeting, EHLO, STARTTLS, EHLO, AUTH, the mail and QUIT for every mail;
 - warm connection: one open, authenticated connection, one mail after another (MAIL, RCPT, DATA, the dot:
   a round trip each, the best a non-pipelining client can do);
-- ceiling: the same, one persistent connection per client thread, at the concurrency of the herald-smtp runs.
+- ceiling: the same, one persistent connection per client thread, at the concurrency of the herald-smtp runs;
+- dot written apart: a warm connection that writes the message and its final dot in two sends, as a client
+  with a commit point just before the dot does (herald-smtp), with and without TCP_NODELAY: with Nagle's
+  algorithm the dot waits for the server's (delayed) ACK of the message.
 
 smtplib never pipelines, whatever the EHLO says.
 """
@@ -11,6 +14,7 @@ smtplib never pipelines, whatever the EHLO says.
 from __future__ import annotations
 
 import smtplib
+import socket
 import ssl
 from dataclasses import dataclass
 
@@ -74,6 +78,28 @@ class WarmConnection:
             self.conn.quit()
         except (OSError, smtplib.SMTPException):
             self.conn.close()
+
+
+class DotWrittenApart(WarmConnection):
+    def __init__(self, target: SmtpTarget, nodelay: bool):
+        super().__init__(target)
+        if nodelay:
+            self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def call(self, seq: int) -> bool:
+        conn = self.conn
+        if conn.mail(workload.SENDER)[0] != 250 or conn.rcpt(workload.RECIPIENT)[0] != 250:
+            return False
+        conn.putcmd("data")
+        if conn.getreply()[0] != 354:
+            return False
+        conn.send(MESSAGE)  # ends with CRLF and has no line starting with a dot
+        conn.send(b".\r\n")
+        return conn.getreply()[0] == 250
+
+
+def dot_written_apart(target: SmtpTarget, nodelay: bool, max_requests: int, max_seconds: float) -> Latencies:
+    return closed_loop(1, max_requests, max_seconds, lambda _: DotWrittenApart(target, nodelay))
 
 
 def connect_per_message(target: SmtpTarget, max_requests: int, max_seconds: float) -> Latencies:
