@@ -15,8 +15,9 @@ import pytest
 
 from bench import wrk
 from bench.processes import BenchSmtpProcess, Certificates
-from bench.report import ratios, render, round_trip_table
-from bench.results import (CONNECT_PER_MESSAGE, FLOOR, HERALD, REPLAY, Latencies, Machine, Measurement, Run)
+from bench.report import final_dot, ratios, render, round_trip_table
+from bench.results import (CONNECT_PER_MESSAGE, DOT_APART, DOT_APART_NODELAY, FLOOR, HERALD, REPLAY, WARM, Latencies,
+                           Machine, Measurement, Run)
 
 USER, PASSWORD = "bench-user", "bench-pa55word"
 
@@ -197,3 +198,15 @@ def test_the_wrk_summary_becomes_latencies():
     script = wrk.script("run7", max_per_thread=50)
     assert 'local prefix = "run7"' in script and "local max_per_thread = 50" in script
     assert '"idempotency_key":"%s"' in script
+
+
+def test_the_report_compares_the_dot_written_apart_with_herald_smtp():
+    run = _run(herald_p50_at_20ms=130.0, transaction_writes=400)
+    run.measurements += [Measurement(WARM, 20.0, True, 1, "smtplib", _lat(50, 5.0, 84.0)),
+                         Measurement(DOT_APART, 20.0, True, 1, "smtplib", _lat(40, 5.0, 124.5)),
+                         Measurement(DOT_APART_NODELAY, 20.0, True, 1, "smtplib", _lat(50, 5.0, 84.5))]
+    lines = final_dot(run)
+    assert "| 20 | 84.00 | 124.50 | 84.50 | 130.00 | 3.00 | 4.00 |" in lines
+    assert lines[-1].startswith("At 20 ms the dot written apart costs 40.5 ms per mail more than one write, "
+                                "0.5 ms with TCP_NODELAY")
+    assert "so it writes the dot with the message" in lines[-1]  # 300 reads for 400 round trips
