@@ -31,7 +31,8 @@ test-all: test faults
 # PIPELINING on and off, with the baselines; rewrites docs/BENCHMARKS.md and docs/benchmarks.png. Loopback only,
 # starts and stops its own servers, under 10 minutes. Uses wrk when it is on PATH, else a Python load generator.
 bench: $(VENV)/.installed-bench
-	$(BIN)/python -m bench --report docs/BENCHMARKS.md --plot docs/benchmarks.png --json var/bench/results.json
+	$(BIN)/python -m bench --report docs/BENCHMARKS.md --plot docs/benchmarks.png \
+	  --calibration docs/benchmarks-calibration.json --json var/bench/results.json
 
 install: $(VENV)/.installed-dev
 install-test: $(VENV)/.installed-test

@@ -1,4 +1,5 @@
-"""python -m bench [--quick] [--generator auto|wrk|python] [--report F] [--plot F] [--json F] [--from-json F]
+"""python -m bench [--quick] [--generator auto|wrk|python] [--report F] [--plot F] [--json F] [--calibration F]
+                   [--from-json F]
 
 Runs the measurements (bench/plan.py) against servers it starts itself on
 127.0.0.1, prints each figure as it comes, and writes the Markdown report,
@@ -65,7 +66,10 @@ def measure(args, say) -> Run:
         measurements = plan.run(budget, use_wrk, say)
     finally:
         signal.alarm(0)
-    notes = [] if wrk_version else ["wrk was not on PATH: every HTTP figure comes from the Python generator."]
+    notes = []
+    if not use_wrk:
+        why = "wrk is not on PATH" if not wrk_version else "--generator python"
+        notes.append(f"HTTP load by the Python generator ({why}); see The load generators.")
     if args.quick:
         notes.append("A --quick run (1 s per measurement): the figures are a smoke test, not a benchmark.")
     return Run(machine(wrk_version if use_wrk else ""), args.command, started.isoformat(timespec="seconds"),
@@ -81,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, help="write the PNG plot here")
     parser.add_argument("--json", type=Path, help="write the raw figures here")
     parser.add_argument("--from-json", type=Path, help="render a saved run instead of measuring")
+    parser.add_argument("--calibration", type=Path,
+                        help="where the Python generator's comparison with wrk is kept: written by a run that "
+                             "measured both, quoted by a run without wrk")
     parser.add_argument("--command", default="make bench", help="the command named in the report")
     args = parser.parse_args(argv)
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
@@ -89,11 +96,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(run.to_json(), encoding="utf-8")
+    from .calibration import Calibration, calibration_of
     from .report import ratios, render
 
+    recorded = None
+    if args.calibration:
+        measured = calibration_of(run)
+        if measured is not None:
+            args.calibration.write_text(measured.to_json(), encoding="utf-8")
+            say(f"wrote {args.calibration}")
+        else:
+            recorded = Calibration.load(args.calibration)
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(render(run, plot_name=args.plot.name if args.plot else None), encoding="utf-8")
+        args.report.write_text(render(run, args.plot.name if args.plot else None, recorded), encoding="utf-8")
         say(f"wrote {args.report}")
     if args.plot:
         from .plot import plot

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .calibration import Calibration, calibration_of
 from .results import (CEILING, CONNECT_PER_MESSAGE, DOT_APART, DOT_APART_NODELAY, FLOOR, HERALD, REPLAY, SETUPS,
                       WARM, Measurement, Run)
 
@@ -209,26 +210,32 @@ def growth_table(run: Run) -> list[str]:
     return lines
 
 
-def generator_check(run: Run) -> list[str]:
-    pairs = [(run.find(FLOOR, concurrency=c, generator="wrk"), run.find(FLOOR, concurrency=c, generator="python"))
-             for c in sorted({m.concurrency for m in run.measurements if m.setup == FLOOR})]
-    pairs = [(w, p) for w, p in pairs if w is not None and p is not None]
-    if not pairs:
-        return ["wrk was not on PATH in this run, so the Python generator could not be compared with it here: "
-                "every HTTP figure above comes from the Python generator, which shares the two cores with the "
-                "servers and therefore understates their throughput."]
-    lines = ["The HTTP floor measured by both generators in this run (python / wrk: below 1 means the Python "
-             "generator, which shares the cores with the server, measures less throughput):", "",
-             "| concurrency | wrk req/s | Python req/s | Python / wrk req/s | wrk p50 ms | Python p50 ms |",
+def generator_check(run: Run, recorded: Calibration | None = None) -> list[str]:
+    measured = calibration_of(run)
+    if measured is not None:
+        return ["The HTTP floor measured by both generators in this run (Python / wrk below 1: the Python "
+                "generator, which shares the cores with the servers, measures less throughput):", "",
+                *_pairs_table(measured)]
+    if recorded is not None:
+        return [f"This run did not use wrk: every HTTP figure comes from the Python generator. The last run that "
+                f"measured the HTTP floor with both ({recorded.started} UTC, {recorded.cpu_model}, "
+                f"{recorded.cores} cores, {recorded.wrk}) recorded:", "", *_pairs_table(recorded), "",
+                "Divide a req/s figure above by the Python / wrk ratio at its concurrency to read it against wrk."]
+    return ["This run did not use wrk and no comparison of the two generators is on record: every HTTP figure "
+            "comes from the Python generator, which shares the cores with the servers and so understates their "
+            "throughput. Run `make bench` once with wrk on PATH to record the comparison."]
+
+
+def _pairs_table(calibration: Calibration) -> list[str]:
+    lines = ["| concurrency | wrk req/s | Python req/s | Python / wrk req/s | wrk p50 ms | Python p50 ms |",
              "|---:|---:|---:|---:|---:|---:|"]
-    for w, p in pairs:
-        lines.append(f"| {w.concurrency} | {w.latencies.rps:.1f} | {p.latencies.rps:.1f} | "
-                     f"{_num(_quotient(p.latencies.rps, w.latencies.rps), 2)} | {_num(w.latencies.p50_ms, 2)} | "
-                     f"{_num(p.latencies.p50_ms, 2)} |")
+    for pair in calibration.pairs:
+        lines.append(f"| {pair.concurrency} | {pair.wrk_rps:.1f} | {pair.python_rps:.1f} | {pair.rps_ratio:.2f} | "
+                     f"{_num(pair.wrk_p50_ms, 2)} | {_num(pair.python_p50_ms, 2)} |")
     return lines
 
 
-def render(run: Run, plot_name: str | None = "benchmarks.png") -> str:
+def render(run: Run, plot_name: str | None = "benchmarks.png", recorded: Calibration | None = None) -> str:
     m = run.machine
     generator = http_generator(run)
     out = [
@@ -266,7 +273,7 @@ def render(run: Run, plot_name: str | None = "benchmarks.png") -> str:
             "a request takes at 16.", ""]
     out += growth_table(run)
     out += ["", "## The load generators", ""]
-    out += generator_check(run)
+    out += generator_check(run, recorded)
     out += ["", "## What each setup is", "",
             f"- **{CONNECT_PER_MESSAGE}**: raw smtplib, TCP + STARTTLS + AUTH + the mail + QUIT for every mail.",
             f"- **{WARM}**: raw smtplib, one open authenticated connection, one mail after another.",

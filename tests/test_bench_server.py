@@ -14,8 +14,9 @@ import ssl
 import pytest
 
 from bench import wrk
+from bench.calibration import Calibration, calibration_of
 from bench.processes import BenchSmtpProcess, Certificates
-from bench.report import final_dot, ratios, render, round_trip_table
+from bench.report import final_dot, generator_check, ratios, render, round_trip_table
 from bench.results import (CONNECT_PER_MESSAGE, DOT_APART, DOT_APART_NODELAY, FLOOR, HERALD, REPLAY, WARM, Latencies,
                            Machine, Measurement, Run)
 
@@ -210,3 +211,19 @@ def test_the_report_compares_the_dot_written_apart_with_herald_smtp():
     assert lines[-1].startswith("At 20 ms the dot written apart costs 40.5 ms per mail more than one write, "
                                 "0.5 ms with TCP_NODELAY")
     assert "so it writes the dot with the message" in lines[-1]  # 300 reads for 400 round trips
+
+
+def test_the_python_generator_is_read_against_wrk(tmp_path):
+    run = _run(herald_p50_at_20ms=30.0, transaction_writes=200)
+    run.measurements.append(Measurement(FLOOR, None, None, 16, "python", _lat(4500, 2.0, 7.0)))
+    measured = calibration_of(run)
+    assert [(p.concurrency, p.rps_ratio) for p in measured.pairs] == [(16, pytest.approx(0.75))]
+    assert "| 16 | 3000.0 | 2250.0 | 0.75 | 5.00 | 7.00 |" in generator_check(run)
+    path = tmp_path / "calibration.json"
+    path.write_text(measured.to_json())
+    python_only = _run(herald_p50_at_20ms=30.0, transaction_writes=200)
+    python_only.measurements = [m for m in python_only.measurements if m.generator != "wrk"]
+    quoted = generator_check(python_only, Calibration.load(path))
+    assert quoted[0].startswith("This run did not use wrk") and "| 16 | 3000.0 | 2250.0 | 0.75 |" in "\n".join(quoted)
+    assert generator_check(python_only, Calibration.load(tmp_path / "absent.json"))[0].startswith(
+        "This run did not use wrk and no comparison")
