@@ -5,7 +5,8 @@
    PATH (that pair is how the Python generator is checked against wrk).
 2. For each round trip (0 and 20 ms) and PIPELINING on and off, a fresh
    benchmark SMTP server; with PIPELINING on, the raw smtplib baselines
-   first; then herald-smtp (Redis store) started against it, warmed up, and
+   first (connect-per-message, warm connection, the final dot written apart
+   with and without TCP_NODELAY, the ceiling); then herald-smtp (Redis store) started against it, warmed up, and
    measured at each concurrency with fresh keys; at 0 ms with PIPELINING,
    also the replays of finished keys.
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -56,11 +57,11 @@ class Context:
     use_wrk: bool
     say: Callable[[str], None]
     measurements: list[Measurement]
-    _prefixes = itertools.count(1)
+    prefixes: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     def prefix(self) -> str:
         """A key prefix no earlier measurement of this run used (so every fresh key is a real send)."""
-        return f"b{next(self._prefixes)}"
+        return f"b{next(self.prefixes)}"
 
     @property
     def http_generator(self) -> str:
@@ -106,8 +107,10 @@ def http_measurement(context: Context, service: GunicornProcess, generator: str,
                      replay_keys: int = 0, prefix: str | None = None) -> Latencies:
     budget, prefix = context.budget, prefix or context.prefix()
     if generator == "wrk":
-        latencies, _ = wrk_runner.run(service.url, concurrency, budget.max_requests, budget.seconds, prefix,
-                                      replay_keys)
+        latencies, summary = wrk_runner.run(service.url, concurrency, budget.max_requests, budget.seconds, prefix,
+                                            replay_keys)
+        if replay_keys and summary["replayed"] != summary["ok"]:
+            raise RuntimeError(f"only {summary['replayed']} of {summary['ok']} replay answers were replays")
         return latencies
     return loadgen.http_load("127.0.0.1", service.port, concurrency, budget.max_requests, budget.seconds, prefix,
                              replay_keys)
