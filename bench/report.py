@@ -167,7 +167,8 @@ def final_dot(run: Run) -> list[str]:
              "message, and a server delays that ACK (no reply is due yet). Measured with smtplib on a warm "
              "connection at concurrency 1:", "",
              "| RTT ms | one write p50 ms | dot apart p50 ms | dot apart + TCP_NODELAY p50 ms | "
-             "herald-smtp p50 ms (PIPELINING server, c=1) | herald-smtp reads / mail | herald-smtp round trips / mail |",
+             "herald-smtp p50 ms (PIPELINING server, c=1) | herald-smtp reads / mail | "
+             "herald-smtp round trips / mail |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
     for rtt_ms, warm, apart, nodelay, herald in rows:
         smtp = herald.smtp if herald is not None else {}
@@ -238,6 +239,7 @@ def _pairs_table(calibration: Calibration) -> list[str]:
 def render(run: Run, plot_name: str | None = "benchmarks.png", recorded: Calibration | None = None) -> str:
     m = run.machine
     generator = http_generator(run)
+    load_generator = f"{m.wrk} with a Lua script (bench/wrk.py)" if m.wrk else "the Python generator (bench/loadgen.py)"
     out = [
         "# Benchmarks",
         "",
@@ -245,7 +247,7 @@ def render(run: Run, plot_name: str | None = "benchmarks.png", recorded: Calibra
         "",
         f"- Command: `{run.command}`",
         f"- Machine: {m.cpu_model}, {m.cores} cores; Python {m.python}",
-        f"- HTTP load generator: {m.wrk + ' with a Lua script (bench/wrk.py)' if m.wrk else 'the Python generator (bench/loadgen.py)'}",
+        f"- HTTP load generator: {load_generator}",
         f"- Run started {run.started} UTC, took {run.wall_seconds:.0f} s",
         "",
     ]
