@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 SINK_PORT ?= 2525
 MAIL_DIR  ?= var/mail
 
-.PHONY: run test test-all faults install install-test clean
+.PHONY: run test test-all faults bench install install-test clean
 
 run: $(VENV)/.installed-dev .env
 	@mkdir -p $(MAIL_DIR)
@@ -29,6 +29,13 @@ faults: $(VENV)/.installed-test
 # Everything: the suite (with the reduced fault run), then the full fault run.
 test-all: test faults
 
+# The benchmark (bench/, issue #14): herald-smtp against a benchmark SMTP server at 0 and 20 ms round trips,
+# PIPELINING on and off, with the baselines; rewrites docs/BENCHMARKS.md and docs/benchmarks.png. Loopback only,
+# starts and stops its own servers, under 10 minutes. Uses wrk when it is on PATH, else a Python load generator.
+bench: $(VENV)/.installed-bench
+	$(BIN)/python -m bench --report docs/BENCHMARKS.md --plot docs/benchmarks.png \
+	  --calibration docs/benchmarks-calibration.json --json var/bench/results.json
+
 install: $(VENV)/.installed-dev
 install-test: $(VENV)/.installed-test
 
@@ -41,6 +48,10 @@ $(VENV)/.installed-dev: $(VENV)/bin/python setup.cfg pyproject.toml
 
 $(VENV)/.installed-test: $(VENV)/bin/python setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,test]'
+	@touch $@
+
+$(VENV)/.installed-bench: $(VENV)/bin/python setup.cfg pyproject.toml
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,test,bench]'
 	@touch $@
 
 .env:

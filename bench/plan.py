@@ -1,0 +1,207 @@
+"""Which measurements a run makes, in which order, against which of our own servers.
+
+1. The HTTP floor (bench/floor_app.py on herald-smtp's gunicorn options) at
+   each concurrency, with wrk and with the Python generator when wrk is on
+   PATH (that pair is how the Python generator is checked against wrk).
+2. For each round trip (0 and 20 ms) and PIPELINING on and off, a fresh
+   benchmark SMTP server; with PIPELINING on, the raw smtplib baselines
+   first (connect-per-message, warm connection, the final dot written apart
+   with and without TCP_NODELAY, the ceiling); then herald-smtp (Redis store) started against it, warmed up, and
+   measured at each concurrency with fresh keys; at 0 ms with PIPELINING,
+   also the replays of finished keys.
+
+Every measurement is bounded by Budget.max_requests and Budget.seconds; the
+server's counts are reset before and read after each one, and the gunicorn
+workers' peak RSS is read after each one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from tests.support.redis_server import RedisServer
+
+from . import loadgen, smtp_clients, workload
+from . import wrk as wrk_runner
+from .usage import cpu_seconds, worker_peak_rss_mb
+from .processes import BenchSmtpProcess, Certificates, GunicornProcess, floor_process, herald_process
+from .results import (CEILING, CONNECT_PER_MESSAGE, DOT_APART, DOT_APART_NODELAY, FLOOR, HERALD, REPLAY, WARM,
+                      Latencies, Measurement)
+
+CONCURRENCIES = (1, 4, 16)
+ROUND_TRIPS_MS = (0.0, 20.0)
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_requests: int  # per measurement
+    seconds: float  # per measurement
+    warmup_requests: int  # per herald-smtp instance, before its first measurement, not reported
+    replay_keys: int  # finished keys the replay measurement cycles through
+
+
+FULL = Budget(max_requests=50_000, seconds=5.0, warmup_requests=96, replay_keys=200)
+QUICK = Budget(max_requests=5_000, seconds=1.0, warmup_requests=32, replay_keys=20)
+
+
+@dataclass
+class Context:
+    budget: Budget
+    workdir: Path
+    certs: Certificates
+    redis_url: str
+    use_wrk: bool
+    say: Callable[[str], None]
+    measurements: list[Measurement]
+    prefixes: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    def prefix(self) -> str:
+        """A key prefix no earlier measurement of this run used (so every fresh key is a real send)."""
+        return f"b{next(self.prefixes)}"
+
+    @property
+    def http_generator(self) -> str:
+        return "wrk" if self.use_wrk else "python"
+
+    def record(self, measurement: Measurement) -> Measurement:
+        self.measurements.append(measurement)
+        lat = measurement.latencies
+        self.say(f"  {measurement.label:36} rtt {_text(measurement.rtt_ms):>4} c={measurement.concurrency:<2} "
+                 f"{measurement.generator:7} {lat.requests:5} req {lat.rps:8.1f}/s  p50 {lat.p50_ms:7.2f} "
+                 f"p95 {lat.p95_ms:7.2f} p99 {lat.p99_ms:7.2f} ms  errors {lat.errors}")
+        return measurement
+
+
+def _text(value) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def run(budget: Budget, use_wrk: bool, say: Callable[[str], None]) -> list[Measurement]:
+    with tempfile.TemporaryDirectory(prefix="herald-bench-") as directory:
+        workdir = Path(directory)
+        certs = Certificates.create(workdir)
+        with RedisServer(workdir / "redis") as redis_server:
+            context = Context(budget, workdir, certs, redis_server.url, use_wrk, say, [])
+            measure_floor(context)
+            for rtt_ms in ROUND_TRIPS_MS:
+                for pipelining in (True, False):
+                    measure_smtp_setups(context, rtt_ms, pipelining)
+            return context.measurements
+
+
+def herald_env(context: Context, smtp: BenchSmtpProcess | None) -> dict[str, str]:
+    env = {"API_KEY": workload.API_KEY, "REDIS_URL": context.redis_url, "SMTP_FROM": workload.SENDER,
+           "SMTP_FROM_NAME": "Herald", "SMTP_TIMEOUT_SECONDS": "10"}
+    if smtp is not None:
+        env.update(SMTP_HOST=smtp.host, SMTP_PORT=str(smtp.port), SMTP_USE_STARTTLS="true",
+                   SMTP_TLS_CA_FILE=str(context.certs.ca_file), SMTP_USER=workload.SMTP_USER,
+                   SMTP_PASSWORD=workload.SMTP_PASSWORD)
+    return env
+
+
+def http_measurement(context: Context, service: GunicornProcess, generator: str, concurrency: int,
+                     replay_keys: int = 0, prefix: str | None = None) -> Latencies:
+    budget, prefix = context.budget, prefix or context.prefix()
+    if generator == "wrk":
+        latencies, summary = wrk_runner.run(service.url, concurrency, budget.max_requests, budget.seconds, prefix,
+                                            replay_keys)
+        if replay_keys and summary["replayed"] != summary["ok"]:
+            raise RuntimeError(f"only {summary['replayed']} of {summary['ok']} replay answers were replays")
+        return latencies
+    return loadgen.http_load("127.0.0.1", service.port, concurrency, budget.max_requests, budget.seconds, prefix,
+                             replay_keys)
+
+
+def measure_floor(context: Context) -> None:
+    context.say("HTTP floor (trivial endpoint, herald-smtp's gunicorn options)")
+    generators = ["wrk", "python"] if context.use_wrk else ["python"]
+    with floor_process(context.workdir, herald_env(context, None)) as floor:
+        for concurrency in CONCURRENCIES:
+            for generator in generators:
+                served(context, floor, None, Measurement(FLOOR, None, None, concurrency, generator, None),
+                       lambda: http_measurement(context, floor, generator, concurrency))
+
+
+def measure_smtp_setups(context: Context, rtt_ms: float, pipelining: bool) -> None:
+    context.say(f"SMTP server: round trip {rtt_ms:g} ms, PIPELINING {'on' if pipelining else 'off'}")
+    with BenchSmtpProcess(context.workdir, context.certs, workload.SMTP_USER, workload.SMTP_PASSWORD,
+                          rtt_ms, pipelining) as smtp:
+        if pipelining:
+            measure_raw_smtp(context, smtp)
+        with herald_process(context.workdir, herald_env(context, smtp)) as herald:
+            warm_up(context, herald)
+            for concurrency in CONCURRENCIES:
+                served(context, herald, smtp,
+                       Measurement(HERALD, rtt_ms, pipelining, concurrency, context.http_generator, None),
+                       lambda: http_measurement(context, herald, context.http_generator, concurrency))
+            if pipelining and rtt_ms == 0:
+                measure_replay(context, smtp, herald)
+
+
+def measure_raw_smtp(context: Context, smtp: BenchSmtpProcess) -> None:
+    budget = context.budget
+    target = smtp_clients.SmtpTarget(smtp.host, smtp.port, str(context.certs.ca_file), workload.SMTP_USER,
+                                     workload.SMTP_PASSWORD)
+    runs = [(CONNECT_PER_MESSAGE, 1, lambda: smtp_clients.connect_per_message(
+        target, budget.max_requests, budget.seconds))]
+    runs.append((WARM, 1, lambda: smtp_clients.warm_connections(target, 1, budget.max_requests, budget.seconds)))
+    for setup, nodelay in ((DOT_APART, False), (DOT_APART_NODELAY, True)):
+        runs.append((setup, 1, lambda nodelay=nodelay: smtp_clients.dot_written_apart(
+            target, nodelay, budget.max_requests, budget.seconds)))
+    for concurrency in CONCURRENCIES:
+        runs.append((CEILING, concurrency, lambda c=concurrency: smtp_clients.warm_connections(
+            target, c, budget.max_requests, budget.seconds)))
+    for setup, concurrency, measure in runs:
+        smtp.reset()
+        server_cpu = cpu_seconds(smtp.pid)
+        latencies = measure()
+        context.record(Measurement(setup, smtp.delay_ms, smtp.pipelining, concurrency, "smtplib", latencies,
+                                   smtp=smtp_counts(smtp, server_cpu)))
+
+
+def smtp_counts(smtp: BenchSmtpProcess, cpu_before: float) -> dict:
+    return {**smtp.stats(), "server_cpu_seconds": round(cpu_seconds(smtp.pid) - cpu_before, 3)}
+
+
+def served(context: Context, service: GunicornProcess, smtp: BenchSmtpProcess | None, measurement: Measurement,
+           measure: Callable[[], Latencies]) -> Measurement:
+    """Run `measure` against a gunicorn service; fill in its latencies, CPU per request, peak RSS, SMTP counts."""
+    if smtp is not None:
+        smtp.reset()
+        smtp_cpu = cpu_seconds(smtp.pid)
+    cpu = cpu_seconds(service.pid)
+    measurement.latencies = measure()
+    used = cpu_seconds(service.pid) - cpu
+    if measurement.latencies.requests:
+        measurement.cpu_ms_per_request = used * 1000 / measurement.latencies.requests
+    measurement.peak_rss_mb = worker_peak_rss_mb(service.pid)
+    if smtp is not None:
+        measurement.smtp = smtp_counts(smtp, smtp_cpu)
+    return context.record(measurement)
+
+
+def warm_up(context: Context, herald: GunicornProcess) -> None:
+    """Open pooled SMTP connections in every worker before the first measurement; not reported."""
+    loadgen.http_load("127.0.0.1", herald.port, 16, context.budget.warmup_requests, 30.0, context.prefix())
+
+
+def measure_replay(context: Context, smtp: BenchSmtpProcess, herald: GunicornProcess) -> None:
+    """Finish `replay_keys` keys (real sends), then send them again and again: every answer a replay, no SMTP."""
+    keys = context.budget.replay_keys
+    prefix = context.prefix()
+    primed = loadgen.http_load("127.0.0.1", herald.port, 4, keys, 60.0, prefix, replay_keys=keys)
+    if primed.errors or primed.requests < keys:
+        raise RuntimeError(f"priming the replay keys failed: {primed}")
+    for concurrency in CONCURRENCIES:
+        measurement = served(context, herald, smtp,
+                             Measurement(REPLAY, smtp.delay_ms, smtp.pipelining, concurrency,
+                                         context.http_generator, None),
+                             lambda: http_measurement(context, herald, context.http_generator, concurrency, keys,
+                                                      prefix))
+        if measurement.smtp["mails"]:
+            raise RuntimeError(f"a replay reached the SMTP server ({measurement.smtp['mails']} mails)")
+

@@ -1,0 +1,186 @@
+"""Our own server processes for a run: the benchmark SMTP server and gunicorn (herald-smtp or the floor).
+
+Each is started as a child process on 127.0.0.1, waited for until it
+answers, and stopped by its own PID (SIGTERM, then SIGKILL after a bound).
+Redis comes from tests/support/redis_server.py, as in the test suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import trustme
+
+from tests.support.net import LOCALHOST, free_port
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STOP_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """A throwaway CA and a server certificate for 127.0.0.1, as PEM files."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+    @classmethod
+    def create(cls, directory: Path) -> "Certificates":
+        ca = trustme.CA()
+        cert = ca.issue_cert(LOCALHOST, "localhost")
+        paths = cls(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+        ca.cert_pem.write_to_path(str(paths.ca_file))
+        cert.private_key_and_cert_chain_pem.write_to_path(str(paths.cert_file))
+        cert.private_key_pem.write_to_path(str(paths.key_file))
+        return paths
+
+
+def _stop(proc: subprocess.Popen | None) -> int | None:
+    if proc is None or proc.poll() is not None:
+        return None if proc is None else proc.returncode
+    proc.terminate()
+    try:
+        return proc.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(5)
+
+
+def _child_env(extra: dict[str, str]) -> dict[str, str]:
+    """Only what the child needs: a developer's REDIS_URL or SMTP settings must not leak in."""
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR") if k in os.environ}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    env.update(extra)
+    return env
+
+
+class BenchSmtpProcess:
+    """bench/smtp_server.py in its own process, with its control port."""
+
+    def __init__(self, workdir: Path, certs: Certificates, user: str, password: str,
+                 delay_ms: float = 0.0, pipelining: bool = True):
+        self.workdir, self.certs = workdir, certs
+        self.user, self.password = user, password
+        self.delay_ms, self.pipelining = delay_ms, pipelining
+        self.host = LOCALHOST
+        self.port = free_port()
+        self.control_port = free_port()
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def start(self, timeout: float = 15.0) -> "BenchSmtpProcess":
+        argv = [sys.executable, "-m", "bench.smtp_server", "--port", str(self.port),
+                "--control-port", str(self.control_port), "--cert", str(self.certs.cert_file),
+                "--key", str(self.certs.key_file), "--user", self.user, "--delay-ms", str(self.delay_ms)]
+        if not self.pipelining:
+            argv.append("--no-pipelining")
+        log = open(self.workdir / f"bench-smtp-{self.port}.log", "ab")
+        with log:
+            self._proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log,
+                                          env=_child_env({"BENCH_SMTP_PASSWORD": self.password}))
+        deadline = time.monotonic() + timeout
+        line = b""
+        while time.monotonic() < deadline and self._proc.poll() is None:
+            line = self._proc.stdout.readline()
+            if line.strip() == b"ready":
+                return self
+        self.stop()
+        raise RuntimeError(f"the benchmark SMTP server did not start (said {line!r}); see {self.workdir}")
+
+    def control(self, command: str) -> dict:
+        with socket.create_connection((LOCALHOST, self.control_port), timeout=10) as sock:
+            sock.sendall(command.encode() + b"\n")
+            with sock.makefile("rb") as answers:
+                return json.loads(answers.readline())
+
+    def stats(self) -> dict:
+        return self.control("stats")
+
+    def reset(self) -> None:
+        self.control("reset")
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        _stop(proc)
+        if proc is not None and proc.stdout:
+            proc.stdout.close()
+
+    def __enter__(self) -> "BenchSmtpProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class GunicornProcess:
+    """A gunicorn master (herald-smtp serve, or the floor app) on 127.0.0.1; its workers are its children."""
+
+    def __init__(self, name: str, module_argv: list[str], workdir: Path, env: dict[str, str]):
+        self.name = name
+        self.module_argv = module_argv
+        self.workdir = workdir
+        self.port = free_port()
+        self.log_path = workdir / f"{name}-{self.port}.log"
+        self.env = _child_env({**env, "PORT": f"{LOCALHOST}:{self.port}"})
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOCALHOST}:{self.port}"
+
+    def start(self, timeout: float = 40.0) -> "GunicornProcess":
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen([sys.executable, "-m", *self.module_argv], cwd=self.workdir,
+                                          env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self._proc.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not answer /healthz within {timeout}s:\n{self.log_tail()}")
+
+    def log_tail(self, characters: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")[-characters:]
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        _stop(proc)
+
+    def __enter__(self) -> "GunicornProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def herald_process(workdir: Path, env: dict[str, str]) -> GunicornProcess:
+    return GunicornProcess("herald-smtp", ["herald_smtp.tools.cli", "serve"], workdir, env)
+
+
+def floor_process(workdir: Path, env: dict[str, str]) -> GunicornProcess:
+    return GunicornProcess("floor", ["bench.floor_app"], workdir, env)

