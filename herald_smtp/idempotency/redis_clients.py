@@ -19,7 +19,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import MasterNotFoundError, Sentinel
 
 from .store import RedisTarget
 
@@ -33,8 +33,22 @@ HEALTH_CHECK_INTERVAL = 30
 ERRORS = (redis.RedisError, RedisClusterException)
 
 
+class _ReconnectOnce(Retry):
+    """Retry a refused or reset connection once, at once; never a timeout, nor a Sentinel master lookup that
+    found none (each silent sentinel has already cost its timeout: asking them all again would double it)."""
+
+    def __init__(self):
+        super().__init__(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+
+    def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):
+        def retryable(error: Exception) -> bool:
+            return not isinstance(error, MasterNotFoundError) and (is_retryable is None or is_retryable(error))
+
+        return super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
 def _retry() -> Retry:
-    return Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+    return _ReconnectOnce()
 
 
 def _connection_options(target: RedisTarget, decode_responses: bool) -> dict:
