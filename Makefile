@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 SINK_PORT ?= 2525
 MAIL_DIR  ?= var/mail
 
-.PHONY: run test test-all faults install install-test clean
+.PHONY: run test test-all test-topologies faults install install-test clean
 
 run: $(VENV)/.installed-dev .env
 	@mkdir -p $(MAIL_DIR)
@@ -24,8 +24,13 @@ test: $(VENV)/.installed-test
 faults: $(VENV)/.installed-test
 	$(BIN)/python -m tests.faults --full --report docs/RELIABILITY.md
 
-# Everything: the suite (with the reduced fault run), then the full fault run.
-test-all: test faults
+# Every Redis topology REDIS_URL can name (cluster, Sentinel, TLS, unix socket) under two gunicorn services
+# each: tests/test_topologies.py, marked `topologies` and so left out of `make test`. A few minutes.
+test-topologies: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m topologies tests/test_topologies.py $(PYTEST_ARGS)
+
+# Everything: the suite (with the reduced fault run), the Redis topologies, then the full fault run.
+test-all: test test-topologies faults
 
 install: $(VENV)/.installed-dev
 install-test: $(VENV)/.installed-test

@@ -14,12 +14,11 @@ class stops only the processes it started, by their PID.
 from __future__ import annotations
 
 import os
-import selectors
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -280,89 +279,12 @@ class RedisSentinelSet(_Topology):
         return _client(self.master_port())
 
 
-class TlsProxy:
-    """TLS on 127.0.0.1:port, forwarded in clear to 127.0.0.1:target_port (threads; ends with stop())."""
-
-    def __init__(self, target_port: int, context: ssl.SSLContext):
-        self.target_port, self.context = target_port, context
-        self._listener = socket.create_server((LOCALHOST, 0))
-        self._listener.settimeout(0.1)
-        self.port = self._listener.getsockname()[1]
-        self.connections = 0
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-
-    def start(self) -> "TlsProxy":
-        self._spawn(self._accept)
-        return self
-
-    def _spawn(self, target, *args) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        thread.start()
-        self._threads.append(thread)
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                continue
-            self.connections += 1
-            self._spawn(self._serve, conn)
-
-    def _serve(self, conn: socket.socket) -> None:
-        try:
-            conn.settimeout(5)
-            tls = self.context.wrap_socket(conn, server_side=True)
-            upstream = socket.create_connection((LOCALHOST, self.target_port), timeout=5)
-        except OSError:
-            conn.close()  # a refused handshake is what the unverified-client test provokes
-            return
-        with tls, upstream:
-            self._pump(tls, upstream)
-
-    def _pump(self, tls: ssl.SSLSocket, upstream: socket.socket) -> None:
-        tls.setblocking(False)
-        upstream.setblocking(False)
-        with selectors.DefaultSelector() as selector:
-            selector.register(tls, selectors.EVENT_READ, upstream)
-            selector.register(upstream, selectors.EVENT_READ, tls)
-            while not self._stop.is_set():
-                for key, _ in selector.select(timeout=0.2):
-                    if not self._forward(key.fileobj, key.data):
-                        return
-                # Bytes already decrypted inside the SSL object do not wake the selector.
-                while tls.pending() and self._forward(tls, upstream):
-                    pass
-
-    @staticmethod
-    def _forward(source: socket.socket, sink: socket.socket) -> bool:
-        try:
-            data = source.recv(65536)
-        except (ssl.SSLWantReadError, BlockingIOError):
-            return True
-        except OSError:
-            return False
-        if not data:
-            return False
-        sink.setblocking(True)
-        try:
-            sink.sendall(data)
-        except OSError:
-            return False
-        finally:
-            sink.setblocking(False)
-        return True
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=5)
-        self._listener.close()
-
-
 class TlsRedis(_Topology):
-    """rediss://localhost:PORT: a plain redis-server behind a TLS proxy; ca_file verifies its certificate."""
+    """rediss://localhost:PORT: a plain redis-server behind a TLS proxy; ca_file verifies its certificate.
+
+    The proxy (tls_proxy.py) is a process of its own: in the test process its threads would compete for the
+    GIL with the SMTP test server and slow its replies.
+    """
 
     def __init__(self, workdir: Path):
         import trustme
@@ -372,28 +294,54 @@ class TlsRedis(_Topology):
         self.processes = [self.server]
         self.ca = trustme.CA()
         self.ca_file = self.workdir / "redis-ca.pem"
-        self.proxy: TlsProxy | None = None
+        self.port: int | None = None
+        self._proxy: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"rediss://localhost:{self.proxy.port}/0"
+        return f"rediss://localhost:{self.port}/0"
 
     def start(self) -> "TlsRedis":
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ca.cert_pem.write_to_path(str(self.ca_file))
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.ca.issue_cert("localhost", LOCALHOST).configure_cert(context)
+        pem = self.workdir / "proxy.pem"
+        self.ca.issue_cert("localhost", LOCALHOST).private_key_and_cert_chain_pem.write_to_path(str(pem))
         self.server.start().wait_until_ready()
-        self.proxy = TlsProxy(self.server.port, context).start()
+        log = open(self.workdir / "tls-proxy.log", "ab")
+        with log:
+            self._proxy = subprocess.Popen(
+                [sys.executable, "-m", "tests.support.tls_proxy", "--target-port", str(self.server.port),
+                 "--pem", str(pem)],
+                cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, stderr=log, text=True)
+        line = _read_line(self._proxy.stdout, START_TIMEOUT)
+        if not line.startswith("listening "):
+            raise RuntimeError(f"TLS proxy did not start: {line!r}; "
+                               f"{(self.workdir / 'tls-proxy.log').read_text(errors='replace')[-2000:]}")
+        self.port = int(line.split()[1])
         return self
 
     def stop(self) -> None:
-        if self.proxy is not None:
-            self.proxy.stop()
+        proxy, self._proxy = self._proxy, None
+        if proxy is not None and proxy.poll() is None:
+            proxy.terminate()
+            try:
+                proxy.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proxy.kill()
+                proxy.wait(timeout=5)
         super().stop()
 
     def plain_client(self) -> redis.Redis:
         return _client(self.server.port)
+
+
+def _read_line(stream, timeout: float) -> str:
+    """The first line a child prints, or '' if it prints none within `timeout`."""
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return lines[0].strip() if lines else ""
 
 
 class UnixRedis(_Topology):
