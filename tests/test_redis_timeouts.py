@@ -10,18 +10,22 @@ from __future__ import annotations
 import pytest
 
 from herald_smtp.config import settings_from
+from herald_smtp.idempotency import redis_clients
 from herald_smtp.idempotency.base import StoreUnavailable
 from herald_smtp.idempotency.redis import RedisStore
+from herald_smtp.addresses import parse_address
 from herald_smtp.metrics import Metrics
 from herald_smtp.outcomes import Outcome
-from herald_smtp.addresses import parse_address
 from herald_smtp.sending.abuse import AbuseLimits
 from tests.support.client import smtp_env
 from tests.support.slow_server import SlowServer
 
 
 @pytest.fixture
-def silent():
+def silent(monkeypatch):
+    # A shorter socket timeout than the service's 2 s, only to keep the suite quick: what is counted is the
+    # number of attempts, which does not depend on it.
+    monkeypatch.setattr(redis_clients, "SOCKET_TIMEOUT", 0.5)
     with SlowServer(banner=b"") as server:
         yield server
 

@@ -3,8 +3,9 @@
 On a 3-master cluster, a Sentinel set (master, replica, three sentinels), TLS (a verifying client through a
 TLS proxy) and a unix socket: the foundation's concurrency test (20 keys x 10 simultaneous duplicates, sent
 alternately to two gunicorn masters with several workers each), the rate limits shared by two replicas, and
-what is particular to each topology (keys spread over the cluster's masters, the service following a Sentinel
-failover, TLS refused without the CA).
+what is particular to each topology (keys spread over the cluster's masters, a silent cluster master failing
+only its own keys into the failure mode, the service following a Sentinel failover, TLS refused without the
+CA).
 
 Slow (the servers and four gunicorn masters per topology): marked `topologies`, run by `make test-topologies`
 (part of `make test-all` and CI), not by `make test`.
@@ -12,6 +13,8 @@ Slow (the servers and four gunicorn masters per topology): marked `topologies`, 
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -20,10 +23,13 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import pytest
+import redis
 
 from herald_smtp.config import settings_from
+from herald_smtp.idempotency import redis_clients
 from tests.support.client import assert_error, post, send, smtp_env
 from tests.support.herald_process import HeraldProcess
+from tests.support.net import LOCALHOST
 from tests.support.redis_topologies import RedisCluster, RedisSentinelSet, TlsRedis, UnixRedis
 from tests.test_e2e import DUPLICATES, KEYS, assert_one_mail_per_key
 
@@ -174,6 +180,41 @@ def test_cluster_keys_land_on_more_than_one_master(smtp, make_client, topology, 
     assert len(holding) >= 2, by_node
     limits = [port for port, keys in by_node.items() if any(":ratelimit:per_recipient/" in k for k in keys)]
     assert len(limits) >= 2, by_node
+
+
+@pytest.mark.parametrize("topology", ["cluster"], indirect=True)
+def test_a_silent_cluster_master_fails_only_its_keys_into_closed_mode(smtp, make_client, topology, redis_env,
+                                                                      monkeypatch):
+    monkeypatch.setattr(redis_clients, "SOCKET_TIMEOUT", 0.5)  # quicker; each key costs one timeout at most
+    env = smtp_env(smtp) | redis_env | {"IDEMPOTENCY_FAILURE_MODE": "closed", "IDEMPOTENCY_WAIT_SECONDS": "1"}
+    client = make_client(settings_from(env))
+    assert send(client, {"to": "a@example.com", "idempotency_key": "warm-up"}).status_code == 200
+    silent = topology.server.processes[1]
+    os.kill(silent.pid, signal.SIGSTOP)  # it keeps its connections open and answers nothing
+    try:
+        statuses = {f"s-{i}": send(client, {"to": "a@example.com", "idempotency_key": f"s-{i}"}).status_code
+                    for i in range(12)}
+    finally:
+        os.kill(silent.pid, signal.SIGCONT)
+    on_silent = {key for key in statuses if _slot_owner(topology.server, key) == silent.port}
+    assert on_silent and len(on_silent) < len(statuses)
+    assert {key for key, status in statuses.items() if status == 503} == on_silent
+    assert {key for key, status in statuses.items() if status == 200} == set(statuses) - on_silent
+    # The node is back. It may have run a reservation that waited in its socket when it stopped: that key then
+    # stays reserved for its hold (409, as on one Redis); never a second mail.
+    retries = [send(client, {"to": "a@example.com", "idempotency_key": key}).status_code for key in on_silent]
+    assert set(retries) <= {200, 409}
+    assert len(smtp.messages) == 1 + len(statuses) - len(on_silent) + retries.count(200)
+
+
+def _slot_owner(cluster: RedisCluster, key: str) -> int:
+    """The port of the master that serves `key` (as the service stores it)."""
+    with redis.Redis(host=LOCALHOST, port=cluster.ports[0], decode_responses=True) as client:
+        slot = client.cluster("KEYSLOT", f"herald-smtp:idempotency:{key}")
+        for start, end, master, *_replicas in client.execute_command("CLUSTER SLOTS"):
+            if start <= slot <= end:
+                return master[1]  # [host, port, node id]
+    raise AssertionError(f"no master serves slot {slot}")
 
 
 @pytest.mark.parametrize("topology", ["tls"], indirect=True)

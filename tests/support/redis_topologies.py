@@ -174,7 +174,9 @@ class RedisCluster(_Topology):
         self.processes = [
             RedisProcess(self.workdir / f"node-{i}", _free_port_pair(),
                          ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                          "--cluster-node-timeout", "3000"))
+                          # Long: a node stopped for a test is not declared failed (which would take the
+                          # whole cluster down: there are no replicas to promote).
+                          "--cluster-node-timeout", "15000"))
             for i in range(masters)
         ]
 
