@@ -116,9 +116,10 @@ def test_tls_is_verified_by_default_and_the_ca_file_is_added(tmp_path):
      "Redis Cluster via startup nodes n1:7000,n2:7001"),
 ])
 def test_the_startup_line_shows_topology_and_hosts_never_the_password(url, shown, described):
-    config = settings_from({"REDIS_URL": url}).redacted()
+    settings = settings_from({"REDIS_URL": url})
+    config = settings.redacted()
     assert config["redis_url"] == shown and config["redis"] == described
-    assert "s3cret" not in str(config)
+    assert "s3cret" not in str(config) and "s3cret" not in repr(settings.redis_target)
 
 
 def test_the_startup_line_warns_when_redis_tls_is_not_verified(caplog):

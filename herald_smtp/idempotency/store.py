@@ -14,7 +14,7 @@ ValueError with the expected form and never the URL itself: it may hold a passwo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .base import Store
@@ -53,16 +53,22 @@ class RedisTarget:
     path: str = ""  # unix: the socket
     db: int = 0
     username: str | None = None
-    password: str | None = None  # the data nodes' password
+    # The passwords stay out of repr(): a target in a traceback or a log line must not show them.
+    password: str | None = field(default=None, repr=False)  # the data nodes' password
     service_name: str = ""  # sentinel: the monitored master's name
-    sentinel_password: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
     tls: bool = False
     tls_ca_file: str = ""
     tls_verify: bool = True
 
+    @property
+    def host_list(self) -> str:
+        """host:port[,host:port...], IPv6 addresses in brackets."""
+        return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.hosts)
+
     def describe(self) -> str:
         """For the startup line: topology and hosts, never a password."""
-        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.hosts)
+        hosts = self.host_list
         if self.topology == "unix":
             return f"single Redis on unix socket {self.path}, db {self.db}"
         if self.topology == "sentinel":

@@ -26,10 +26,9 @@ import hashlib
 import hmac
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
-
-import threading
 
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.errors import StorageError
@@ -71,8 +70,7 @@ def open_storage(settings: Settings) -> Storage:
         return MemoryStorage()
     # limits decodes its own replies: these clients must not.
     if target.topology == "cluster":
-        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in target.hosts)
-        return RedisClusterStorage(f"redis+cluster://{hosts}", key_prefix=prefix,
+        return RedisClusterStorage(f"redis+cluster://{target.host_list}", key_prefix=prefix,
                                    **redis_clients.cluster_options(target, decode_responses=False))
     return RedisStorage("redis://", key_prefix=prefix,
                         connection_pool=redis_clients.connection_pool(target, decode_responses=False))
