@@ -13,6 +13,7 @@ Slow (the servers and four gunicorn masters per topology): marked `topologies`, 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -144,9 +145,12 @@ def test_duplicates_across_two_services_send_exactly_one_mail_per_key(tmp_path, 
     with HeraldProcess(tmp_path / "a", env) as first, HeraldProcess(tmp_path / "b", env) as second:
         by_key = fire_duplicates_alternately([first.url, second.url])
         logs = [first.log_text(), second.log_text()]
+    described = {"cluster": "Redis Cluster via startup nodes 127.0.0.1:", "sentinel": "Sentinel service herald via "
+                 "sentinels 127.0.0.1:", "tls": "single Redis at localhost:", "unix": "single Redis on unix socket /"}
     for log in logs:
         assert log.count("Booting worker") == 3
-        assert topology.env["REDIS_URL"].split("://")[0] + "://" in log  # the startup line names the URL's form
+        startup = next(json.loads(line) for line in log.splitlines() if '"starting herald-smtp"' in line)
+        assert startup["config"]["redis"].startswith(described[topology.name]), startup["config"]["redis"]
     assert_one_mail_per_key(by_key, smtp)
     keys = topology.keys()
     assert sorted(k for k in keys if k.startswith("herald-smtp:idempotency:")) == sorted(
