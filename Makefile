@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 SINK_PORT ?= 2525
 MAIL_DIR  ?= var/mail
 
-.PHONY: run test test-all faults bench install install-test clean
+.PHONY: run test test-all test-topologies failover faults bench install install-test clean
 
 run: $(VENV)/.installed-dev .env
 	@mkdir -p $(MAIL_DIR)
@@ -26,8 +26,18 @@ test: $(VENV)/.installed-test
 faults: $(VENV)/.installed-test
 	$(BIN)/python -m tests.faults --full --report docs/RELIABILITY.md
 
-# Everything: the suite (with the reduced fault run), then the full fault run.
-test-all: test faults
+# Every Redis topology REDIS_URL can name (cluster, Sentinel, TLS, unix socket) under two gunicorn services
+# each: tests/test_topologies.py, marked `topologies` and so left out of `make test`. A few minutes.
+test-topologies: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m topologies tests/test_topologies.py $(PYTEST_ARGS)
+
+# A measurement, not a test: SIGKILL the Sentinel master under load, in open and closed mode; prints the
+# figures that docs/DEPLOYMENT.md (Redis topologies) quotes. About a minute, 127.0.0.1 only.
+failover: $(VENV)/.installed-test
+	$(BIN)/python -m tests.sentinel_failover
+
+# Everything: the suite (with the reduced fault run), the Redis topologies, then the full fault run.
+test-all: test test-topologies faults
 
 # The benchmark (bench/, issue #14): herald-smtp against a benchmark SMTP server at 0 and 20 ms round trips,
 # PIPELINING on and off, with the baselines; rewrites docs/BENCHMARKS.md and docs/benchmarks.png. Loopback only,

@@ -15,13 +15,13 @@ import ssl
 from dataclasses import dataclass, fields
 from functools import cached_property
 from typing import Callable, Mapping
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 from limits.util import granularity_from_string
 
 from .addresses import InvalidAddress, Mailbox, check_display_name, parse_address
-from .idempotency.store import backend_for
+from .idempotency.store import RedisTarget, backend_for, parse_redis_url
 
 SERVICE_NAME = "herald-smtp"
 
@@ -73,6 +73,8 @@ class Settings:
     smtp_circuit_cooldown_seconds: float = 30.0
     redis_url: str = ""
     redis_key_prefix: str = "herald-smtp:"
+    redis_tls_ca_file: str = ""  # rediss:// only: a CA bundle added to the system's
+    redis_tls_verify: bool = True  # rediss:// only: false is for tests (startup warns)
     idempotency_secret: str = ""  # keys the payload fingerprints in the store (sending/fingerprint.py)
     idempotency_ttl_seconds: int = 300
     idempotency_wait_seconds: float = 10.0
@@ -97,6 +99,11 @@ class Settings:
     def sender(self) -> Mailbox:
         """SMTP_FROM parsed once (it was validated at load time); only read once SMTP is configured."""
         return parse_address(self.smtp_from)
+
+    @cached_property
+    def redis_target(self) -> RedisTarget | None:
+        """REDIS_URL parsed (it was validated at load time); None for the in-process store."""
+        return parse_redis_url(self.redis_url, self.redis_tls_ca_file, self.redis_tls_verify)
 
     @property
     def store_is_shared(self) -> bool:
@@ -127,6 +134,7 @@ class Settings:
                 out[f.name] = "set" if value else "unset"
             elif f.name == "redis_url":
                 out[f.name] = _redact_url(value)
+                out["redis"] = self.redis_target.describe() if self.redis_target else "in-process"
             elif f.name.startswith("rate_limit_"):
                 out[f.name] = str(value) if value else "off"
             else:
@@ -136,7 +144,10 @@ class Settings:
 
 
 def _redact_url(url: str) -> str:
-    """redis://user:password@host/0?password=x -> redis://user:***@host/0?password=***"""
+    """redis://user:password@host/0?password=x -> redis://user:***@host/0?password=***
+
+    Also redis+sentinel://:pw@h1:1,h2:2/name?sentinel_password=x and redis+cluster://:pw@h1:1,h2:2.
+    """
     if not url:
         return ""
     parts = urlsplit(url)
@@ -146,7 +157,8 @@ def _redact_url(url: str) -> str:
         user = userinfo.split(":", 1)[0]
         netloc = f"{user}:***@{hostport}" if ":" in userinfo else netloc
     query = re.sub(r"(?i)(password=)[^&]*", r"\1***", parts.query)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    # Not urlunsplit: it drops the // of unix:///path.
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
 # --- parsers: each takes the raw string and returns the value or raises ValueError
@@ -305,7 +317,7 @@ def _api_keys(raw: str) -> tuple[str, ...]:
 
 def _redis_url(raw: str) -> str:
     value = raw.strip()
-    backend_for(value)  # ValueError naming the accepted schemes
+    parse_redis_url(value)  # ValueError naming the accepted schemes, or the scheme's form
     return value
 
 
@@ -383,6 +395,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "SMTP_CIRCUIT_COOLDOWN_SECONDS": ("smtp_circuit_cooldown_seconds", _seconds(0)),
     "REDIS_URL": ("redis_url", _redis_url),
     "REDIS_KEY_PREFIX": ("redis_key_prefix", _text),
+    "REDIS_TLS_CA_FILE": ("redis_tls_ca_file", _text),
+    "REDIS_TLS_VERIFY": ("redis_tls_verify", _bool),
     "IDEMPOTENCY_SECRET": ("idempotency_secret", lambda raw: raw),
     "IDEMPOTENCY_TTL_SECONDS": ("idempotency_ttl_seconds", _int(1, MAX_TTL_SECONDS)),
     "IDEMPOTENCY_WAIT_SECONDS": ("idempotency_wait_seconds", _seconds(0)),
@@ -447,6 +461,23 @@ def _check_combinations(settings: Settings) -> None:
             raise ConfigError("SMTP_TLS_CA_FILE: expected the path of a readable PEM CA bundle") from None
     if settings.smtp_password and not settings.smtp_user:
         raise ConfigError("SMTP_USER: expected a user name when SMTP_PASSWORD is set")
+    _check_redis_tls(settings)
+
+
+def _check_redis_tls(settings: Settings) -> None:
+    # A TLS option on a plain URL means the operator believes the connection is encrypted: it is not.
+    tls_options = {"REDIS_TLS_CA_FILE": bool(settings.redis_tls_ca_file),
+                   "REDIS_TLS_VERIFY": not settings.redis_tls_verify}
+    target = settings.redis_target
+    for name, is_set in tls_options.items():
+        if is_set and not (target and target.tls):
+            raise ConfigError(f"{name}: expected only with a rediss:// REDIS_URL "
+                              "(rediss://[[user]:password@]host[:port][/db]); REDIS_URL has no TLS")
+    if settings.redis_tls_ca_file:
+        try:
+            ssl.create_default_context(cafile=settings.redis_tls_ca_file)
+        except (OSError, ssl.SSLError):
+            raise ConfigError("REDIS_TLS_CA_FILE: expected the path of a readable PEM CA bundle") from None
 
 
 def load_settings_or_exit() -> Settings:

@@ -129,6 +129,10 @@ def log_startup(settings: Settings) -> None:
     if not settings.smtp_tls_verify:
         log.warning("SMTP_TLS_VERIFY=false: the SMTP server's certificate is not checked; "
                     "anyone on the path can read the mail and the SMTP password")
+    if not settings.redis_tls_verify:
+        log.warning("REDIS_TLS_VERIFY=false: the Redis server's certificate is not checked; "
+                    "anyone on the path can read and forge the idempotency records and the Redis password. "
+                    "For tests only: set REDIS_TLS_CA_FILE instead")
     if settings.smtp_user and not (settings.smtp_use_tls or settings.smtp_use_starttls):
         log.warning("SMTP_USER is set but TLS is off: the SMTP password travels in clear text; "
                     "set SMTP_USE_STARTTLS=true (port 587) or SMTP_USE_TLS=true (port 465)")

@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import logging
 import re
-import subprocess
-import tempfile
 import threading
 import time
 import urllib.request
 from collections import Counter
-from pathlib import Path
 
 import pytest
-import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from herald_smtp.addresses import parse_address
@@ -27,7 +23,8 @@ from herald_smtp.sending.abuse import recipient_id
 from herald_smtp.web.services import EXTENSION
 from tests.support.client import assert_error, post, send, smtp_env
 from tests.support.herald_process import HeraldProcess
-from tests.support.redis_server import RedisServer, find_redis_server
+from tests.support.redis_server import RedisServer
+from tests.support.redis_topologies import UnixRedis
 
 
 def samples(text: str, name: str, **labels) -> float:
@@ -242,48 +239,16 @@ def test_redis_keys_share_the_prefix_and_hold_no_address(smtp, make_client, redi
     assert hashed != recipient_id(parse_address("alice.liddell@example.com"), "")
 
 
-class UnixSocketRedis:
-    """A redis-server listening only on a unix socket (for REDIS_URL=unix://...)."""
-
-    def __init__(self):
-        self.dir = Path(tempfile.mkdtemp(prefix="hs-redis-", dir="/tmp"))  # short: socket paths are limited
-        self.path = self.dir / "redis.sock"
-        self._proc = subprocess.Popen(
-            [find_redis_server(), "--port", "0", "--unixsocket", str(self.path), "--save", "", "--appendonly", "no",
-             "--dir", str(self.dir), "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        self.client = redis.Redis(unix_socket_path=str(self.path), socket_timeout=1)
-        deadline = time.monotonic() + 10
-        while not self._answers():
-            assert self._proc.poll() is None and time.monotonic() < deadline, "redis-server on a unix socket"
-            time.sleep(0.02)
-
-    def _answers(self) -> bool:
-        try:
-            return self.path.exists() and self.client.ping()
-        except redis.RedisError:
-            return False
-
-    def stop(self) -> None:
-        self.client.close()
-        self._proc.terminate()
-        self._proc.wait(timeout=5)
-        self.path.unlink(missing_ok=True)
-        self.dir.rmdir()
-
-
 def test_a_unix_socket_redis_url_holds_the_limit(smtp, make_client):
-    server = UnixSocketRedis()
-    try:
-        env = smtp_env(smtp) | {"REDIS_URL": f"unix://{server.path}?db=0", "RATE_LIMIT_PER_RECIPIENT": "1/60s"}
+    with UnixRedis() as server:
+        env = smtp_env(smtp) | {"REDIS_URL": server.url, "RATE_LIMIT_PER_RECIPIENT": "1/60s"}
         client = make_client(settings_from(env))
         assert send(client, {"to": "a@example.com", "idempotency_key": "k-unix"}).status_code == 200
         assert_error(send(client, {"to": "a@example.com"}), 429, "rate_limited")
-        keys = {k.decode() for k in server.client.keys("*")}
+        with server.client() as redis_client:
+            keys = set(redis_client.keys("*"))
         assert "herald-smtp:idempotency:k-unix" in keys
         assert any(k.startswith("herald-smtp:ratelimit:per_recipient/") for k in keys)
-    finally:
-        server.stop()
     assert len(smtp.messages) == 1
 
 

@@ -469,7 +469,8 @@ def test_every_manifest_is_labelled_and_named_herald_smtp():
         assert doc["metadata"]["name"] == APP_NAME
         assert doc["metadata"]["labels"][NAME_LABEL] == APP_NAME
         assert "namespace" not in doc["metadata"], "leave the namespace to kubectl -n / kustomize"
-    assert kinds == {"Deployment", "Service", "ConfigMap", "Secret", "PodDisruptionBudget"}
+    assert kinds == {"Deployment", "Service", "ConfigMap", "Secret", "PodDisruptionBudget", "HorizontalPodAutoscaler",
+                     "NetworkPolicy"}
 
 
 def test_kustomization_lists_every_manifest_but_the_example_secret():
@@ -612,3 +613,51 @@ def test_configmap_holds_valid_non_secret_settings():
     assert settings.redis_url and settings.smtp_configured
     # Without WEB_CONCURRENCY gunicorn would start 2 x (node CPUs) + 1 workers per pod.
     assert "WEB_CONCURRENCY" in configmap and settings.workers() == int(configmap["WEB_CONCURRENCY"])
+
+
+# --- scale and isolation: HorizontalPodAutoscaler, NetworkPolicy ----------------------
+
+
+def test_autoscaler_scales_the_deployment_on_cpu_from_three(deployment, container):
+    hpa = one("HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    spec = hpa["spec"]
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": APP_NAME}
+    assert spec["minReplicas"] == 3 == deployment["spec"]["replicas"]
+    assert spec["maxReplicas"] > spec["minReplicas"]
+    (metric,) = spec["metrics"]
+    assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu"
+    assert metric["resource"]["target"]["type"] == "Utilization"
+    assert 0 < metric["resource"]["target"]["averageUtilization"] <= 100
+    # Utilization is measured against the CPU request: without one the autoscaler cannot act.
+    assert quantity(container["resources"]["requests"]["cpu"]) > 0
+    # The PodDisruptionBudget's one-down still leaves two pods serving at the minimum.
+    assert one("PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+
+
+def test_network_policy_lets_only_herald_and_prometheus_in_on_the_http_port(pod_labels, container):
+    policy = one("NetworkPolicy")["spec"]
+    assert matches(policy["podSelector"], pod_labels)
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+    (rule,) = policy["ingress"]
+    assert [resolve_port(container, p["port"]) for p in rule["ports"]] == [APP_PORT]
+    assert all(p["protocol"] == "TCP" for p in rule["ports"])
+    peers = rule["from"]
+    assert len(peers) == 2 and all("ipBlock" not in peer for peer in peers)
+    herald, prometheus = peers
+    assert herald == {"podSelector": {"matchLabels": {NAME_LABEL: "herald"}}}  # same namespace only
+    assert prometheus["podSelector"]["matchLabels"] == {NAME_LABEL: "prometheus"}
+    assert prometheus["namespaceSelector"]["matchLabels"]  # one namespace, not every namespace
+
+
+def test_network_policy_lets_out_only_dns_redis_and_smtp():
+    policy = one("NetworkPolicy")["spec"]
+    allowed = set()
+    for rule in policy["egress"]:
+        assert rule.get("ports"), "an egress rule without ports would open every port"
+        allowed |= {(p["port"], p["protocol"]) for p in rule["ports"]}
+    assert allowed == {(53, "UDP"), (53, "TCP"), (6379, "TCP"), (26379, "TCP"), (587, "TCP"), (465, "TCP"),
+                       (25, "TCP")}
+    configmap = one("ConfigMap")["data"]
+    assert int(configmap["SMTP_PORT"]) in {port for port, _ in allowed}
+    assert (urlsplit(configmap["REDIS_URL"]).port or 6379) in {port for port, _ in allowed}

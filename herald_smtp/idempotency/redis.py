@@ -6,17 +6,27 @@ finish:  Lua compare-and-set, then SETEX with IDEMPOTENCY_TTL_SECONDS
 release: Lua compare-and-delete
 The reservation value holds a random token, so an owner whose reservation
 expired and was taken over cannot overwrite or delete the newer one.
+
+Cluster-safe: every operation touches exactly one key, and each script names
+it in KEYS[1], so a Redis Cluster routes it to the key's slot. The client
+(redis_clients.py) is built at the first operation: a cluster client dials
+its nodes when it is built, and a cluster that is down at startup must cost a
+StoreUnavailable (and IDEMPOTENCY_FAILURE_MODE), not a worker that cannot boot.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+import threading
 from contextlib import contextmanager
+from typing import Callable
 
 import redis
 
+from . import redis_clients
 from .base import Claim, Record, StoreUnavailable
+from .store import RedisTarget, parse_redis_url
 
 # Compare-and-set: replace our own value (reservation or committing record) and set its TTL.
 _REPLACE = """
@@ -57,34 +67,46 @@ def _translate_errors():
     """redis-py errors -> StoreUnavailable with the cause, for the failure mode to act on."""
     try:
         yield
-    except redis.RedisError as exc:
+    except redis_clients.ERRORS as exc:
         raise StoreUnavailable(f"idempotency store (Redis) unavailable: {type(exc).__name__}: {exc}") from None
-
-
-# Short socket timeouts: a hung Redis must fail fast into IDEMPOTENCY_FAILURE_MODE,
-# not eat the request's SMTP budget.
-_SOCKET_TIMEOUT = 2.0
 
 
 class RedisStore:
     name = "redis"
 
-    def __init__(self, client: redis.Redis, prefix: str):
-        self._redis = client
+    def __init__(self, client: redis.Redis | None = None, prefix: str = "", *,
+                 connect: Callable[[], redis.Redis] | None = None):
+        """A store on `client`, or on the client that `connect()` builds at the first operation."""
+        self._connect = connect or (lambda: client)
         self._prefix = prefix + "idempotency:"
-        self._replace = client.register_script(_REPLACE)
-        self._release = client.register_script(_RELEASE)
+        self._lock = threading.Lock()
+        self._bound: tuple | None = None  # (client, replace script, release script)
+
+    @classmethod
+    def from_target(cls, target: RedisTarget, prefix: str) -> "RedisStore":
+        return cls(prefix=prefix, connect=lambda: redis_clients.client(target))
 
     @classmethod
     def from_url(cls, url: str, prefix: str) -> "RedisStore":
-        client = redis.Redis.from_url(
-            url,
-            socket_timeout=_SOCKET_TIMEOUT,
-            socket_connect_timeout=_SOCKET_TIMEOUT,
-            decode_responses=True,
-            health_check_interval=30,
-        )
-        return cls(client, prefix)
+        return cls.from_target(parse_redis_url(url), prefix)
+
+    @property
+    def _redis(self) -> redis.Redis:
+        return self._scripts()[0]
+
+    def _scripts(self) -> tuple:
+        if self._bound is None:
+            with self._lock:
+                if self._bound is None:
+                    client = self._connect()
+                    self._bound = (client, client.register_script(_REPLACE), client.register_script(_RELEASE))
+        return self._bound
+
+    def _replace(self, keys, args):
+        return self._scripts()[1](keys=keys, args=args)
+
+    def _release(self, keys, args):
+        return self._scripts()[2](keys=keys, args=args)
 
     def reserve(self, key: str, fingerprint: str, hold_seconds: float) -> Claim:
         # The claim's token is the exact value written: the scripts compare against it.

@@ -9,8 +9,12 @@ service.py asks destination_refusal() before the claim (a 400 records nothing), 
 request that is about to send: after the claim says Owned, or without a key, or unguarded. So replays and
 the claim's refusals are never counted, and a denial releases the reservation (RATE_LIMITED is keep=False).
 
-The limits come from the `limits` library on the same store as the idempotency records: limits'
-RedisStorage on REDIS_URL (unix:// is limits' redis+unix://), its MemoryStorage in this process otherwise.
+The limits come from the `limits` library on the same store as the idempotency records, built from the same
+parsed REDIS_URL (Settings.redis_target) with the same timeouts (idempotency/redis_clients.py): limits'
+RedisStorage on that Redis's connection pool (one Redis, TLS, unix socket, or a Sentinel service's master:
+reads go to the master too, since a lagging replica would let a full window through), its RedisClusterStorage
+on a cluster, its MemoryStorage in this process otherwise. The storage is built at the first admit(): a
+cluster client dials its nodes when it is built, and a cluster down at startup must not stop the worker.
 Keys: REDIS_KEY_PREFIX + "ratelimit:" + "per_recipient/<hash>/5/60/second" or "global/5/60/second"; the
 hash is an HMAC-SHA256 of the lower-cased address keyed by IDEMPOTENCY_SECRET (as fingerprint.py does),
 so Redis never holds an address, and A@Example.com and a@example.com are one recipient.
@@ -22,26 +26,24 @@ import hashlib
 import hmac
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 
-import redis
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.errors import StorageError
-from limits.storage import Storage, storage_from_string
+from limits.storage import MemoryStorage, RedisClusterStorage, RedisStorage, Storage
 from limits.strategies import MovingWindowRateLimiter
 
 from ..addresses import Mailbox
 from ..config import Rate, Settings
-from ..idempotency.store import backend_for
+from ..idempotency import redis_clients
 from ..metrics import Metrics
 from ..outcomes import Outcome, Result
 
 log = logging.getLogger("herald_smtp.send")
 
-# A hung Redis must fail fast into IDEMPOTENCY_FAILURE_MODE, as the idempotency store's calls do.
-_SOCKET_TIMEOUT = 2.0
-_STORE_ERRORS = (redis.RedisError, StorageError)
+_STORE_ERRORS = (*redis_clients.ERRORS, StorageError)
 
 
 @dataclass(frozen=True)
@@ -61,15 +63,17 @@ def _limit(name: str, variable: str, rate: Rate | None, scope: str) -> Limit | N
 
 
 def open_storage(settings: Settings) -> Storage:
-    """limits' storage on REDIS_URL's store: Redis (shared) or this process's memory."""
-    url = settings.redis_url
-    if backend_for(url) == "memory":
-        return storage_from_string("memory://")
-    if url.startswith("unix://"):
-        url = "redis+unix://" + url.removeprefix("unix://")  # limits' name; it hands redis-py unix:// again
-    return storage_from_string(url, key_prefix=settings.redis_key_prefix + "ratelimit",
-                               socket_timeout=_SOCKET_TIMEOUT, socket_connect_timeout=_SOCKET_TIMEOUT,
-                               health_check_interval=30)
+    """limits' storage on REDIS_URL's store: Redis in its topology (shared) or this process's memory."""
+    target = settings.redis_target
+    prefix = settings.redis_key_prefix + "ratelimit"
+    if target is None:
+        return MemoryStorage()
+    # limits decodes its own replies: these clients must not.
+    if target.topology == "cluster":
+        return RedisClusterStorage(f"redis+cluster://{target.host_list}", key_prefix=prefix,
+                                   **redis_clients.cluster_options(target, decode_responses=False))
+    return RedisStorage("redis://", key_prefix=prefix,
+                        connection_pool=redis_clients.connection_pool(target, decode_responses=False))
 
 
 def recipient_id(to: Mailbox, secret: str) -> str:
@@ -92,7 +96,18 @@ class AbuseLimits:
         # lets 2N through around its boundary: 10 codes in two seconds for 5/60s), a denied request takes no
         # slot, and the oldest entry in the window says exactly when the next one is let through (Retry-After).
         # It costs one timestamp per send in the window (hence MAX_RATE_AMOUNT), written with the replica's clock.
-        self.limiter = MovingWindowRateLimiter(open_storage(settings)) if self.per_recipient or self.overall else None
+        self.enabled = bool(self.per_recipient or self.overall)
+        self._limiter: MovingWindowRateLimiter | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def limiter(self) -> MovingWindowRateLimiter:
+        """Built at the first use (see the module docstring); a failure raises one of _STORE_ERRORS."""
+        if self._limiter is None:
+            with self._lock:
+                if self._limiter is None:
+                    self._limiter = MovingWindowRateLimiter(open_storage(self.settings))
+        return self._limiter
 
     def destination_refusal(self, to: Mailbox) -> Result | None:
         # The envelope's domain (str(to) is the address RCPT TO carries), compared without case.
@@ -105,7 +120,7 @@ class AbuseLimits:
 
     def admit(self, to: Mailbox) -> Result | None:
         """Take a slot in each limit for this send: None to send, or the Result to answer instead."""
-        if self.limiter is None:
+        if not self.enabled:
             return None
         try:
             return self._take_slots(to)

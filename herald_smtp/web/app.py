@@ -28,7 +28,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 
 def create_app(settings: Settings | None = None, store: Store | None = None, clock=time.monotonic) -> Flask:
     settings = settings or load_settings()
-    store = store or open_store(settings.redis_url, settings.redis_key_prefix)
+    store = store or open_store(settings.redis_target, settings.redis_key_prefix)
     app = Flask(__name__)
     app.response_class = HeraldResponse
     # Werkzeug enforces this while reading the body, chunked uploads included.
