@@ -251,7 +251,9 @@ def envelope_pipelined(conn: smtplib.SMTP, sender: str, recipient: str, deadline
     """
     _check_smtputf8(conn, smtputf8)
     parameters = " SMTPUTF8" if smtputf8 else ""
-    group = f"MAIL FROM:{smtplib.quoteaddr(sender)}{parameters}\r\nRCPT TO:{smtplib.quoteaddr(recipient)}\r\nDATA\r\n"
+    # Plain addr-specs, validated by addresses.py: smtplib.quoteaddr's full RFC 2822 parse would cost more
+    # than the rest of the group.
+    group = f"MAIL FROM:<{sender}>{parameters}\r\nRCPT TO:<{recipient}>\r\nDATA\r\n"
     if group.count("\n") != 3:  # addresses are validated long before; a line break here would inject commands
         raise ValueError("line break in an envelope address")
     _command(conn, MAIL, lambda: conn.send(group.encode("utf-8" if smtputf8 else "ascii")), deadline)
