@@ -79,7 +79,8 @@ class CircuitBreaker:
             if self._state == HALF_OPEN or self._failures >= self.threshold:
                 if self._state != OPEN:
                     log.warning("smtp circuit open: failing fast", extra={
-                        "relay": self.name, "consecutive_failures": self._failures, "cooldown_seconds": self.cooldown, "cause": cause})
+                        "relay": self.name, "consecutive_failures": self._failures,
+                        "cooldown_seconds": self.cooldown, "cause": cause})
                     self._set(OPEN)
                 self._opened_at = self._clock()
 

@@ -183,8 +183,9 @@ def starttls(conn: smtplib.SMTP, relay: Relay, context: ssl.SSLContext, deadline
     if not conn.has_extn("starttls"):
         raise SmtpFailure(
             TLS,
-            f"{relay.name} does not offer STARTTLS and SMTP_USE_STARTTLS=true; "
-            "refusing to send without TLS (use SMTP_USE_TLS=true for an implicit-TLS port such as 465)",
+            f"{relay.name} does not offer STARTTLS, which this relay requires (SMTP_USE_STARTTLS=true, or an "
+            "smtp:// fallback URL); refusing to send without TLS (use SMTP_USE_TLS=true or smtps:// for an "
+            "implicit-TLS port such as 465)",
         )
     try:
         conn.deadline = deadline
@@ -211,10 +212,12 @@ def login(conn: smtplib.SMTP, relay: Relay, deadline: float) -> None:
         raise _not_smtp(AUTH, exc) from None
     except smtplib.SMTPAuthenticationError as exc:
         reply = _text(exc.smtp_error)
-        raise SmtpFailure(AUTH, f"authentication failed: {exc.smtp_code} {reply} (check SMTP_USER and SMTP_PASSWORD)",
+        raise SmtpFailure(AUTH, f"authentication failed: {exc.smtp_code} {reply} (check SMTP_USER and SMTP_PASSWORD, "
+                          "or the fallback URL's user and password)",
                           exc.smtp_code, exc, reply) from None
     except smtplib.SMTPNotSupportedError:
-        raise SmtpFailure(AUTH, "server does not offer AUTH, but SMTP_USER is set") from None
+        raise SmtpFailure(AUTH, "server does not offer AUTH, but a user is set (SMTP_USER, or the fallback "
+                                "URL's)") from None
     except smtplib.SMTPResponseException as exc:
         reply = _text(exc.smtp_error)
         raise SmtpFailure(AUTH, f"authentication failed: {exc.smtp_code} {reply}", exc.smtp_code, exc, reply) from None
