@@ -352,3 +352,21 @@ def test_startup_warns_about_a_plain_fallback(caplog):
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("10.0.0.5:2525 is smtp+plain" in w for w in warnings)
     assert any("c.example:587 has tls_verify=false" in w for w in warnings)
+
+
+def test_a_recipient_that_needs_smtputf8_on_a_relay_without_it_does_not_fail_over(server_factory, fallback,
+                                                                                make_client):
+    primary = server_factory(smtputf8=False)
+    client = client_for(make_client, chain_env(primary, url_of(fallback)))
+    assert_error(send(client, {"to": "josé@example.com"}), 400, "invalid_destination", "SMTPUTF8")
+    assert fallback.connections == 0
+
+
+def test_the_fallback_keeps_its_pooled_connection_across_failovers(primary, fallback, make_client):
+    primary.inject("mail", reply="553 5.7.1 Sender address rejected")
+    client = client_for(make_client, chain_env(primary, url_of(fallback)))
+    for n in range(3):
+        assert send(client, {"to": f"u{n}@example.com"}).status_code == 200
+    assert len(fallback.messages) == 3 and fallback.connections == 1
+    # The primary's session survived each refusal too (RSET, back to its pool).
+    assert primary.connections == 1
