@@ -435,7 +435,7 @@ def _relay_url(entry: str) -> Relay:
         raise ValueError("it is empty")
     try:
         parts = urlsplit(entry)
-        port_text = parts.port  # ValueError for a port out of range or not a number
+        given_port = parts.port  # ValueError for a port out of range or not a number
     except ValueError:
         raise ValueError("not a URL of that form: check the host and port") from None
     if parts.scheme not in _RELAY_SCHEMES:
@@ -444,7 +444,7 @@ def _relay_url(entry: str) -> Relay:
     if parts.path not in ("", "/") or parts.fragment:
         raise ValueError("a relay URL has no path")
     host = _host(parts.hostname or "")
-    port = _port_number(str(port_text)) if port_text is not None else default_port
+    port = _port_number(str(given_port)) if given_port is not None else default_port
     user = _ascii(_text)(unquote(parts.username or ""))
     password = unquote(parts.password or "")
     if not password.isascii():
