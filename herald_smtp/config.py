@@ -12,10 +12,10 @@ import ipaddress
 import os
 import re
 import ssl
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from typing import Callable, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 from limits.util import granularity_from_string
@@ -50,6 +50,40 @@ class Rate:
         return f"{self.amount}/{self.seconds}s"
 
 
+# Relay TLS modes: STARTTLS required, TLS from the first byte, or none at all.
+STARTTLS, IMPLICIT_TLS, PLAIN = "starttls", "implicit", "plain"
+
+
+@dataclass(frozen=True)
+class Relay:
+    """One SMTP relay: where to connect, how to secure and log in, and who the mail is from.
+
+    The primary relay comes from the SMTP_* settings, the fallbacks from SMTP_FALLBACK_URLS
+    (Settings.relays); every relay goes through the same transport, pool and breaker code.
+    """
+
+    host: str
+    port: int
+    tls: str = STARTTLS  # STARTTLS, IMPLICIT_TLS or PLAIN
+    user: str = ""
+    password: str = field(default="", repr=False)
+    from_address: str = ""  # the envelope sender and the From header's address ("" in a URL: SMTP_FROM)
+    from_name: str = ""
+    # None in a parsed URL: inherit SMTP_TLS_VERIFY / SMTP_TLS_CA_FILE (Settings.relays fills them in).
+    tls_verify: bool | None = True
+    ca_file: str | None = ""
+
+    @property
+    def name(self) -> str:
+        """host:port, as logs, metrics (the `relay` label) and /readyz name the relay."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def redacted(self) -> dict:
+        return {"relay": self.name, "tls": self.tls, "user": self.user,
+                "password": "set" if self.password else "unset", "from": self.from_address}
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "0.0.0.0"
@@ -71,6 +105,7 @@ class Settings:
     smtp_max_messages_per_connection: int = 100
     smtp_circuit_threshold: int = 5
     smtp_circuit_cooldown_seconds: float = 30.0
+    smtp_fallbacks: tuple[Relay, ...] = ()  # SMTP_FALLBACK_URLS, in order; see `relays`
     redis_url: str = ""
     redis_key_prefix: str = "herald-smtp:"
     redis_tls_ca_file: str = ""  # rediss:// only: a CA bundle added to the system's
@@ -105,6 +140,20 @@ class Settings:
         """REDIS_URL parsed (it was validated at load time); None for the in-process store."""
         return parse_redis_url(self.redis_url, self.redis_tls_ca_file, self.redis_tls_verify)
 
+    @cached_property
+    def relays(self) -> tuple[Relay, ...]:
+        """The primary relay (from the SMTP_* settings), then the fallbacks with what they inherit."""
+        tls = IMPLICIT_TLS if self.smtp_use_tls else STARTTLS if self.smtp_use_starttls else PLAIN
+        primary = Relay(self.smtp_host, self.smtp_port, tls, self.smtp_user, self.smtp_password, self.smtp_from,
+                        self.smtp_from_name, self.smtp_tls_verify, self.smtp_tls_ca_file)
+        return (primary,) + tuple(replace(
+            relay,
+            from_address=relay.from_address or self.smtp_from,
+            from_name=relay.from_name or self.smtp_from_name,
+            tls_verify=self.smtp_tls_verify if relay.tls_verify is None else relay.tls_verify,
+            ca_file=self.smtp_tls_ca_file if relay.ca_file is None else relay.ca_file,
+        ) for relay in self.smtp_fallbacks)
+
     @property
     def store_is_shared(self) -> bool:
         """False for the in-process store (REDIS_URL empty or memory://)."""
@@ -135,11 +184,14 @@ class Settings:
             elif f.name == "redis_url":
                 out[f.name] = _redact_url(value)
                 out["redis"] = self.redis_target.describe() if self.redis_target else "in-process"
+            elif f.name == "smtp_fallbacks":
+                continue  # listed below, as `relays`
             elif f.name.startswith("rate_limit_"):
                 out[f.name] = str(value) if value else "off"
             else:
                 out[f.name] = value
         out["workers"] = self.workers()
+        out["relays"] = [relay.redacted() for relay in self.relays] if self.smtp_host else []
         return out
 
 
@@ -370,6 +422,77 @@ def _is_recipient_domain(entry: str) -> bool:
         return False
 
 
+_RELAY_FORM = ("smtp://[user[:password]@]host[:port] (STARTTLS, default port 587), "
+               "smtps://[user[:password]@]host[:port] (implicit TLS, default port 465) or smtp+plain://host[:port] "
+               "(no TLS, no credentials), user and password percent-encoded, optional query parameters from, "
+               "from_name, tls_verify, ca_file; entries separated by commas")
+_RELAY_SCHEMES = {"smtp": (STARTTLS, 587), "smtps": (IMPLICIT_TLS, 465), "smtp+plain": (PLAIN, 25)}
+_RELAY_PARAMETERS = ("from", "from_name", "tls_verify", "ca_file")
+
+
+def _relay_urls(raw: str) -> tuple[Relay, ...]:
+    """SMTP_FALLBACK_URLS: the relays tried in order after the primary."""
+    relays = []
+    for position, entry in enumerate(raw.split(","), start=1):
+        try:
+            relays.append(_relay_url(entry.strip()))
+        except ValueError as exc:
+            # The reason, never the entry: it may hold a password.
+            raise ValueError(f"entry {position} (counting from 1) to be {_RELAY_FORM} ({exc})") from None
+    return tuple(relays)
+
+
+def _relay_url(entry: str) -> Relay:
+    if not entry:
+        raise ValueError("it is empty")
+    try:
+        parts = urlsplit(entry)
+        given_port = parts.port  # ValueError for a port out of range or not a number
+    except ValueError:
+        raise ValueError("not a URL of that form: check the host and port") from None
+    if parts.scheme not in _RELAY_SCHEMES:
+        raise ValueError("the scheme must be smtp, smtps or smtp+plain")
+    tls, default_port = _RELAY_SCHEMES[parts.scheme]
+    if parts.path not in ("", "/") or parts.fragment:
+        raise ValueError("a relay URL has no path")
+    host = _host(parts.hostname or "")
+    port = _port_number(str(given_port)) if given_port is not None else default_port
+    user = _ascii(_text)(unquote(parts.username or ""))
+    password = unquote(parts.password or "")
+    if not password.isascii():
+        raise ValueError("the password must be ASCII (smtplib's AUTH cannot send others)")
+    if password and not user:
+        raise ValueError("a password needs a user")
+    if tls == PLAIN and user:
+        raise ValueError("smtp+plain takes no credentials: they would travel in clear text (use smtp:// or smtps://)")
+    return Relay(host, port, tls, user, password, **_relay_parameters(parts.query))
+
+
+def _relay_parameters(query: str) -> dict:
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise ValueError("a malformed query") from None
+    names = [name for name, _ in pairs]
+    unknown = sorted(set(names) - set(_RELAY_PARAMETERS))
+    if unknown or len(names) != len(set(names)):
+        raise ValueError(f"query parameters may be {', '.join(_RELAY_PARAMETERS)}, each once")
+    given = dict(pairs)
+    values = {"from_address": _address(given.get("from", "")), "from_name": _display_name(given.get("from_name", "")),
+              "tls_verify": _bool(given["tls_verify"]) if "tls_verify" in given else None,
+              "ca_file": given["ca_file"].strip() if "ca_file" in given else None}
+    if values["ca_file"]:
+        _check_ca_file(values["ca_file"], "ca_file")
+    return values
+
+
+def _check_ca_file(path: str, name: str) -> None:
+    try:
+        ssl.create_default_context(cafile=path)
+    except (OSError, ssl.SSLError):
+        raise ValueError(f"{name}: the path of a readable PEM CA bundle") from None
+
+
 def _log_level(raw: str) -> str:
     return LOG_LEVELS[_choice(*LOG_LEVELS)(raw)]
 
@@ -393,6 +516,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "SMTP_MAX_MESSAGES_PER_CONNECTION": ("smtp_max_messages_per_connection", _int(1, 10000)),
     "SMTP_CIRCUIT_THRESHOLD": ("smtp_circuit_threshold", _int(1, 1000)),
     "SMTP_CIRCUIT_COOLDOWN_SECONDS": ("smtp_circuit_cooldown_seconds", _seconds(0)),
+    "SMTP_FALLBACK_URLS": ("smtp_fallbacks", _relay_urls),
     "REDIS_URL": ("redis_url", _redis_url),
     "REDIS_KEY_PREFIX": ("redis_key_prefix", _text),
     "REDIS_TLS_CA_FILE": ("redis_tls_ca_file", _text),
@@ -456,8 +580,8 @@ def _check_combinations(settings: Settings) -> None:
         )
     if settings.smtp_tls_ca_file:
         try:
-            ssl.create_default_context(cafile=settings.smtp_tls_ca_file)
-        except (OSError, ssl.SSLError):
+            _check_ca_file(settings.smtp_tls_ca_file, "SMTP_TLS_CA_FILE")
+        except ValueError:
             raise ConfigError("SMTP_TLS_CA_FILE: expected the path of a readable PEM CA bundle") from None
     if settings.smtp_password and not settings.smtp_user:
         raise ConfigError("SMTP_USER: expected a user name when SMTP_PASSWORD is set")

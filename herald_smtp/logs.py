@@ -136,6 +136,12 @@ def log_startup(settings: Settings) -> None:
     if settings.smtp_user and not (settings.smtp_use_tls or settings.smtp_use_starttls):
         log.warning("SMTP_USER is set but TLS is off: the SMTP password travels in clear text; "
                     "set SMTP_USE_STARTTLS=true (port 587) or SMTP_USE_TLS=true (port 465)")
+    for relay in settings.relays[1:]:
+        if relay.tls == "plain":
+            log.warning(f"SMTP_FALLBACK_URLS: {relay.name} is smtp+plain: mail to it travels unencrypted; "
+                        "use it only for a relay on a private network")
+        elif not relay.tls_verify:
+            log.warning(f"SMTP_FALLBACK_URLS: {relay.name} has tls_verify=false: its certificate is not checked")
     if worst_case_answer_seconds(settings) > HERALD_CLIENT_TIMEOUT_SECONDS:
         log.warning(
             f"SMTP_TIMEOUT_SECONDS + IDEMPOTENCY_WAIT_SECONDS (+{DEADLINE_SLACK_SECONDS:g}s) is "

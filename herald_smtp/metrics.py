@@ -25,8 +25,9 @@ class Metrics:
         self.requests = Counter("herald_smtp_requests", "HTTP requests by endpoint, status and error_code",
                                 ["endpoint", "status", "error_code"], registry=r)
         self.send_duration = Histogram("herald_smtp_send_duration_seconds",
-                                       "Time spent sending one mail over SMTP, retries included, by outcome",
-                                       ["outcome"], buckets=_DURATION_BUCKETS, registry=r)
+                                       "Time spent sending one mail over SMTP, retries and failovers included, "
+                                       "by outcome and the relay that gave the answer",
+                                       ["outcome", "relay"], buckets=_DURATION_BUCKETS, registry=r)
         self.replays = Counter("herald_smtp_idempotent_replays", "Requests answered from a stored idempotency record",
                                registry=r)
         self.conflicts = Counter("herald_smtp_idempotency_conflicts",
@@ -39,17 +40,21 @@ class Metrics:
         self.rate_limit_store_errors = Counter("herald_smtp_rate_limit_store_errors",
                                                "Rate limit store failures (the send then followed "
                                                "IDEMPOTENCY_FAILURE_MODE)", registry=r)
-        self.connections_opened = Counter("herald_smtp_smtp_connections_opened", "New SMTP connections",
-                                          registry=r)
+        # relay: host:port of the SMTP relay (the primary or a SMTP_FALLBACK_URLS entry).
+        self.connections_opened = Counter("herald_smtp_smtp_connections_opened", "New SMTP connections, by relay",
+                                          ["relay"], registry=r)
         self.connections_reused = Counter("herald_smtp_smtp_connections_reused",
-                                          "Mails sent over an already open SMTP connection", registry=r)
+                                          "Mails sent over an already open SMTP connection, by relay", ["relay"],
+                                          registry=r)
+        self.failovers = Counter("herald_smtp_smtp_failovers",
+                                 "Sends moved from one relay to the next before anything was transmitted",
+                                 ["from", "to"], registry=r)
         self.retries = Counter("herald_smtp_smtp_retries", "SMTP attempts retried after a transient failure",
                                registry=r)
         # livemax: the worst state among live workers (0 closed, 1 half-open, 2 open).
         self.circuit_state = Gauge("herald_smtp_smtp_circuit_state",
-                                   "SMTP circuit breaker: 0 closed, 1 half-open, 2 open (worst live worker)",
-                                   registry=r, multiprocess_mode="livemax")
-        self.circuit_state.set(0)
+                                   "SMTP circuit breaker per relay: 0 closed, 1 half-open, 2 open (worst live worker)",
+                                   ["relay"], registry=r, multiprocess_mode="livemax")
         # What the last /readyz answered on this instance (the probe hits one worker at a time):
         # livemostrecent is the latest answer of a live worker. 0 until a probe fails, so a fresh
         # instance does not count as failing.
@@ -61,8 +66,8 @@ class Metrics:
                                   "SMTP_TIMEOUT_SECONDS: the time budget of one send's SMTP exchange",
                                   registry=r, multiprocess_mode="livemax")
 
-    def set_circuit_state(self, state: str) -> None:
-        self.circuit_state.set(CIRCUIT_STATES[state])
+    def set_circuit_state(self, relay: str, state: str) -> None:
+        self.circuit_state.labels(relay).set(CIRCUIT_STATES[state])
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format, summed over all gunicorn workers when running multiprocess."""

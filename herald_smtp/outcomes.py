@@ -76,6 +76,7 @@ class Result:
     phase: str | None = None
     retry_after: int | None = None
     limit: str | None = None  # rate_limited: which limit refused it (RATE_LIMIT_PER_RECIPIENT or RATE_LIMIT_GLOBAL)
+    relay: str | None = None  # host:port of the relay that gave this answer (None: decided before any relay)
 
     @property
     def ok(self) -> bool:

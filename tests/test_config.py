@@ -458,8 +458,10 @@ def test_workers(env, workers):
         ({"REDIS_URL": "memcached://127.0.0.1:11211"}, ["REDIS_URL"]),
         ({"RATE_LIMIT_PER_RECIPIENT": "5 per minute"}, ["RATE_LIMIT_PER_RECIPIENT"]),
         ({"ALLOWED_RECIPIENT_DOMAINS": "example..com"}, ["ALLOWED_RECIPIENT_DOMAINS"]),
+        ({"SMTP_FALLBACK_URLS": "smtp://a.example,smtp://u:hunter2-secret@b.example:99999"},
+         ["SMTP_FALLBACK_URLS", "entry 2"]),
     ],
-    ids=["bad-port", "both-tls", "unknown-store-scheme", "bad-rate", "bad-domain"],
+    ids=["bad-port", "both-tls", "unknown-store-scheme", "bad-rate", "bad-domain", "bad-fallback-url"],
 )
 def test_serve_exits_with_one_line_on_bad_config(tmp_path, extra, names):
     env = {**os.environ, **extra, "SMTP_USER": "u", "SMTP_PASSWORD": "hunter2-secret"}

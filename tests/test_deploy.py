@@ -34,7 +34,7 @@ APP_NAME = "herald-smtp"
 APP_PORT = 8084
 # Every variable the service reads (config.py's table, plus the ones read elsewhere).
 APP_VARIABLES = set(_VARIABLES) | {"PORT", "WEB_THREADS", "PROMETHEUS_MULTIPROC_DIR", "PYTHONUNBUFFERED"}
-SECRET_VARIABLES = {"API_KEY", "SMTP_USER", "SMTP_PASSWORD", "REDIS_URL"}
+SECRET_VARIABLES = {"API_KEY", "SMTP_USER", "SMTP_PASSWORD", "REDIS_URL", "SMTP_FALLBACK_URLS"}
 PLACEHOLDER = "CHANGE_ME"
 # The oldest Kubernetes minor we support, and the newest the installed schemas know.
 KUBERNETES_VERSIONS = ["1.30", kubernetes_validate.latest_version()]

@@ -14,9 +14,11 @@ from tests.support.net import free_port
 
 
 def doctor(env: dict, to: str | None = None) -> tuple[int, list[str]]:
+    """The exit status and the step lines of a one-relay setup (its block's header line checked and dropped)."""
     lines: list[str] = []
     code = run_doctor(settings_from(env | {"SMTP_TIMEOUT_SECONDS": "1"}), to, out=lines.append)
-    return code, lines
+    assert lines[0].startswith("== primary relay "), lines
+    return code, lines[1:]
 
 
 def failed_line(lines: list[str]) -> str:
@@ -178,3 +180,50 @@ def test_a_4xx_relay_refusal_at_rcpt_is_blamed_on_the_sender_too(good):
     code, lines = doctor(smtp_env(good), to="ops@example.com")
     line = failed_line(lines)
     assert code == 1 and "sender or relaying refused" in line and "SMTP_FROM" in line
+
+
+# --- several relays (SMTP_FALLBACK_URLS): one block each, every relay checked
+
+
+def all_lines(env: dict, to: str | None = None) -> tuple[int, list[str]]:
+    lines: list[str] = []
+    code = run_doctor(settings_from(env | {"SMTP_TIMEOUT_SECONDS": "1"}), to, out=lines.append)
+    return code, lines
+
+
+def blocks(lines: list[str]) -> list[list[str]]:
+    out: list[list[str]] = []
+    for line in lines:
+        if line.startswith("== "):
+            out.append([line])
+        else:
+            out[-1].append(line)
+    return out
+
+
+def test_every_relay_gets_a_block_and_a_failing_one_does_not_stop_the_next(good, server_factory):
+    implicit = server_factory(implicit_tls=True, auth=("fb@example.com", "p@ss:w/rd%"))
+    dead_port = free_port()
+    fallbacks = (f"smtp+plain://127.0.0.1:{dead_port},"
+                 f"smtps://fb%40example.com:p%40ss%3Aw%2Frd%25@127.0.0.1:{implicit.port}?ca_file={implicit.ca_file}")
+    code, lines = all_lines(smtp_env(good) | {"SMTP_FALLBACK_URLS": fallbacks})
+    assert code == 1, lines
+    primary, dead, third = blocks(lines)
+    assert primary[0] == f"== primary relay 127.0.0.1:{good.port}"
+    assert dead[0] == f"== fallback relay 1 (SMTP_FALLBACK_URLS) 127.0.0.1:{dead_port}"
+    assert third[0] == f"== fallback relay 2 (SMTP_FALLBACK_URLS) 127.0.0.1:{implicit.port}"
+    assert not any(line.startswith("FAIL") for line in primary + third), lines
+    assert dead[-1].startswith("FAIL tcp") and "refused" in dead[-1]
+    assert any(line.startswith("ok   auth") and "fb@example.com" in line for line in third)
+    assert "p@ss:w/rd%" not in "\n".join(lines) and "app-pass-1234" not in "\n".join(lines)
+
+
+def test_exit_status_is_0_only_when_every_relay_passes_and_each_sends_a_test_mail(good, server_factory):
+    other = server_factory()
+    code, lines = all_lines(smtp_env(good) | {
+        "SMTP_FALLBACK_URLS": f"smtp+plain://127.0.0.1:{other.port}?from=alerts@fallback.test"}, to="ops@example.com")
+    assert code == 0, lines
+    assert len(blocks(lines)) == 2
+    [mail] = other.wait_for(1)
+    assert mail.mail_from == "alerts@fallback.test" and "alerts@fallback.test" in str(mail.message["From"])
+    assert len(good.wait_for(1)) == 1

@@ -9,11 +9,14 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from urllib.parse import quote
+
 from tests.support.client import API_KEY, SMTP_PASSWORD, post, smtp_env
 from tests.support.herald_process import HeraldProcess
 
 
 KEYS, DUPLICATES = 20, 10
+FALLBACK_PASSWORD = "p@ss:w/rd%-fallback"
 
 
 def fire_duplicates(url: str) -> dict[str, list[tuple[int, dict, bool]]]:
@@ -65,9 +68,13 @@ def test_duplicates_on_the_in_process_store_with_threads(tmp_path, smtp):
     assert_one_mail_per_key(by_key, smtp)
 
 
-def test_logs_are_json_lines_with_the_operators_messages_and_no_secrets(tmp_path, smtp):
-    env = smtp_env(smtp) | {"API_KEY": f"{API_KEY},other-key", "LOG_LEVEL": "debug"}
-    codes = ["739104", "582044"]
+def test_logs_are_json_lines_with_the_operators_messages_and_no_secrets(tmp_path, smtp, server_factory):
+    fallback = server_factory(implicit_tls=True, auth=("fallback-user", FALLBACK_PASSWORD))
+    fallback_url = (f"smtps://fallback-user:{quote(FALLBACK_PASSWORD, safe='')}@{fallback.host}:{fallback.port}"
+                    f"?ca_file={fallback.ca_file}")
+    env = smtp_env(smtp) | {"API_KEY": f"{API_KEY},other-key", "LOG_LEVEL": "debug",
+                            "SMTP_FALLBACK_URLS": fallback_url}
+    codes = ["739104", "582044", "301958"]
     with HeraldProcess(tmp_path, env) as service:
         auth = {"X-API-Key": API_KEY, "X-Request-ID": "req-ok-1"}
         assert post(service.url, {"to": "alice@example.com", "params": {"code": codes[0]}}, auth)[0] == 200
@@ -82,6 +89,9 @@ def test_logs_are_json_lines_with_the_operators_messages_and_no_secrets(tmp_path
         assert post(service.url, {"to": "x"}, auth)[0] == 400
         smtp.reject_rcpt = {"carol@example.com"}  # the 550 reply quotes the address
         assert post(service.url, {"to": "carol@example.com", "params": {"code": codes[0]}}, auth)[0] == 400
+        smtp.inject("mail", reply="553 5.7.1 Sender address rejected: not owned by user", times=1)
+        assert post(service.url, {"to": "dave@example.com", "body": f"code {codes[2]}"}, auth)[0] == 200
+        assert len(fallback.wait_for(1)) == 1
     lines = [json.loads(line) for line in service.log_text().splitlines() if line.strip()]
     text = service.log_text()
 
@@ -102,8 +112,16 @@ def test_logs_are_json_lines_with_the_operators_messages_and_no_secrets(tmp_path
     assert any(line["message"] == "starting herald-smtp" and line["config"]["api_keys"] == "set" for line in lines)
     rejected = next(line for line in lines if line["message"] == "send_failed" and line.get("smtp_code") == 550)
     assert rejected["error_code"] == "invalid_destination" and "c***@example.com" in rejected["errmsg"]
-    for secret in (API_KEY, "other-key", SMTP_PASSWORD, *codes, "alice@example.com", "bob@example.com",
-                   "carol@example.com"):
+    primary, second = f"127.0.0.1:{smtp.port}", f"127.0.0.1:{fallback.port}"
+    failover = next(line for line in lines if line["message"] == "send failover")
+    assert failover["level"] == "WARNING" and failover["relay"] == primary and failover["next_relay"] == second
+    assert failover["phase"] == "mail" and failover["smtp_code"] == 553
+    assert any(line["message"] == "send ok" and line["relay"] == second for line in lines)
+    started = next(line for line in lines if line["message"] == "starting herald-smtp")
+    assert [relay["relay"] for relay in started["config"]["relays"]] == [primary, second]
+    assert started["config"]["relays"][1]["password"] == "set"
+    for secret in (API_KEY, "other-key", SMTP_PASSWORD, FALLBACK_PASSWORD, quote(FALLBACK_PASSWORD, safe=""),
+                   *codes, "alice@example.com", "bob@example.com", "carol@example.com", "dave@example.com"):
         assert secret not in text, f"{secret!r} leaked into the logs"
 
 

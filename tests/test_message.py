@@ -8,6 +8,7 @@ subjects, non-ASCII bodies, dot-stuffing input, long lines, local parts with spe
 
 from __future__ import annotations
 
+import dataclasses
 import email.policy
 import json
 
@@ -124,3 +125,28 @@ def test_generated_requests_match_the_email_package(local, domain, subject, body
     settings = SETTINGS[settings_name]
     assert _written(request, settings) == _reference(request, settings)
 
+
+
+# --- a fallback relay with its own `from` / `from_name` (SMTP_FALLBACK_URLS): its own From header
+
+RELAYED = settings_from({"SMTP_FROM": "noreply@herald.test", "SMTP_FROM_NAME": "Herald Test",
+                         "SMTP_FALLBACK_URLS": "smtp://a.example?from=alerts@fallback.test&from_name=Fallback%20认证,"
+                                               "smtp://b.example"})
+
+
+@pytest.mark.parametrize("case", ["short ascii", "rfc 2047 subject", "body line of 79 characters",
+                                  "smtputf8 local part", "international domain"])
+def test_each_relay_gets_the_from_header_of_its_own_sender(case):
+    to, subject, body = CASES[case]
+    request = _request(to, subject, body)
+    mail = MailWriter(RELAYED).build(request, MESSAGE_ID, DATE)
+    primary, own, inherited = RELAYED.relays
+    assert mail.payload == mail.payload_for(0) == mail.payload_for(2) == _reference(request, RELAYED)
+    as_fallback = dataclasses.replace(RELAYED, smtp_from=own.from_address, smtp_from_name=own.from_name)
+    assert mail.payload_for(1) == _reference(request, as_fallback)
+
+
+def test_relays_with_the_same_sender_share_one_payload():
+    settings = settings_from({"SMTP_FROM": "noreply@herald.test", "SMTP_FALLBACK_URLS": "smtp://a.example"})
+    mail = MailWriter(settings).build(_request(*CASES["short ascii"]), MESSAGE_ID, DATE)
+    assert mail.from_lines == () and mail.payload_for(1) is mail.payload

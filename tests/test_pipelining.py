@@ -176,6 +176,6 @@ def test_smtp_sockets_send_small_writes_at_once(make_client, server):
     app_client = make_client(settings_from(smtp_env(server)))
     assert send(app_client, {"to": TO}).status_code == 200
     mailer = app_client.application.extensions["herald_smtp"].send.mailer
-    idle = mailer.pool._idle
+    idle = mailer.primary.pool._idle
     assert len(idle) == 1
     assert idle[0].conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0

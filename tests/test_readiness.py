@@ -51,8 +51,11 @@ def test_store_outage_gives_the_probe_a_short_reason_and_the_log_the_cause(
     assert response.status_code == status
     assert response.get_json()["checks"]["store"] == {"ok": False, "detail": reason}
     text = response.get_data(as_text=True)
-    for leak in (str(doomed_redis.port), LOCALHOST, "Error", "Redis"):
+    # The circuit check names the SMTP relays (host:port), which are on 127.0.0.1 too.
+    others = json.dumps({name: check for name, check in response.get_json()["checks"].items() if name != "circuit"})
+    for leak in (str(doomed_redis.port), "Error", "Redis"):
         assert leak not in text, f"{leak!r} leaks into /readyz: {text}"
+    assert LOCALHOST not in others, f"the Redis host leaks into /readyz: {text}"
 
     logged = [r for r in caplog.records if r.getMessage() == "readiness: idempotency store unavailable"]
     assert len(logged) == 1
@@ -165,3 +168,31 @@ def test_sigterm_makes_readyz_503_while_in_flight_sends_finish(tmp_path, smtp):
     assert exit_code == 0
     assert len(smtp.wait_for(1)) == 1
     assert "draining: SIGTERM received; /readyz answers 503 until this worker exits" in service.log_text()
+
+
+# --- several relays (SMTP_FALLBACK_URLS): ready while one circuit is not open
+
+
+def test_ready_while_one_relay_circuit_is_not_open_and_the_body_names_every_relay(server_factory, make_client,
+                                                                                clock):
+    primary, fallback = server_factory(), server_factory()
+    primary.inject("ehlo", reply="421 4.3.2 busy")
+    env = smtp_env(primary) | {"SMTP_FALLBACK_URLS": f"smtp+plain://{fallback.host}:{fallback.port}",
+                               "SMTP_CIRCUIT_THRESHOLD": "1", "SMTP_CIRCUIT_COOLDOWN_SECONDS": "30",
+                               "SMTP_RETRIES": "0"}
+    client = make_client(settings_from(env), clock=clock)
+    assert send(client, {"to": "a@example.com"}).status_code == 200  # the primary's circuit opens, the fallback sends
+    response = client.get("/readyz")
+    assert response.status_code == 200 and response.get_json()["status"] == "ready"
+    check = response.get_json()["checks"]["circuit"]
+    assert check == {"ok": True, "detail": f"127.0.0.1:{primary.port} open, retry in 30s, "
+                                           f"127.0.0.1:{fallback.port} closed"}
+
+    fallback.inject("ehlo", reply="421 4.3.2 busy")
+    clock.advance(31)  # the primary's trial fails again, then the fallback's: every circuit open
+    assert send(client, {"to": "a@example.com"}).status_code == 500
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    check = response.get_json()["checks"]["circuit"]
+    assert check["ok"] is False
+    assert f"127.0.0.1:{primary.port} open" in check["detail"] and f"127.0.0.1:{fallback.port} open" in check["detail"]

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from herald_smtp.config import settings_from
-from herald_smtp.smtp import mailer as mailer_module
+from herald_smtp.smtp import relay as relay_module
 from herald_smtp.smtp.breaker import OPEN
 from herald_smtp.tools.doctor import run_doctor
 from herald_smtp.web.services import EXTENSION
@@ -92,7 +92,7 @@ def test_a_half_open_trial_that_raises_a_bug_reopens_nothing_and_closes_nothing(
     env = smtp_env(server) | {"SMTP_CIRCUIT_THRESHOLD": "1", "SMTP_CIRCUIT_COOLDOWN_SECONDS": "5",
                               "SMTP_RETRIES": "0"}
     client = make_client(settings_from(env), clock=clock)
-    breaker = client.application.extensions[EXTENSION].send.mailer.breaker
+    breaker = client.application.extensions[EXTENSION].send.mailer.primary.breaker
     server.inject("mail", drop=True, times=1)
     assert_error(send(client, {"to": "a@example.com"}), 500, "send_failed")
     assert breaker.state == OPEN
@@ -102,7 +102,7 @@ def test_a_half_open_trial_that_raises_a_bug_reopens_nothing_and_closes_nothing(
     def broken_transmit(*args, **kwargs):
         raise RuntimeError("a bug in the mailer")
 
-    monkeypatch.setattr(mailer_module.transport, "transmit", broken_transmit)
+    monkeypatch.setattr(relay_module.transport, "transmit", broken_transmit)
     assert_error(send(client, {"to": "a@example.com"}), 500, "internal_error")
     assert breaker.state != "closed", "a bug must not count as the server answering again"
     monkeypatch.undo()

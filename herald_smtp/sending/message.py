@@ -30,8 +30,8 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
 
-from ..addresses import Mailbox
-from ..config import Settings
+from ..addresses import Mailbox, parse_address
+from ..config import Relay, Settings
 from ..smtp.mailer import Mail
 from ..smtp.transport import needs_smtputf8
 from .request import SendRequest
@@ -55,7 +55,7 @@ def now_header_date() -> str:
 
 
 class MailWriter:
-    """Builds each Mail; what never changes (the From header) is folded once, here."""
+    """Builds each Mail; what never changes (the From header of each relay) is folded once, here."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -63,19 +63,27 @@ class MailWriter:
     @functools.cached_property
     def _from(self) -> str:
         # On first use, not at startup: without SMTP_FROM the service starts and answers smtp_not_configured.
-        sender = self.settings.sender
-        return _fold("From", Address(display_name=self.settings.smtp_from_name, username=sender.local,
-                                     domain=sender.domain))
+        return _fold("From", _from_address(self.settings.relays[0]))
+
+    @functools.cached_property
+    def _from_lines(self) -> dict:
+        """policy -> the From line of every relay (Settings.relays order), or () when they all write the same."""
+        relays = self.settings.relays
+        if all((r.from_address, r.from_name) == (relays[0].from_address, relays[0].from_name) for r in relays):
+            return {}
+        return {policy: tuple(_fold("From", _from_address(r), policy).encode("utf-8") for r in relays)
+                for policy in (_POLICY, email.policy.SMTPUTF8)}
 
     def build(self, request: SendRequest, message_id: str, date: str | None = None) -> Mail:
-        """`date` (RFC 5322 form) defaults to now."""
+        """`date` (RFC 5322 form) defaults to now. The mail carries each relay's From line when they differ
+        (a fallback URL's `from` or `from_name`)."""
         date = date or now_header_date()
         if needs_smtputf8(self.settings.smtp_from, str(request.to)):
-            policy = email.policy.SMTPUTF8
-            return Mail(message_id, build_message(request, self.settings, message_id, date).as_bytes(policy=policy))
+            return self._mail(message_id, build_message(request, self.settings, message_id, date),
+                              email.policy.SMTPUTF8)
         body = _body(request.body)
         if body is None:  # long ASCII lines: quoted-printable or base64, as the email package decides
-            return Mail(message_id, build_message(request, self.settings, message_id, date).as_bytes(policy=_POLICY))
+            return self._mail(message_id, build_message(request, self.settings, message_id, date), _POLICY)
         transfer_encoding, content = body
         head = "".join((
             self._from,
@@ -87,7 +95,19 @@ class MailWriter:
             f"Content-Transfer-Encoding: {transfer_encoding}\r\n",
             "MIME-Version: 1.0\r\n\r\n",
         ))
-        return Mail(message_id, head.encode("ascii") + content)
+        return Mail(message_id, head.encode("ascii") + content, self._from_lines.get(_POLICY, ()))
+
+    def _mail(self, message_id: str, message: EmailMessage, policy) -> Mail:
+        payload = message.as_bytes(policy=policy)
+        from_lines = self._from_lines.get(policy, ())
+        if from_lines and not payload.startswith(from_lines[0]):
+            raise AssertionError("the email package wrote the From header differently from MailWriter")
+        return Mail(message_id, payload, from_lines)
+
+
+def _from_address(relay: Relay) -> Address:
+    sender = parse_address(relay.from_address)
+    return Address(display_name=relay.from_name, username=sender.local, domain=sender.domain)
 
 
 def build_message(request: SendRequest, settings: Settings, message_id: str, date: str | None = None) -> EmailMessage:
@@ -103,9 +123,9 @@ def build_message(request: SendRequest, settings: Settings, message_id: str, dat
     return msg
 
 
-def _fold(name: str, value) -> str:
-    """The header line as email.policy.SMTP writes it (parsed, re-rendered, folded, RFC 2047 if needed)."""
-    return _POLICY.header_factory(name, value).fold(policy=_POLICY)
+def _fold(name: str, value, policy=_POLICY) -> str:
+    """The header line as `policy` writes it (parsed, re-rendered, folded, RFC 2047 if needed)."""
+    return policy.header_factory(name, value).fold(policy=policy)
 
 
 def _text_line(name: str, value: str) -> str:

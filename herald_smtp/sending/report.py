@@ -15,13 +15,15 @@ def report(result: Result, to: str | None, seconds: float = 0.0) -> None:
     masked = mask_email(to) if to else None
     duration_ms = round(seconds * 1000, 1)
     if result.ok:
-        log.info("send ok", extra={"message_id": result.message_id, "to": masked, "duration_ms": duration_ms})
+        log.info("send ok", extra={"message_id": result.message_id, "to": masked, "relay": result.relay,
+                                   "duration_ms": duration_ms})
         return
     fields = {
         "error_code": result.outcome.error_code,
         "errmsg": mask_addresses(result.message),
         "smtp_code": result.smtp_code,
         "phase": result.phase,
+        "relay": result.relay,
         "outcome": result.outcome.value,
         "to": masked,
         "duration_ms": duration_ms,

@@ -85,7 +85,7 @@ class SendService:
             self._release_after_bug(owned)
             raise
         seconds = time.monotonic() - started
-        self.metrics.send_duration.labels(result.outcome.value).observe(seconds)
+        self.metrics.send_duration.labels(result.outcome.value, result.relay or "").observe(seconds)
         report(result, str(request.to), seconds)
         answer = answer_for(result)
         if owned is not None:

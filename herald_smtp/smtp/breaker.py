@@ -1,4 +1,4 @@
-"""Circuit breaker for the SMTP server, per worker process: closed -> open -> half-open.
+"""Circuit breaker for one SMTP relay, per worker process: closed -> open -> half-open.
 
 Which failures count and what callers see are in docs/DELIVERY.md; this
 module owns the states and their thread-safe transitions.
@@ -18,7 +18,8 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 class CircuitBreaker:
     def __init__(self, threshold: int, cooldown_seconds: float, on_change=lambda state: None,
-                 clock=time.monotonic):
+                 clock=time.monotonic, name: str = ""):
+        self.name = name  # the relay's host:port, for the log lines
         self.threshold = threshold
         self.cooldown = cooldown_seconds
         self._on_change = on_change  # e.g. the circuit-state gauge
@@ -46,7 +47,7 @@ class CircuitBreaker:
         with self._lock:
             if self._state == OPEN and self._clock() - self._opened_at >= self.cooldown:
                 self._set(HALF_OPEN)
-                log.info("smtp circuit half-open: letting one trial send through")
+                log.info("smtp circuit half-open: letting one trial send through", extra={"relay": self.name})
             if self._state == CLOSED:
                 return True
             if self._state == HALF_OPEN and not self._trial_running:
@@ -70,7 +71,7 @@ class CircuitBreaker:
             self._trial_running = False
             if not connection_failure:
                 if self._state != CLOSED:
-                    log.info("smtp circuit closed: the SMTP server answers again")
+                    log.info("smtp circuit closed: the SMTP server answers again", extra={"relay": self.name})
                     self._set(CLOSED)
                 self._failures = 0
                 return
@@ -78,7 +79,8 @@ class CircuitBreaker:
             if self._state == HALF_OPEN or self._failures >= self.threshold:
                 if self._state != OPEN:
                     log.warning("smtp circuit open: failing fast", extra={
-                        "consecutive_failures": self._failures, "cooldown_seconds": self.cooldown, "cause": cause})
+                        "relay": self.name, "consecutive_failures": self._failures,
+                        "cooldown_seconds": self.cooldown, "cause": cause})
                     self._set(OPEN)
                 self._opened_at = self._clock()
 

@@ -1,4 +1,4 @@
-"""The classification table: (phase, evidence) of an SMTP failure -> outcome, retry, breaker.
+"""The classification table: (phase, evidence) of an SMTP failure -> outcome, failover, retry, breaker.
 
 The vocabulary (phases, evidence) and the table itself are explained in
 docs/DELIVERY.md, which shows markdown_table(); tests/test_delivery_docs.py
@@ -17,29 +17,39 @@ from .deadline import NotSmtpReply
 from .transport import AFTER_DATA, AUTH, CONNECT, DATA, MAIL, RCPT, TLS, SmtpFailure, SmtpUtf8NotOffered
 
 PHASES = (CONNECT, TLS, AUTH, MAIL, RCPT, DATA, AFTER_DATA)
-EVIDENCE = ("network", "local", "not_smtp", "no_smtputf8", "2xx", "4xx", "530", "5xx", "5xx_sender")
+EVIDENCE = ("network", "local", "not_smtp", "no_smtputf8", "2xx", "421", "4xx", "4xx_sender", "530", "5xx",
+            "5xx_sender")
 _SENDER_REFUSAL = re.compile(r"(?i)sender address rejected|relay access denied|relaying denied|"
                              r"relay not permitted|not allowed to relay|sender not allowed")
 
 _BEFORE_DATA_END = (CONNECT, TLS, AUTH, MAIL, RCPT, DATA)
+_NOT_RCPT = (CONNECT, TLS, AUTH, MAIL, DATA)
+FAILS_OVER, STAYS = True, False
 
-# (phases, evidence, outcome, example) - first match wins.
-RULES: tuple[tuple[tuple[str, ...], str, Outcome, str], ...] = (
-    ((AFTER_DATA,), "2xx", Outcome.SENT, "250 after the final dot: accepted, whatever fails afterwards"),
-    ((AFTER_DATA,), "network", Outcome.SMTP_UNKNOWN, "connection lost after the final dot, before the reply"),
-    ((AFTER_DATA,), "4xx", Outcome.SMTP_TRANSIENT, "451 after the final dot: not accepted; never retried in-request"),
-    ((AFTER_DATA,), "5xx", Outcome.SMTP_PERMANENT, "554 5.7.1 rejected as spam"),
-    ((AFTER_DATA,), "not_smtp", Outcome.SMTP_UNKNOWN, "garbage instead of a reply to the final dot"),
-    (_BEFORE_DATA_END, "network", Outcome.SMTP_TRANSIENT, "connection refused, reset, timeout, DNS failure"),
-    (_BEFORE_DATA_END, "4xx", Outcome.SMTP_TRANSIENT, "421 busy, 451 try later, 452 out of storage, 454 TLS/AUTH unavailable"),
-    ((CONNECT, TLS, AUTH), "5xx", Outcome.SMTP_SETUP, "554 greeting, 535 bad credentials"),
-    ((CONNECT, TLS, AUTH), "local", Outcome.SMTP_SETUP, "STARTTLS not offered, certificate not trusted, AUTH not offered, SMTP_HOST not a host name"),
-    (_BEFORE_DATA_END, "not_smtp", Outcome.SMTP_SETUP, "an SSH or HTTP server on the SMTP port"),
-    (_BEFORE_DATA_END, "530", Outcome.SMTP_SETUP, "530 5.7.0 Authentication required, 530 Must issue a STARTTLS command first"),
-    ((RCPT,), "5xx", Outcome.RECIPIENT_REJECTED, "550 5.1.1 no such user"),
-    ((RCPT,), "5xx_sender", Outcome.SMTP_PERMANENT, "553 5.7.1 Sender address rejected; 554 5.7.1 Relay access denied"),
-    ((MAIL, DATA), "5xx", Outcome.SMTP_PERMANENT, "553 sender not allowed, 554 DATA refused"),
-    ((MAIL,), "no_smtputf8", Outcome.INVALID_DESTINATION, "to josé@example.com (a non-ASCII local part), no SMTPUTF8 in the server's EHLO: stopped before MAIL FROM"),
+# (phases, evidence, outcome, fails over to the next relay, example) - first match wins. A failover happens
+# only before the final dot (nothing transmitted) and only on evidence about the relay, never about the
+# recipient: RCPT is where the recipient is named, so only a 421 or a refusal of the sender or relaying
+# moves on from there.
+RULES: tuple[tuple[tuple[str, ...], str, Outcome, bool, str], ...] = (
+    ((AFTER_DATA,), "2xx", Outcome.SENT, STAYS, "250 after the final dot: accepted, whatever fails afterwards"),
+    ((AFTER_DATA,), "network", Outcome.SMTP_UNKNOWN, STAYS, "connection lost after the final dot, before the reply"),
+    ((AFTER_DATA,), "421", Outcome.SMTP_TRANSIENT, STAYS, "421 after the final dot: not accepted; never retried in-request"),
+    ((AFTER_DATA,), "4xx", Outcome.SMTP_TRANSIENT, STAYS, "451 after the final dot: not accepted; never retried in-request"),
+    ((AFTER_DATA,), "5xx", Outcome.SMTP_PERMANENT, STAYS, "554 5.7.1 rejected as spam"),
+    ((AFTER_DATA,), "not_smtp", Outcome.SMTP_UNKNOWN, STAYS, "garbage instead of a reply to the final dot"),
+    (_BEFORE_DATA_END, "network", Outcome.SMTP_TRANSIENT, FAILS_OVER, "connection refused, reset, timeout, DNS failure"),
+    (_BEFORE_DATA_END, "421", Outcome.SMTP_TRANSIENT, FAILS_OVER, "421 4.7.0 too many connections, closing"),
+    (_NOT_RCPT, "4xx", Outcome.SMTP_TRANSIENT, FAILS_OVER, "451 try later, 452 out of storage, 454 TLS/AUTH unavailable, 450 4.7.1 rate limited at MAIL FROM"),
+    ((RCPT,), "4xx_sender", Outcome.SMTP_TRANSIENT, FAILS_OVER, "450 4.7.1 Sender address rejected: try again later"),
+    ((RCPT,), "4xx", Outcome.SMTP_TRANSIENT, STAYS, "450 4.2.0 mailbox busy, 451 4.7.1 greylisted, 452 4.2.2 mailbox full"),
+    ((CONNECT, TLS, AUTH), "5xx", Outcome.SMTP_SETUP, FAILS_OVER, "554 greeting, 535 bad credentials"),
+    ((CONNECT, TLS, AUTH), "local", Outcome.SMTP_SETUP, FAILS_OVER, "STARTTLS not offered, certificate not trusted, AUTH not offered, SMTP_HOST not a host name"),
+    (_BEFORE_DATA_END, "not_smtp", Outcome.SMTP_SETUP, FAILS_OVER, "an SSH or HTTP server on the SMTP port"),
+    (_BEFORE_DATA_END, "530", Outcome.SMTP_SETUP, FAILS_OVER, "530 5.7.0 Authentication required, 530 Must issue a STARTTLS command first"),
+    ((RCPT,), "5xx", Outcome.RECIPIENT_REJECTED, STAYS, "550 5.1.1 no such user"),
+    ((RCPT,), "5xx_sender", Outcome.SMTP_PERMANENT, FAILS_OVER, "553 5.7.1 Sender address rejected; 554 5.7.1 Relay access denied"),
+    ((MAIL, DATA), "5xx", Outcome.SMTP_PERMANENT, FAILS_OVER, "553 sender not allowed, 554 DATA refused"),
+    ((MAIL,), "no_smtputf8", Outcome.INVALID_DESTINATION, STAYS, "to josé@example.com (a non-ASCII local part), no SMTPUTF8 in the server's EHLO: stopped before MAIL FROM"),
 )
 
 
@@ -47,8 +57,10 @@ def evidence_of(failure: SmtpFailure) -> str:
     if failure.code is not None:
         if failure.code == 530:  # authentication or STARTTLS required: our setup, whatever the phase
             return "530"
-        if failure.code >= 500 and failure.phase == RCPT and is_sender_refusal(failure.reply):
-            return "5xx_sender"
+        if failure.code == 421:  # "closing the transmission channel": the relay, whatever the phase
+            return "421"
+        if failure.code >= 400 and failure.phase == RCPT and is_sender_refusal(failure.reply):
+            return f"{failure.code // 100}xx_sender"
         return f"{failure.code // 100}xx"
     error = failure.error
     if isinstance(error, SmtpUtf8NotOffered):
@@ -66,12 +78,25 @@ def is_sender_refusal(reply: str) -> bool:
     return bool(_SENDER_REFUSAL.search(reply))
 
 
+def _rule(phase: str, evidence: str):
+    for rule in RULES:
+        if phase in rule[0] and rule[1] == evidence:
+            return rule
+    return None
+
+
 def outcome_for(phase: str, evidence: str) -> Outcome:
-    for phases, ev, outcome, _ in RULES:
-        if phase in phases and ev == evidence:
-            return outcome
+    rule = _rule(phase, evidence)
+    if rule is not None:
+        return rule[2]
     # Not expected (e.g. a 2xx where a refusal was raised); err on the side that never duplicates.
     return Outcome.SMTP_UNKNOWN if phase == AFTER_DATA else Outcome.SMTP_TRANSIENT
+
+
+def fails_over(phase: str, evidence: str) -> bool:
+    """May the next relay be tried? Never after the final dot, never on evidence about the recipient."""
+    rule = _rule(phase, evidence)
+    return phase != AFTER_DATA and rule is not None and rule[3]
 
 
 def retried_in_request(phase: str, outcome: Outcome) -> bool:
@@ -87,7 +112,7 @@ def counts_for_breaker(phase: str, evidence: str) -> bool:
     """
     if evidence == "network":
         return phase != AFTER_DATA
-    return phase in (CONNECT, TLS) and evidence in ("4xx", "not_smtp")
+    return phase in (CONNECT, TLS) and evidence in ("421", "4xx", "not_smtp")
 
 
 @dataclass(frozen=True)
@@ -95,6 +120,7 @@ class Verdict:
     result: Result
     retry: bool
     connection_failure: bool
+    fails_over: bool = False
 
 
 def classify_failure(failure: SmtpFailure) -> Verdict:
@@ -104,6 +130,7 @@ def classify_failure(failure: SmtpFailure) -> Verdict:
         Result(outcome, _message(failure, outcome), smtp_code=failure.code, phase=failure.phase),
         retry=retried_in_request(failure.phase, outcome),
         connection_failure=counts_for_breaker(failure.phase, evidence),
+        fails_over=fails_over(failure.phase, evidence),
     )
 
 
@@ -133,15 +160,17 @@ def _message(failure: SmtpFailure, outcome: Outcome) -> str:
 def markdown_table() -> str:
     """The table as docs/DELIVERY.md shows it."""
     lines = [
-        "| phase | evidence | outcome | error_code | HTTP | retryable | record | retried in-request | opens breaker | example |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| phase | evidence | outcome | error_code | HTTP | retryable | record | fails over | retried in-request "
+        "| opens breaker | example |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for phases, evidence, outcome, example in RULES:
+    for phases, evidence, outcome, failover, example in RULES:
         retried = {retried_in_request(p, outcome) for p in phases}
         breaker = {counts_for_breaker(p, evidence) for p in phases}
         lines.append(
             f"| {', '.join(phases)} | {evidence} | {outcome.value} | {outcome.error_code or '(ok)'} | {outcome.http_status} "
-            f"| {_yes(outcome.retryable)} | {'kept' if outcome.keep else 'released'} | {_yes_set(retried)} "
+            f"| {_yes(outcome.retryable)} | {'kept' if outcome.keep else 'released'} | {_yes(failover)} "
+            f"| {_yes_set(retried)} "
             f"| {_yes_set(breaker)} | {example} |"
         )
     return "\n".join(lines) + "\n"

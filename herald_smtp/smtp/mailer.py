@@ -1,40 +1,42 @@
-"""The mailer: sends one Mail over SMTP and returns a Result.
+"""The mailer: sends one Mail through the relays, in order, and returns a Result.
 
-    circuit breaker -> [attempt: pooled connection -> MAIL/RCPT/DATA] -> retry transient failures -> Result
+    first relay whose circuit is not open -> RelaySender.send -> [fails over?] -> next relay ... -> Result
 
-`Mailer.send` is the only entry point the service uses. Retries happen only
-while nothing of the message was committed (before the final dot), with a
-short backoff, inside the request's time budget. A pooled connection found
-dead at MAIL FROM is replaced at once, without counting as a retry.
+`Mailer.send` is the only entry point the service uses. The primary relay
+(SMTP_HOST ...) comes first, then SMTP_FALLBACK_URLS in order; each relay
+has its own pool and breaker (relay.py). A fallback is contacted only when a
+request needs it: never at startup, never in the background.
 
-A mail to a non-ASCII local part (its headers UTF-8, see sending/message.py)
-is sent with SMTPUTF8. Such a mail never reaches a server that does not offer SMTPUTF8: transport.mail_from stops before MAIL FROM, the answer is 400
-invalid_destination (not retried, not counted by the breaker, the key
-released), and the connection goes back to the pool as it was.
+The next relay is tried only when the previous one failed before the final
+dot and its failure says nothing about the recipient (the "fails over"
+column of classify.RULES), or when its circuit is open. Never after the final
+dot: an unknown outcome stays unknown. One time budget covers the whole
+chain: while another relay could still take the mail, a relay gets at most
+half of what is left, so a stalled one leaves time for the next; the last
+gets all that remains. The last relay's answer is the answer, so it decides
+whether the idempotency record is kept or released; when more than one relay
+failed its message names each relay's failure.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from ..config import Settings
 from ..addresses import mask_addresses
+from ..config import Settings
 from ..metrics import Metrics
 from ..outcomes import Outcome, Result
-from . import transport
-from .breaker import CircuitBreaker
-from .classify import classify_failure, classify_reply
-from .pool import ConnectionPool, PooledConnection
-from .transport import MAIL, SmtpFailure, SmtpUtf8NotOffered
+from .breaker import OPEN
+from .relay import Attempt, RelaySender, SendAborted
+
+__all__ = ["Mail", "Mailer", "SendAborted"]
 
 log = logging.getLogger("herald_smtp.mailer")
 
-# Backoff before retry n (0-based): 0.2 s, 0.4 s, 0.8 s ... kept short, the caller waits.
-_BACKOFF_SECONDS = 0.2
-# A retry is only worth starting with at least this much of the budget left.
-_MIN_ATTEMPT_SECONDS = 0.5
+# A relay with others after it gets at most this share of the time left.
+_SHARE_WHILE_OTHERS_REMAIN = 0.5
 
 
 @dataclass(frozen=True)
@@ -42,116 +44,86 @@ class Mail:
     """One mail, ready for the wire (sending/message.py builds it)."""
 
     message_id: str  # without angle brackets
-    payload: bytes  # headers and body with CRLF line ends, not yet dot-stuffed
+    payload: bytes  # headers and body with CRLF line ends, not yet dot-stuffed; the primary relay's From
+    # The From header per relay (Settings.relays order) when a fallback writes another one; payload starts
+    # with from_lines[0]. Empty: every relay sends `payload` as it is.
+    from_lines: tuple[bytes, ...] = ()
 
-
-class SendAborted(Exception):
-    """Raised by a before_dot callback: hang up before the final dot and answer `result` instead."""
-
-    def __init__(self, result: Result):
-        super().__init__(result.message)
-        self.result = result
+    def payload_for(self, index: int) -> bytes:
+        if not self.from_lines or self.from_lines[index] == self.from_lines[0]:
+            return self.payload
+        return self.from_lines[index] + self.payload[len(self.from_lines[0]):]
 
 
 class Mailer:
     def __init__(self, settings: Settings, metrics: Metrics, clock=time.monotonic):
         self.settings = settings
         self.metrics = metrics
-        context = transport.tls_context(settings)
-        # `clock` drives only the breaker's cooldown and the pool's idle ageing; SMTP
-        # deadlines stay on time.monotonic, as sockets time out in real time.
-        self.pool = ConnectionPool(settings, context, metrics, clock=clock)
-        self.breaker = CircuitBreaker(settings.smtp_circuit_threshold, settings.smtp_circuit_cooldown_seconds,
-                                      on_change=metrics.set_circuit_state, clock=clock)
+        self.relays = tuple(RelaySender(relay, settings, metrics, clock=clock) for relay in settings.relays)
+
+    @property
+    def primary(self) -> RelaySender:
+        return self.relays[0]
 
     def send(self, mail: Mail, recipient: str, budget: float, before_dot=None) -> Result:
-        """Send within `budget` seconds, retries included.
+        """Send within `budget` seconds, retries and failovers included.
 
-        `before_dot()` runs just before each attempt's final dot; raising SendAborted there stops the
-        send with nothing transmitted (the server discards a DATA that never ends).
+        `before_dot()` runs just before the final dot; raising SendAborted there stops the send with
+        nothing transmitted (the server discards a DATA that never ends).
         """
         deadline = time.monotonic() + budget
-        message_id, payload = mail.message_id, mail.payload
-        last: Result | None = None
-        for attempt in range(self.settings.smtp_retries + 1):
-            if not self.breaker.allow():
-                # If our own failures just opened it, their cause is the better answer.
-                return last or Result(Outcome.CIRCUIT_OPEN, "SMTP circuit breaker is open after repeated connection "
-                                      "failures; failing fast", retry_after=self.breaker.retry_after())
-            try:
-                code, reply = self._attempt(payload, recipient, deadline, before_dot)
-            except SmtpFailure as failure:
-                verdict = classify_failure(failure)
-                self.breaker.record(verdict.connection_failure, cause=failure.detail)
-                last = verdict.result
-                if not (verdict.retry and self._retry_fits(attempt, deadline)):
-                    return verdict.result
-                self.metrics.retries.inc()
-                log.info("smtp retry", extra={"attempt": attempt + 1, "phase": failure.phase,
-                                               "smtp_code": failure.code, "errmsg": mask_addresses(failure.detail)})
-                time.sleep(_BACKOFF_SECONDS * 2**attempt)
-                continue
-            except SendAborted as aborted:
-                self.breaker.abandon()
-                return aborted.result
-            except Exception:
-                self.breaker.abandon()  # a bug of ours says nothing about the server: decide nothing
-                raise
-            self.breaker.record(False)
-            return classify_reply(code, reply, message_id)
-        raise AssertionError("unreachable: the last attempt always returns")
+        failed: list[Result] = []
+        for index, sender in enumerate(self.relays):
+            following = self._usable_after(index)
+            attempt = sender.send(mail.payload_for(index), mail.message_id, recipient,
+                                  self._deadline_for(deadline, last=following is None), before_dot,
+                                  last=following is None)
+            if following is None or not attempt.fails_over:
+                # Relays after this one were skipped as open: they belong in the answer too.
+                skipped = [later.circuit_open() for later in self.relays[index + 1:]] if following is None else []
+                return _answer(failed + [attempt.result] + skipped)
+            failed.append(attempt.result)
+            self._note_failover(attempt, sender, following)
+        raise AssertionError("unreachable: the last usable relay always answers")
 
     def close(self) -> None:
-        self.pool.close_all()
+        for sender in self.relays:
+            sender.close()
 
-    def _retry_fits(self, attempt: int, deadline: float) -> bool:
-        if attempt >= self.settings.smtp_retries:
-            return False
-        return deadline - time.monotonic() - _BACKOFF_SECONDS * 2**attempt >= _MIN_ATTEMPT_SECONDS
+    def _usable_after(self, index: int) -> RelaySender | None:
+        """The next relay whose circuit is not open, if any."""
+        return next((s for s in self.relays[index + 1:] if s.breaker.state != OPEN), None)
 
-    def _attempt(self, payload: bytes, recipient: str, deadline: float, before_dot) -> tuple[int, str]:
-        pooled = self.pool.acquire(deadline)
-        try:
-            return self._transmit(pooled, payload, recipient, deadline, before_dot)
-        except SmtpFailure as failure:
-            if not (pooled.reused and _dead_before_mail(failure)):
-                raise
-        # The server closed the idle connection (or said 421 at MAIL FROM): replace it quietly.
-        log.debug("smtp connection was dead at MAIL FROM; reconnecting")
-        return self._transmit(self.pool.open(deadline), payload, recipient, deadline, before_dot)
+    @staticmethod
+    def _deadline_for(deadline: float, last: bool) -> float:
+        if last:
+            return deadline
+        now = time.monotonic()
+        return now + max(0.0, deadline - now) * _SHARE_WHILE_OTHERS_REMAIN
 
-    def _transmit(self, pooled: PooledConnection, payload: bytes, recipient: str, deadline: float,
-                  before_dot) -> tuple[int, str]:
-        try:
-            code, reply = transport.transmit(pooled.conn, self.settings.smtp_from, recipient, payload, deadline,
-                                             before_dot)
-        except SmtpFailure as failure:
-            self._after_failure(pooled, failure)
-            raise
-        except BaseException:
-            self.pool.discard(pooled)  # the session is in an unknown state: never hand it out again
-            raise
-        pooled.sent += 1
-        if pooled.reused:
-            self.metrics.connections_reused.inc()
-        self.pool.release(pooled)
-        return code, reply
-
-    def _after_failure(self, pooled: PooledConnection, failure: SmtpFailure) -> None:
-        # No SMTPUTF8: stopped before MAIL FROM, the session is as it was. A refusal (a reply code, but
-        # not 421 "closing") leaves the session usable after RSET; anything else leaves it in an unknown state.
-        if _not_started(failure):
-            self.pool.release(pooled)
-        elif failure.code not in (None, 421) and transport.reset(pooled.conn):
-            self.pool.release(pooled)
-        else:
-            self.pool.discard(pooled)
+    def _note_failover(self, attempt: Attempt, sender: RelaySender, following: RelaySender) -> None:
+        result = attempt.result
+        self.metrics.failovers.labels(sender.name, following.name).inc()
+        log.warning("send failover", extra={
+            "relay": sender.name, "phase": result.phase or "circuit_open", "smtp_code": result.smtp_code,
+            "outcome": result.outcome.value, "errmsg": mask_addresses(result.message), "next_relay": following.name})
 
 
-def _dead_before_mail(failure: SmtpFailure) -> bool:
-    return failure.phase == MAIL and (failure.code is None or failure.code == 421) and not _not_started(failure)
+def _answer(results: list[Result]) -> Result:
+    """The answer of the last relay that tried; when other relays failed or were skipped, the message names
+    each relay's failure."""
+    last = next((r for r in reversed(results) if r.outcome is not Outcome.CIRCUIT_OPEN), results[-1])
+    if len(results) == 1 or last.ok or last.outcome in (Outcome.RECIPIENT_REJECTED, Outcome.INVALID_DESTINATION):
+        return last
+    if all(r.outcome is Outcome.CIRCUIT_OPEN for r in results):
+        return replace(last, message="every SMTP relay's circuit breaker is open after repeated connection "
+                                     f"failures; failing fast ({', '.join(r.relay or '' for r in results)})",
+                       retry_after=min(r.retry_after or 1 for r in results))
+    return replace(last, message="every SMTP relay failed: " + "; ".join(_failure(r) for r in results))
 
 
-def _not_started(failure: SmtpFailure) -> bool:
-    """We stopped before MAIL FROM (the server lacks SMTPUTF8): nothing was sent on the connection."""
-    return isinstance(failure.error, SmtpUtf8NotOffered)
+def _failure(result: Result) -> str:
+    if result.outcome is Outcome.CIRCUIT_OPEN:
+        return f"{result.relay}: circuit open"
+    where = ", ".join(str(part) for part in (result.phase, result.smtp_code) if part is not None)
+    return f"{result.relay} ({where}): {result.message}"

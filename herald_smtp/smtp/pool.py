@@ -1,4 +1,4 @@
-"""Reusable SMTP connections, per worker process, safe under gunicorn threads.
+"""Reusable SMTP connections to one relay, per worker process, safe under gunicorn threads.
 
 A connection pays TCP, TLS, EHLO and AUTH once and then carries mails until
 it has been idle longer than SMTP_IDLE_SECONDS or has carried
@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ..config import Settings
+from ..config import Relay, Settings
 from ..metrics import Metrics
 from . import transport
 
@@ -29,8 +29,10 @@ class PooledConnection:
 
 
 class ConnectionPool:
-    def __init__(self, settings: Settings, context: ssl.SSLContext | None, metrics: Metrics, clock=time.monotonic):
-        self.settings = settings
+    def __init__(self, relay: Relay, settings: Settings, context: ssl.SSLContext | None, metrics: Metrics,
+                 clock=time.monotonic):
+        self.relay = relay
+        self.settings = settings  # the pool limits, the same for every relay
         self.context = context
         self.metrics = metrics
         self._clock = clock
@@ -55,8 +57,8 @@ class ConnectionPool:
         return pooled
 
     def open(self, deadline: float) -> PooledConnection:
-        conn = transport.open_connection(self.settings, self.context, deadline)
-        self.metrics.connections_opened.inc()
+        conn = transport.open_connection(self.relay, self.context, deadline)
+        self.metrics.connections_opened.labels(self.relay.name).inc()
         return PooledConnection(conn, last_used=self._clock())
 
     def release(self, pooled: PooledConnection) -> None:

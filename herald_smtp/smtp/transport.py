@@ -35,7 +35,7 @@ import ssl
 import time
 from dataclasses import dataclass
 
-from ..config import Settings
+from ..config import IMPLICIT_TLS, PLAIN, STARTTLS, Relay
 from . import deadline as bounded
 from .deadline import DeadlineSMTP, NotSmtpReply
 
@@ -77,31 +77,31 @@ def local_hostname() -> str:
     return socket.getfqdn()
 
 
-def tls_context(settings: Settings) -> ssl.SSLContext | None:
-    """The client TLS context for SMTP_USE_TLS or SMTP_USE_STARTTLS; None when TLS is off."""
-    if not (settings.smtp_use_tls or settings.smtp_use_starttls):
+def tls_context(relay: Relay) -> ssl.SSLContext | None:
+    """The client TLS context for the relay's implicit TLS or STARTTLS; None when TLS is off."""
+    if relay.tls == PLAIN:
         return None
     context = ssl.create_default_context()
-    if settings.smtp_tls_ca_file:
-        context.load_verify_locations(cafile=settings.smtp_tls_ca_file)
-    if not settings.smtp_tls_verify:
+    if relay.ca_file:
+        context.load_verify_locations(cafile=relay.ca_file)
+    if not relay.tls_verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
 
 
-def open_connection(settings: Settings, context: ssl.SSLContext | None, deadline: float) -> smtplib.SMTP:
+def open_connection(relay: Relay, context: ssl.SSLContext | None, deadline: float) -> smtplib.SMTP:
     """Connect, secure and authenticate; the caller owns (and closes) the result.
 
     `deadline` (time.monotonic) bounds the whole exchange, not each read.
     """
-    conn = connect(settings, context, deadline)
+    conn = connect(relay, context, deadline)
     try:
         ehlo(conn, deadline)
-        if settings.smtp_use_starttls:
-            starttls(conn, settings, context, deadline)
-        if settings.smtp_user:
-            login(conn, settings, deadline)
+        if relay.tls == STARTTLS:
+            starttls(conn, relay, context, deadline)
+        if relay.user:
+            login(conn, relay, deadline)
     except BaseException:
         close_quietly(conn)
         raise
@@ -125,13 +125,13 @@ def transmit(conn: smtplib.SMTP, sender: str, recipient: str, payload: bytes, de
     return content(conn, payload, deadline, before_dot)
 
 
-def connect(settings: Settings, context: ssl.SSLContext | None, deadline: float) -> smtplib.SMTP:
+def connect(relay: Relay, context: ssl.SSLContext | None, deadline: float) -> smtplib.SMTP:
     """DNS, TCP, the TLS handshake for implicit TLS, and the server's greeting, all within `deadline`."""
     conn = DeadlineSMTP(local_hostname=local_hostname())  # unconnected: we open the socket ourselves
-    conn._host = settings.smtp_host  # smtplib's starttls() checks the certificate against this name
+    conn._host = relay.host  # smtplib's starttls() checks the certificate against this name
     conn.deadline = deadline
-    conn.sock = _open_socket(settings, context, deadline)
-    where = f"{settings.smtp_host}:{settings.smtp_port}"
+    conn.sock = _open_socket(relay, context, deadline)
+    where = relay.name
     try:
         code, reply = conn.getreply()
     except NotSmtpReply as exc:
@@ -146,10 +146,10 @@ def connect(settings: Settings, context: ssl.SSLContext | None, deadline: float)
     return conn
 
 
-def _open_socket(settings: Settings, context: ssl.SSLContext | None, deadline: float) -> socket.socket:
-    host, where = settings.smtp_host, f"{settings.smtp_host}:{settings.smtp_port}"
+def _open_socket(relay: Relay, context: ssl.SSLContext | None, deadline: float) -> socket.socket:
+    host, where = relay.host, relay.name
     try:
-        addresses = bounded.resolve(host, settings.smtp_port, deadline)
+        addresses = bounded.resolve(host, relay.port, deadline)
     except socket.gaierror as exc:
         raise SmtpFailure(CONNECT, f"cannot resolve {host}: {exc.strerror}", error=exc) from None
     except UnicodeError as exc:
@@ -160,7 +160,7 @@ def _open_socket(settings: Settings, context: ssl.SSLContext | None, deadline: f
         sock = bounded.connect_tcp(addresses, deadline)
     except OSError as exc:
         raise SmtpFailure(CONNECT, f"connect to {where} failed: {describe_error(exc)}", error=exc) from None
-    if not settings.smtp_use_tls:
+    if relay.tls != IMPLICIT_TLS:
         return sock
     try:
         return bounded.wrap_tls(sock, context, host, deadline)
@@ -178,13 +178,14 @@ def ehlo(conn: smtplib.SMTP, deadline: float) -> None:
         raise SmtpFailure(CONNECT, f"EHLO refused: {code} {reply}", code, reply=reply)
 
 
-def starttls(conn: smtplib.SMTP, settings: Settings, context: ssl.SSLContext, deadline: float) -> None:
+def starttls(conn: smtplib.SMTP, relay: Relay, context: ssl.SSLContext, deadline: float) -> None:
     """STARTTLS, required: a server that does not offer it fails here, never a silent downgrade."""
     if not conn.has_extn("starttls"):
         raise SmtpFailure(
             TLS,
-            f"{settings.smtp_host}:{settings.smtp_port} does not offer STARTTLS and SMTP_USE_STARTTLS=true; "
-            "refusing to send without TLS (use SMTP_USE_TLS=true for an implicit-TLS port such as 465)",
+            f"{relay.name} does not offer STARTTLS, which this relay requires (SMTP_USE_STARTTLS=true, or an "
+            "smtp:// fallback URL); refusing to send without TLS (use SMTP_USE_TLS=true or smtps:// for an "
+            "implicit-TLS port such as 465)",
         )
     try:
         conn.deadline = deadline
@@ -202,19 +203,21 @@ def starttls(conn: smtplib.SMTP, settings: Settings, context: ssl.SSLContext, de
     ehlo(conn, deadline)
 
 
-def login(conn: smtplib.SMTP, settings: Settings, deadline: float) -> None:
+def login(conn: smtplib.SMTP, relay: Relay, deadline: float) -> None:
     try:
         conn.deadline = deadline
         conn.sock.settimeout(_remaining(AUTH, deadline))
-        conn.login(settings.smtp_user, settings.smtp_password)
+        conn.login(relay.user, relay.password)
     except NotSmtpReply as exc:
         raise _not_smtp(AUTH, exc) from None
     except smtplib.SMTPAuthenticationError as exc:
         reply = _text(exc.smtp_error)
-        raise SmtpFailure(AUTH, f"authentication failed: {exc.smtp_code} {reply} (check SMTP_USER and SMTP_PASSWORD)",
+        raise SmtpFailure(AUTH, f"authentication failed: {exc.smtp_code} {reply} (check SMTP_USER and SMTP_PASSWORD, "
+                          "or the fallback URL's user and password)",
                           exc.smtp_code, exc, reply) from None
     except smtplib.SMTPNotSupportedError:
-        raise SmtpFailure(AUTH, "server does not offer AUTH, but SMTP_USER is set") from None
+        raise SmtpFailure(AUTH, "server does not offer AUTH, but a user is set (SMTP_USER, or the fallback "
+                                "URL's)") from None
     except smtplib.SMTPResponseException as exc:
         reply = _text(exc.smtp_error)
         raise SmtpFailure(AUTH, f"authentication failed: {exc.smtp_code} {reply}", exc.smtp_code, exc, reply) from None

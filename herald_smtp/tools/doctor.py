@@ -1,12 +1,15 @@
-"""`herald-smtp doctor`: walk the SMTP setup step by step and name the fix.
+"""`herald-smtp doctor`: walk the SMTP setup of every relay step by step and name the fix.
 
-One line per step: config, DNS, TCP, then the transport's own steps (TLS and
-banner, EHLO, STARTTLS, AUTH, MAIL FROM, and with --to RCPT and a real test
-mail), run one at a time. A failed step's SmtpFailure (its phase and
-evidence) is mapped to what happened and what to change, the way
-smtp/classify.py maps it to an outcome. The doctor stops at the first failure
-(later steps depend on it); the exit status is 0 only when no step failed.
-Secrets are never printed: the password is only ever handed to smtplib.
+One block per relay (the primary, then each SMTP_FALLBACK_URLS entry), its
+header line naming the relay; in it one line per step: config, DNS, TCP, then
+the transport's own steps (TLS and banner, EHLO, STARTTLS, AUTH, MAIL FROM,
+and with --to RCPT and a real test mail, one per relay), run one at a time. A
+failed step's SmtpFailure (its phase and evidence) is mapped to what happened
+and what to change, the way smtp/classify.py maps it to an outcome. A relay's
+block stops at its first failure (later steps depend on it) and the doctor
+goes on with the next relay; the exit status is 0 only when no step of any
+relay failed. Secrets are never printed: the password is only ever handed to
+smtplib.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from ..addresses import InvalidAddress, parse_address
-from ..config import Settings
+from ..config import IMPLICIT_TLS, PLAIN, STARTTLS, Relay, Settings
 from ..sending.message import MailWriter, new_message_id
 from ..sending.request import SendRequest
 from ..smtp import transport
@@ -63,17 +66,26 @@ class _Failed(Exception):
 
 def run_doctor(settings: Settings, to: str | None = None, out: Callable[[str], None] = print) -> int:
     failed = False
-    for step in Doctor(settings, to).steps():
-        out(step.line())
-        failed |= step.status == FAIL
+    # Without SMTP_HOST there is no relay to check: the primary's block says what is missing.
+    relays = settings.relays if settings.smtp_configured else settings.relays[:1]
+    for index, relay in enumerate(relays):
+        role = "primary relay" if index == 0 else f"fallback relay {index} (SMTP_FALLBACK_URLS)"
+        out(f"== {role} {relay.name}")
+        for step in Doctor(settings, to, index).steps():
+            out(step.line())
+            failed |= step.status == FAIL
     return 1 if failed else 0
 
 
 class Doctor:
-    def __init__(self, settings: Settings, to: str | None):
+    """The steps of one relay (`index` in Settings.relays: 0 is the primary)."""
+
+    def __init__(self, settings: Settings, to: str | None, index: int = 0):
         self.s = settings
+        self.index = index
+        self.r: Relay = settings.relays[index]
         self.to = to
-        self.where = f"{settings.smtp_host}:{settings.smtp_port}"
+        self.where = self.r.name
         self.timeout = settings.smtp_timeout_seconds
         self.conn: smtplib.SMTP | None = None
 
@@ -84,7 +96,7 @@ class Doctor:
             yield self._tcp()
             yield from self._connect()
             yield self._ehlo()
-            if self.s.smtp_use_starttls:
+            if self.r.tls == STARTTLS:
                 yield self._starttls()
             yield self._auth()
             yield self._mail_from()
@@ -107,24 +119,24 @@ class Doctor:
                 parse_address(self.to)
             except InvalidAddress as exc:
                 _fail("config", f"--to {self.to!r} is not a valid email address: {exc}", "pass one plain address")
-        mode = "implicit TLS" if self.s.smtp_use_tls else "STARTTLS" if self.s.smtp_use_starttls else "plain (no TLS)"
-        auth = f"AUTH as {self.s.smtp_user}" if self.s.smtp_user else "no AUTH"
-        return Step("config", OK, f"{self.where}, {mode}, {auth}, from {self.s.smtp_from}")
+        mode = {IMPLICIT_TLS: "implicit TLS", STARTTLS: "STARTTLS", PLAIN: "plain (no TLS)"}[self.r.tls]
+        auth = f"AUTH as {self.r.user}" if self.r.user else "no AUTH"
+        return Step("config", OK, f"{self.where}, {mode}, {auth}, from {self.r.from_address}")
 
     def _dns(self) -> Step:
         try:
-            infos = socket.getaddrinfo(self.s.smtp_host, self.s.smtp_port, type=socket.SOCK_STREAM)
+            infos = socket.getaddrinfo(self.r.host, self.r.port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
-            _fail("dns", f"cannot resolve {self.s.smtp_host}: {exc.strerror}", "check SMTP_HOST and DNS")
+            _fail("dns", f"cannot resolve {self.r.host}: {exc.strerror}", "check SMTP_HOST and DNS")
         except UnicodeError as exc:  # a name IDNA cannot encode, e.g. an empty label
-            _fail("dns", f"SMTP_HOST {self.s.smtp_host!r} is not a valid host name ({exc})", "check SMTP_HOST")
+            _fail("dns", f"SMTP_HOST {self.r.host!r} is not a valid host name ({exc})", "check SMTP_HOST")
         addresses = sorted({info[4][0] for info in infos})
-        return Step("dns", OK, f"{self.s.smtp_host} -> {', '.join(addresses)}")
+        return Step("dns", OK, f"{self.r.host} -> {', '.join(addresses)}")
 
     def _tcp(self) -> Step:
         started = time.monotonic()
         try:
-            socket.create_connection((self.s.smtp_host, self.s.smtp_port), timeout=self.timeout).close()
+            socket.create_connection((self.r.host, self.r.port), timeout=self.timeout).close()
         except ConnectionRefusedError:
             _fail("tcp", f"connection to {self.where} refused",
                   "nothing listens there: check SMTP_HOST and SMTP_PORT (587 STARTTLS, 465 implicit TLS, 25 relay)")
@@ -146,9 +158,9 @@ class Doctor:
 
     def _connect(self) -> Iterator[Step]:
         # smtplib opens TCP, the implicit-TLS handshake and reads the greeting in one call.
-        name = "tls" if self.s.smtp_use_tls else "banner"
-        self.conn = self._run(name, lambda deadline: transport.connect(self.s, transport.tls_context(self.s), deadline))
-        if self.s.smtp_use_tls:
+        name = "tls" if self.r.tls == IMPLICIT_TLS else "banner"
+        self.conn = self._run(name, lambda deadline: transport.connect(self.r, transport.tls_context(self.r), deadline))
+        if self.r.tls == IMPLICIT_TLS:
             yield Step("tls", OK, f"implicit TLS: {_describe_tls(self.conn.sock)}")
         yield Step("banner", OK, "220 greeting received")
 
@@ -156,24 +168,24 @@ class Doctor:
         self._run("ehlo", lambda deadline: transport.ehlo(self.conn, deadline))
         features = ", ".join(sorted(k.upper() for k in self.conn.esmtp_features)) or "none"
         hint = ""
-        if not (self.s.smtp_use_tls or self.s.smtp_use_starttls) and self.conn.has_extn("starttls"):
+        if self.r.tls == PLAIN and self.conn.has_extn("starttls"):
             hint = "the server offers STARTTLS: set SMTP_USE_STARTTLS=true so mail and password travel encrypted"
         return Step("ehlo", OK, f"extensions: {features}", hint)
 
     def _starttls(self) -> Step:
-        self._run("starttls", lambda deadline: transport.starttls(self.conn, self.s, transport.tls_context(self.s),
+        self._run("starttls", lambda deadline: transport.starttls(self.conn, self.r, transport.tls_context(self.r),
                                                                   deadline))
         return Step("starttls", OK, _describe_tls(self.conn.sock))
 
     def _auth(self) -> Step:
-        if not self.s.smtp_user:
-            return Step("auth", SKIP, "SMTP_USER is empty: no AUTH")
-        self._run("auth", lambda deadline: transport.login(self.conn, self.s, deadline))
-        return Step("auth", OK, f"logged in as {self.s.smtp_user}")
+        if not self.r.user:
+            return Step("auth", SKIP, "SMTP_USER is empty: no AUTH" if self.index == 0 else "no user in the URL: no AUTH")
+        self._run("auth", lambda deadline: transport.login(self.conn, self.r, deadline))
+        return Step("auth", OK, f"logged in as {self.r.user}")
 
     def _mail_from(self) -> Step:
-        self._run("mail from", lambda deadline: transport.mail_from(self.conn, self.s.smtp_from, deadline))
-        return Step("mail from", OK, f"<{self.s.smtp_from}> accepted")
+        self._run("mail from", lambda deadline: transport.mail_from(self.conn, self.r.from_address, deadline))
+        return Step("mail from", OK, f"<{self.r.from_address}> accepted")
 
     def _recipient_and_test_mail(self) -> Iterator[Step]:
         if not self.to:
@@ -186,7 +198,7 @@ class Doctor:
         message_id = new_message_id(self.s)
         request = SendRequest(to=parse_address(self.to), subject="herald-smtp doctor test mail",
                               body="This is a test mail sent by `herald-smtp doctor`. No action is needed.")
-        payload = MailWriter(self.s).build(request, message_id).payload
+        payload = MailWriter(self.s).build(request, message_id).payload_for(self.index)
         code, reply = self._run("test mail", lambda deadline: transport.data(self.conn, payload, deadline))
         if code != 250:
             _fail("test mail", *self._diagnose("test mail", SmtpFailure(transport.AFTER_DATA, reply, code, reply=reply)))
@@ -199,11 +211,11 @@ class Doctor:
         facts = {
             "code": failure.code, "reply": failure.reply, "detail": failure.detail,
             "error": describe_error(error) if error else failure.detail,
-            "timeout": f"{self.timeout:g}", "sender": self.s.smtp_from, "to": self.to,
+            "timeout": f"{self.timeout:g}", "sender": self.r.from_address, "to": self.to,
             "verify": getattr(error, "verify_message", ""),
-            "certificate_fix": _certificate_hint(error, self.s) if "certificate" in evidence else "",
+            "certificate_fix": _certificate_hint(error, self.r) if "certificate" in evidence else "",
             "no_auth_fix": ("the server offers AUTH only over TLS: set SMTP_USE_STARTTLS=true"
-                            if not (self.s.smtp_use_tls or self.s.smtp_use_starttls)
+                            if self.r.tls == PLAIN
                             else "leave SMTP_USER empty if this server relays without login, or use the "
                                  "submission port 587"),
         }
@@ -287,10 +299,10 @@ def _fail(name: str, detail: str, fix: str):
     raise _Failed(Step(name, FAIL, detail, fix))
 
 
-def _certificate_hint(exc: ssl.SSLCertVerificationError, settings: Settings) -> str:
+def _certificate_hint(exc: ssl.SSLCertVerificationError, relay: Relay) -> str:
     message = exc.verify_message or ""
     if "mismatch" in message:
-        return (f"the certificate does not name SMTP_HOST={settings.smtp_host}: set SMTP_HOST to the host name "
+        return (f"the certificate does not name SMTP_HOST={relay.host}: set SMTP_HOST to the host name "
                 "on the certificate")
     if "expired" in message:
         return "the server's certificate has expired: the mail provider must renew it"

@@ -6,13 +6,15 @@ Readiness means "a send could succeed here now" (docs/DEPLOYMENT.md, Readiness):
 - `degraded` (200): only the store failed and IDEMPOTENCY_FAILURE_MODE=open, so
   sends still go out, without idempotency. Answering 503 here would take every
   replica out of the Service at the same moment for an outage they can ride out;
-- `not_ready` (503): SMTP not configured, the circuit open, the store down in
+- `not_ready` (503): SMTP not configured, every relay's circuit open, the store down in
   closed mode, or this worker draining after SIGTERM (start_draining, called
   from the SIGTERM handler that tools/serve.py chains in each gunicorn worker).
 
 A check's `detail` is a short fixed reason: the probe is open to anyone who
 reaches the port, so the raw cause (the Redis error with host and port) goes
 only to the log line and herald_smtp_idempotency_store_errors{operation="ping"}.
+The one exception is the circuit check, which names each relay (host:port)
+with its circuit state, so that an operator sees which relay is failing.
 """
 
 from __future__ import annotations
@@ -105,13 +107,18 @@ def _smtp_check(settings) -> dict:
 
 
 def _circuit_check(s) -> dict:
-    state = s.send.mailer.breaker.state
-    # The gauge moves on sends; a quiet pod's cooldown ends by time alone, so refresh it here.
-    s.metrics.set_circuit_state(state)
-    if state == "open":
-        return {"ok": False, "detail": f"open after repeated SMTP connection failures; retry in "
-                                       f"{s.send.mailer.breaker.retry_after()}s"}
-    return {"ok": True, "detail": state}
+    """Ready while at least one relay's circuit is not open; the detail names every relay's state."""
+    states = []
+    for sender in s.send.mailer.relays:
+        state = sender.breaker.state
+        # The gauge moves on sends; a quiet pod's cooldown ends by time alone, so refresh it here.
+        s.metrics.set_circuit_state(sender.name, state)
+        shown = f"open, retry in {sender.breaker.retry_after()}s" if state == "open" else state
+        states.append((sender.name, state, shown))
+    detail = ", ".join(f"{name} {shown}" for name, _, shown in states)
+    if all(state == "open" for _, state, _ in states):
+        return {"ok": False, "detail": f"open after repeated SMTP connection failures: {detail}"}
+    return {"ok": True, "detail": detail}
 
 
 def _shutdown_check() -> dict:

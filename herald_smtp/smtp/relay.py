@@ -1,0 +1,172 @@
+"""One relay: its connection pool, its circuit breaker, and one send to it with retries.
+
+    circuit breaker -> [attempt: pooled connection -> MAIL/RCPT/DATA] -> retry transient failures -> Attempt
+
+The mailer (mailer.py) runs a RelaySender per relay, in order, and decides
+whether the next relay is tried. Retries happen only while nothing of the
+message was committed (before the final dot), with a short backoff, inside
+the deadline the mailer gives this relay. A failure that fails over (the
+"fails over" column of classify.RULES) is not retried here while another
+relay can take the mail: the next relay is a better second try than the same
+one. A pooled connection found dead at MAIL FROM is replaced at once, without
+counting as a retry.
+
+A mail to a non-ASCII local part (its headers UTF-8, see sending/message.py)
+is sent with SMTPUTF8. Such a mail never reaches a server that does not offer
+SMTPUTF8: transport.mail_from stops before MAIL FROM, the answer is 400
+invalid_destination (not retried, not counted by the breaker, the key
+released), and the connection goes back to the pool as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+
+from ..addresses import mask_addresses
+from ..config import Relay, Settings
+from ..metrics import Metrics
+from ..outcomes import Outcome, Result
+from . import transport
+from .breaker import CLOSED, CircuitBreaker
+from .classify import classify_failure, classify_reply
+from .pool import ConnectionPool, PooledConnection
+from .transport import MAIL, SmtpFailure, SmtpUtf8NotOffered
+
+log = logging.getLogger("herald_smtp.mailer")
+
+# Backoff before retry n (0-based): 0.2 s, 0.4 s, 0.8 s ... kept short, the caller waits.
+_BACKOFF_SECONDS = 0.2
+# A retry is only worth starting with at least this much of the budget left.
+_MIN_ATTEMPT_SECONDS = 0.5
+
+
+class SendAborted(Exception):
+    """Raised by a before_dot callback: hang up before the final dot and answer `result` instead."""
+
+    def __init__(self, result: Result):
+        super().__init__(result.message)
+        self.result = result
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one relay made of a send."""
+
+    result: Result  # carries the relay's name
+    fails_over: bool  # nothing was transmitted and nothing said about the recipient: the next relay may try
+
+
+class RelaySender:
+    def __init__(self, relay: Relay, settings: Settings, metrics: Metrics, clock=time.monotonic):
+        self.relay = relay
+        self.name = relay.name
+        self.settings = settings  # retries, pool limits and circuit settings: the same for every relay
+        self.metrics = metrics
+        # `clock` drives only the breaker's cooldown and the pool's idle ageing; SMTP
+        # deadlines stay on time.monotonic, as sockets time out in real time.
+        self.pool = ConnectionPool(relay, settings, transport.tls_context(relay), metrics, clock=clock)
+        self.breaker = CircuitBreaker(settings.smtp_circuit_threshold, settings.smtp_circuit_cooldown_seconds,
+                                      on_change=self._show_state, clock=clock, name=relay.name)
+        self._show_state(CLOSED)
+
+    def send(self, payload: bytes, message_id: str, recipient: str, deadline: float, before_dot,
+             last: bool) -> Attempt:
+        """Send within `deadline`, retries included; `last`: no other relay can take the mail after this one.
+
+        `before_dot()` runs just before each attempt's final dot; raising SendAborted there stops the
+        send with nothing transmitted (the server discards a DATA that never ends).
+        """
+        previous: Attempt | None = None
+        for attempt in range(self.settings.smtp_retries + 1):
+            if not self.breaker.allow():
+                # If our own failures just opened it, their cause is the better answer.
+                return previous or Attempt(self.circuit_open(), fails_over=True)
+            try:
+                code, reply = self._attempt(payload, recipient, deadline, before_dot)
+            except SmtpFailure as failure:
+                verdict = classify_failure(failure)
+                self.breaker.record(verdict.connection_failure, cause=failure.detail)
+                previous = Attempt(replace(verdict.result, relay=self.name), verdict.fails_over)
+                if verdict.fails_over and not last:
+                    return previous
+                if not (verdict.retry and self._retry_fits(attempt, deadline)):
+                    return previous
+                self.metrics.retries.inc()
+                log.info("smtp retry", extra={"relay": self.name, "attempt": attempt + 1, "phase": failure.phase,
+                                               "smtp_code": failure.code, "errmsg": mask_addresses(failure.detail)})
+                time.sleep(_BACKOFF_SECONDS * 2**attempt)
+                continue
+            except SendAborted as aborted:
+                self.breaker.abandon()
+                return Attempt(aborted.result, fails_over=False)
+            except Exception:
+                self.breaker.abandon()  # a bug of ours says nothing about the server: decide nothing
+                raise
+            self.breaker.record(False)
+            return Attempt(replace(classify_reply(code, reply, message_id), relay=self.name), fails_over=False)
+        raise AssertionError("unreachable: the last attempt always returns")
+
+    def close(self) -> None:
+        self.pool.close_all()
+
+    def circuit_open(self) -> Result:
+        """The answer while this relay's circuit is open (the mailer also names skipped relays with it)."""
+        return Result(Outcome.CIRCUIT_OPEN, f"SMTP circuit breaker is open for {self.name} after repeated "
+                      "connection failures; failing fast", retry_after=self.breaker.retry_after(), relay=self.name)
+
+    def _show_state(self, state: str) -> None:
+        self.metrics.set_circuit_state(self.name, state)
+
+    def _retry_fits(self, attempt: int, deadline: float) -> bool:
+        if attempt >= self.settings.smtp_retries:
+            return False
+        return deadline - time.monotonic() - _BACKOFF_SECONDS * 2**attempt >= _MIN_ATTEMPT_SECONDS
+
+    def _attempt(self, payload: bytes, recipient: str, deadline: float, before_dot) -> tuple[int, str]:
+        pooled = self.pool.acquire(deadline)
+        try:
+            return self._transmit(pooled, payload, recipient, deadline, before_dot)
+        except SmtpFailure as failure:
+            if not (pooled.reused and _dead_before_mail(failure)):
+                raise
+        # The server closed the idle connection (or said 421 at MAIL FROM): replace it quietly.
+        log.debug("smtp connection was dead at MAIL FROM; reconnecting", extra={"relay": self.name})
+        return self._transmit(self.pool.open(deadline), payload, recipient, deadline, before_dot)
+
+    def _transmit(self, pooled: PooledConnection, payload: bytes, recipient: str, deadline: float,
+                  before_dot) -> tuple[int, str]:
+        try:
+            code, reply = transport.transmit(pooled.conn, self.relay.from_address, recipient, payload, deadline,
+                                             before_dot)
+        except SmtpFailure as failure:
+            self._after_failure(pooled, failure)
+            raise
+        except BaseException:
+            self.pool.discard(pooled)  # the session is in an unknown state: never hand it out again
+            raise
+        pooled.sent += 1
+        if pooled.reused:
+            self.metrics.connections_reused.labels(self.name).inc()
+        self.pool.release(pooled)
+        return code, reply
+
+    def _after_failure(self, pooled: PooledConnection, failure: SmtpFailure) -> None:
+        # No SMTPUTF8: stopped before MAIL FROM, the session is as it was. A refusal (a reply code, but
+        # not 421 "closing") leaves the session usable after RSET; anything else leaves it in an unknown state.
+        if _not_started(failure):
+            self.pool.release(pooled)
+        elif failure.code not in (None, 421) and transport.reset(pooled.conn):
+            self.pool.release(pooled)
+        else:
+            self.pool.discard(pooled)
+
+
+def _dead_before_mail(failure: SmtpFailure) -> bool:
+    return failure.phase == MAIL and (failure.code is None or failure.code == 421) and not _not_started(failure)
+
+
+def _not_started(failure: SmtpFailure) -> bool:
+    """We stopped before MAIL FROM (the server lacks SMTPUTF8): nothing was sent on the connection."""
+    return isinstance(failure.error, SmtpUtf8NotOffered)
