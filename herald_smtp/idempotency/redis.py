@@ -1,6 +1,6 @@
 """Redis idempotency store, shared by every worker and replica.
 
-reserve: SET key reservation NX PX hold  (atomic: one winner per key)
+reserve: Lua SET key reservation NX PX hold, else GET it (atomic: one winner per key, one round trip)
 commit:  Lua compare-and-set to the committing record, SETEX with IDEMPOTENCY_TTL_SECONDS
 finish:  Lua compare-and-set, then SETEX with IDEMPOTENCY_TTL_SECONDS
 release: Lua compare-and-delete
@@ -27,6 +27,15 @@ import redis
 from . import redis_clients
 from .base import Claim, Record, StoreUnavailable
 from .store import RedisTarget, parse_redis_url
+
+# Take the key, or read who has it: one round trip for a replay or a duplicate, not SET NX then GET
+# (and no "expired in between" to loop on).
+_RESERVE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return false
+end
+return redis.call('GET', KEYS[1])
+"""
 
 # Compare-and-set: replace our own value (reservation or committing record) and set its TTL.
 _REPLACE = """
@@ -80,7 +89,7 @@ class RedisStore:
         self._connect = connect or (lambda: client)
         self._prefix = prefix + "idempotency:"
         self._lock = threading.Lock()
-        self._bound: tuple | None = None  # (client, replace script, release script)
+        self._bound: tuple | None = None  # (client, reserve, replace and release scripts)
 
     @classmethod
     def from_target(cls, target: RedisTarget, prefix: str) -> "RedisStore":
@@ -99,27 +108,26 @@ class RedisStore:
             with self._lock:
                 if self._bound is None:
                     client = self._connect()
-                    self._bound = (client, client.register_script(_REPLACE), client.register_script(_RELEASE))
+                    self._bound = (client, client.register_script(_RESERVE), client.register_script(_REPLACE),
+                                   client.register_script(_RELEASE))
         return self._bound
 
-    def _replace(self, keys, args):
+    def _reserve(self, keys, args):
         return self._scripts()[1](keys=keys, args=args)
 
-    def _release(self, keys, args):
+    def _replace(self, keys, args):
         return self._scripts()[2](keys=keys, args=args)
+
+    def _release(self, keys, args):
+        return self._scripts()[3](keys=keys, args=args)
 
     def reserve(self, key: str, fingerprint: str, hold_seconds: float) -> Claim:
         # The claim's token is the exact value written: the scripts compare against it.
         reservation = _encode(Record(fingerprint), token=secrets.token_hex(16))
         hold_ms = max(1, int(hold_seconds * 1000))
         with _translate_errors():
-            while True:
-                if self._redis.set(self._prefix + key, reservation, nx=True, px=hold_ms):
-                    return Claim(key, token=reservation)
-                value = self._redis.get(self._prefix + key)
-                if value is not None:
-                    return Claim(key, existing=_decode(value))
-                # It expired between SET NX and GET: try to take it again.
+            existing = self._reserve(keys=[self._prefix + key], args=[reservation, hold_ms])
+        return Claim(key, token=reservation) if existing is None else Claim(key, existing=_decode(existing))
 
     def commit(self, claim: Claim, record: Record, ttl_seconds: int) -> Claim | None:
         committing = _encode(record, token=secrets.token_hex(16))
