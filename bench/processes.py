@@ -7,22 +7,25 @@ Redis comes from tests/support/redis_server.py, as in the test suite.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import trustme
 
+from tests.support.herald_process import HeraldProcess
 from tests.support.net import LOCALHOST, free_port
+from tests.support.processes import stop
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STOP_TIMEOUT = 30.0
+_RUNS = itertools.count(1)  # each gunicorn of a run logs to its own file
 
 
 @dataclass(frozen=True)
@@ -42,17 +45,6 @@ class Certificates:
         cert.private_key_and_cert_chain_pem.write_to_path(str(paths.cert_file))
         cert.private_key_pem.write_to_path(str(paths.key_file))
         return paths
-
-
-def _stop(proc: subprocess.Popen | None) -> int | None:
-    if proc is None or proc.poll() is not None:
-        return None if proc is None else proc.returncode
-    proc.terminate()
-    try:
-        return proc.wait(STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait(5)
 
 
 def _child_env(extra: dict[str, str]) -> dict[str, str]:
@@ -113,7 +105,7 @@ class BenchSmtpProcess:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        _stop(proc)
+        stop(proc, STOP_TIMEOUT)
         if proc is not None and proc.stdout:
             proc.stdout.close()
 
@@ -124,63 +116,13 @@ class BenchSmtpProcess:
         self.stop()
 
 
-class GunicornProcess:
-    """A gunicorn master (herald-smtp serve, or the floor app) on 127.0.0.1; its workers are its children."""
-
-    def __init__(self, name: str, module_argv: list[str], workdir: Path, env: dict[str, str]):
-        self.name = name
-        self.module_argv = module_argv
-        self.workdir = workdir
-        self.port = free_port()
-        self.log_path = workdir / f"{name}-{self.port}.log"
-        self.env = _child_env({**env, "PORT": f"{LOCALHOST}:{self.port}"})
-        self._proc: subprocess.Popen | None = None
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOCALHOST}:{self.port}"
-
-    def start(self, timeout: float = 40.0) -> "GunicornProcess":
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen([sys.executable, "-m", *self.module_argv], cwd=self.workdir,
-                                          env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self._proc.returncode}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"{self.name} did not answer /healthz within {timeout}s:\n{self.log_tail()}")
-
-    def log_tail(self, characters: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(encoding="utf-8", errors="replace")[-characters:]
-        except OSError:
-            return "(no log)"
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        _stop(proc)
-
-    def __enter__(self) -> "GunicornProcess":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+# A gunicorn master (herald-smtp serve, or the floor app) on 127.0.0.1; its workers are its children.
+GunicornProcess = HeraldProcess
 
 
 def herald_process(workdir: Path, env: dict[str, str]) -> GunicornProcess:
-    return GunicornProcess("herald-smtp", ["herald_smtp.tools.cli", "serve"], workdir, env)
+    return HeraldProcess(workdir, _child_env(env), name=f"herald-smtp-{next(_RUNS)}")
 
 
 def floor_process(workdir: Path, env: dict[str, str]) -> GunicornProcess:
-    return GunicornProcess("floor", ["bench.floor_app"], workdir, env)
+    return HeraldProcess(workdir, _child_env(env), module_argv=("bench.floor_app",), name=f"floor-{next(_RUNS)}")

@@ -15,7 +15,7 @@ import ssl
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from typing import Callable, Mapping
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from dotenv import dotenv_values
 from limits.util import granularity_from_string

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest

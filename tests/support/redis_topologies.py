@@ -29,6 +29,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .net import LOCALHOST, free_port
+from .processes import stop
 from .redis_server import find_redis_server
 
 START_TIMEOUT = 20.0
@@ -132,14 +133,7 @@ class RedisProcess:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop(proc)
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -324,13 +318,7 @@ class TlsRedis(_Topology):
 
     def stop(self) -> None:
         proxy, self._proxy = self._proxy, None
-        if proxy is not None and proxy.poll() is None:
-            proxy.terminate()
-            try:
-                proxy.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proxy.kill()
-                proxy.wait(timeout=5)
+        stop(proxy)
         super().stop()
 
     def plain_client(self) -> redis.Redis:
