@@ -28,9 +28,10 @@ from tests.support.redis_server import RedisServer
 from . import loadgen, smtp_clients, workload
 from . import wrk as wrk_runner
 from .usage import cpu_seconds, worker_peak_rss_mb
+from .otlp_sink import OtlpSink
 from .processes import BenchSmtpProcess, Certificates, GunicornProcess, floor_process, herald_process
-from .results import (CEILING, CONNECT_PER_MESSAGE, DOT_APART, DOT_APART_NODELAY, FLOOR, HERALD, REPLAY, WARM,
-                      Latencies, Measurement)
+from .results import (CEILING, CONNECT_PER_MESSAGE, DOT_APART, DOT_APART_NODELAY, FLOOR, HERALD, REPLAY, TRACED,
+                      WARM, Latencies, Measurement)
 
 CONCURRENCIES = (1, 4, 16)
 ROUND_TRIPS_MS = (0.0, 20.0)
@@ -140,6 +141,8 @@ def measure_smtp_setups(context: Context, rtt_ms: float, pipelining: bool) -> No
                        lambda: http_measurement(context, herald, context.http_generator, concurrency))
             if pipelining and rtt_ms == 0:
                 measure_replay(context, smtp, herald)
+        if pipelining and rtt_ms == 0:
+            measure_traced(context, smtp)
 
 
 def measure_raw_smtp(context: Context, smtp: BenchSmtpProcess) -> None:
@@ -187,6 +190,22 @@ def served(context: Context, service: GunicornProcess, smtp: BenchSmtpProcess | 
 def warm_up(context: Context, herald: GunicornProcess) -> None:
     """Open pooled SMTP connections in every worker before the first measurement; not reported."""
     loadgen.http_load("127.0.0.1", herald.port, 16, context.budget.warmup_requests, 30.0, context.prefix())
+
+
+def measure_traced(context: Context, smtp: BenchSmtpProcess) -> None:
+    """herald-smtp with tracing on (every span exported over OTLP/HTTP to a local sink), at the highest
+    concurrency: what tracing costs when it is on, next to the same setup with it off."""
+    concurrency = CONCURRENCIES[-1]
+    with OtlpSink() as sink:
+        env = herald_env(context, smtp) | {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint,
+                                           "OTEL_BSP_SCHEDULE_DELAY": "200"}
+        with herald_process(context.workdir, env) as herald:
+            warm_up(context, herald)
+            measurement = served(context, herald, smtp,
+                                 Measurement(TRACED, smtp.delay_ms, smtp.pipelining, concurrency,
+                                             context.http_generator, None),
+                                 lambda: http_measurement(context, herald, context.http_generator, concurrency))
+        measurement.smtp["otlp_exports"] = sink.exports  # after the stop: the last batch is flushed at exit
 
 
 def measure_replay(context: Context, smtp: BenchSmtpProcess, herald: GunicornProcess) -> None:

