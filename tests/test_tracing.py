@@ -364,3 +364,47 @@ def test_otel_variables_in_dotenv_are_ignored(tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     settings = load_settings(dotenv_path=str(dotenv))
     assert not settings.tracing_enabled and settings.otel_service_name == "herald-smtp"
+
+
+@pytest.mark.parametrize("failing, fault", [("smtp.mail", ("mail", "550 5.7.1 sender refused")),
+                                            ("smtp.rcpt", ("rcpt", "550 5.1.1 no such user")),
+                                            ("smtp.data", ("data", "554 5.6.0 no data"))])
+def test_without_pipelining_a_refusal_ends_the_envelope_at_its_phase(spans, make_client, server_factory,
+                                                                      failing, fault):
+    server = server_factory(pipelining=False)
+    server.inject(fault[0], reply=fault[1])
+    response = send(make_client(settings_from(smtp_env(server) | {"SMTP_RETRIES": "0"})), {"to": "a@example.com"})
+    assert response.status_code >= 400
+    phase = one(spans, failing)
+    assert phase.status.status_code is StatusCode.ERROR
+    assert phase.attributes["herald.smtp.reply_code"] == int(fault[1][:3])
+    for name in PHASE_SPANS[PHASE_SPANS.index(failing) + 1:]:
+        assert by_name(spans, name) == [], name
+    assert one(spans, REQUEST_SPAN).status.status_code is StatusCode.ERROR
+
+
+def test_implicit_tls_is_a_tls_span_inside_connect(spans, make_client, server_factory):
+    server = server_factory(implicit_tls=True, auth=("u", "p"))
+    assert send(make_client(settings_from(smtp_env(server))), {"to": "a@example.com"}).status_code == 200
+    tls = one(spans, "smtp.tls")
+    assert parent_of(spans, tls).name == "smtp.connect"
+    assert tls.status.status_code is StatusCode.UNSET
+    assert one(spans, "smtp.auth").attributes["herald.smtp.reply_code"] == 235
+
+
+def test_a_failover_is_an_event_and_an_attempt_on_the_next_relay(spans, make_client, server_factory):
+    fallback = server_factory()
+    closed = free_port()
+    env = smtp_env(fallback) | {"SMTP_PORT": str(closed), "SMTP_RETRIES": "0",
+                                "SMTP_FALLBACK_URLS": f"smtp+plain://{fallback.host}:{fallback.port}"}
+    assert send(make_client(settings_from(env)), {"to": "a@example.com"}).status_code == 200
+    send_span = one(spans, "smtp.send")
+    assert [event.name for event in send_span.events] == ["failover"]
+    assert send_span.events[0].attributes["herald.smtp.next_relay"] == f"{fallback.host}:{fallback.port}"
+    first, second = sorted(by_name(spans, "smtp.attempt"), key=lambda s: s.start_time)
+    assert first.attributes["herald.smtp.relay"] == f"{fallback.host}:{closed}"
+    assert first.status.status_code is StatusCode.ERROR
+    assert second.attributes["herald.smtp.relay"] == f"{fallback.host}:{fallback.port}"
+    assert second.status.status_code is StatusCode.UNSET
+    assert send_span.status.status_code is StatusCode.UNSET
+    assert send_span.attributes["herald.smtp.relay"] == f"{fallback.host}:{fallback.port}"
