@@ -93,7 +93,8 @@ class KeyGuard:
     def claim(self, key: str, fingerprint: str, hold_seconds: float) -> Turn:
         with tracing.span("idempotency.claim", _CLAIM):
             turn = self._claim(key, fingerprint, hold_seconds)
-            tracing.set_attributes({"herald.idempotency.turn": _turn_name(turn)})
+            if tracing.active():
+                tracing.set_attributes({"herald.idempotency.turn": _turn_name(turn)})
             return turn
 
     def _claim(self, key: str, fingerprint: str, hold_seconds: float) -> Turn:
@@ -126,7 +127,9 @@ class KeyGuard:
         """Just before the final dot: make the key's record survive us. None: send the dot."""
         with tracing.span("idempotency.commit", _COMMIT):
             refusal = self._commit(owned)
-            tracing.set_attributes({"herald.idempotency.stage": owned.stage, "herald.idempotency.send": refusal is None})
+            if tracing.active():
+                tracing.set_attributes({"herald.idempotency.stage": owned.stage,
+                                        "herald.idempotency.send": refusal is None})
             return refusal
 
     def _commit(self, owned: Owned) -> Result | None:
@@ -177,7 +180,8 @@ class KeyGuard:
                 log.error("could not record the send outcome in the idempotency store",
                           extra={"cause": str(exc), "idempotency_key": claim.key, "outcome": result.outcome.value})
                 return
-        tracing.set_attributes({"herald.idempotency.recorded": stored})
+        if tracing.active():
+            tracing.set_attributes({"herald.idempotency.recorded": stored})
         if not stored:
             log.error("idempotency reservation expired before the send finished; outcome not recorded",
                       extra={"idempotency_key": claim.key, "outcome": result.outcome.value})

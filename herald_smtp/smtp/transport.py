@@ -149,7 +149,7 @@ def transmit(conn: smtplib.SMTP, sender: str, recipient: str, payload: bytes, de
     with _phase(AFTER_DATA, span_attributes):
         code, reply = content(conn, payload, deadline, before_dot)
         _note_reply(code)
-        if code != 250:
+        if code != 250 and tracing.active():
             tracing.fail(f"{code} to the final dot")
         return code, reply
 
@@ -186,7 +186,7 @@ class _PhaseSpan:
 
 
 def _note_reply(code: int | None) -> None:
-    if code is not None:
+    if code is not None and tracing.active():
         tracing.set_attributes({"herald.smtp.reply_code": code})
 
 
