@@ -22,11 +22,12 @@ RUN groupadd --system --gid 10001 herald \
  && useradd --system --uid 10001 --gid 10001 --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin herald
 
-# Install the package (and its dependencies) from only the files it needs,
+# Install the package (its dependencies and the `otel` extra: tracing is on once
+# OTEL_EXPORTER_OTLP_ENDPOINT is set) from only the files it needs,
 # then drop the sources: the app is imported from site-packages.
 COPY pyproject.toml setup.cfg README.md /src/
 COPY herald_smtp /src/herald_smtp
-RUN pip install --no-cache-dir /src \
+RUN pip install --no-cache-dir "/src[otel]" \
  && rm -rf /src
 
 WORKDIR /app

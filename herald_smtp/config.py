@@ -8,6 +8,7 @@ those messages.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import re
@@ -125,6 +126,17 @@ class Settings:
     web_threads: int = 4
     # prometheus_client's own variable; tools/serve.py sets it when it is empty.
     metrics_dir: str = ""
+    # OpenTelemetry's own variables (tracing.py), read from the process environment only: the SDK and the
+    # exporter read them there, and the rest (headers, sampler, timeouts) they read themselves.
+    otel_endpoint: str = ""  # OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT
+    otel_sdk_disabled: bool = False
+    otel_service_name: str = SERVICE_NAME
+    otel_protocol: str = "http/protobuf"
+
+    @property
+    def tracing_enabled(self) -> bool:
+        """Tracing is on when an OTLP endpoint is set and OTEL_SDK_DISABLED is not true."""
+        return bool(self.otel_endpoint) and not self.otel_sdk_disabled
 
     @property
     def smtp_configured(self) -> bool:
@@ -190,6 +202,8 @@ class Settings:
                 out[f.name] = str(value) if value else "off"
             else:
                 out[f.name] = value
+        out["otel_endpoint"] = _redact_url(self.otel_endpoint)
+        out["tracing"] = f"on, to {out['otel_endpoint']}" if self.tracing_enabled else "off"
         out["workers"] = self.workers()
         out["relays"] = [relay.redacted() for relay in self.relays] if self.smtp_host else []
         return out
@@ -497,6 +511,12 @@ def _log_level(raw: str) -> str:
     return LOG_LEVELS[_choice(*LOG_LEVELS)(raw)]
 
 
+def _otlp_protocol(raw: str) -> str:
+    if raw.strip().lower() != "http/protobuf":
+        raise ValueError("http/protobuf (the only OTLP exporter herald-smtp ships is OTLP over HTTP with protobuf)")
+    return "http/protobuf"
+
+
 # variable -> (Settings field, parser). Defaults live on the dataclass.
 _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "API_KEY": ("api_keys", _api_keys),
@@ -534,7 +554,18 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "WEB_CONCURRENCY": ("web_concurrency", _int(1, 256)),
     "WEB_THREADS": ("web_threads", _int(1, 256)),
     "PROMETHEUS_MULTIPROC_DIR": ("metrics_dir", _text),
+    # The traces endpoint wins over the general one, as in the SDK: it comes later and overwrites.
+    "OTEL_EXPORTER_OTLP_ENDPOINT": ("otel_endpoint", _text),
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": ("otel_endpoint", _text),
+    "OTEL_SDK_DISABLED": ("otel_sdk_disabled", _bool),
+    "OTEL_SERVICE_NAME": ("otel_service_name", _text),
+    "OTEL_EXPORTER_OTLP_PROTOCOL": ("otel_protocol", _otlp_protocol),
 }
+
+# Read from the process environment only, never from `.env`: the libraries that use them
+# (prometheus_client, the OpenTelemetry SDK) read nothing else.
+_PROCESS_ONLY = ("PROMETHEUS_MULTIPROC_DIR", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                 "OTEL_SDK_DISABLED", "OTEL_SERVICE_NAME", "OTEL_EXPORTER_OTLP_PROTOCOL")
 
 
 def load_settings(environ: Mapping[str, str] | None = None, dotenv_path: str | None = ".env") -> Settings:
@@ -542,8 +573,8 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv_path: str | N
     source: dict[str, str] = {}
     if dotenv_path and os.path.isfile(dotenv_path):
         source.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
-        # prometheus_client reads its directory from the process environment only.
-        source.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        for name in _PROCESS_ONLY:
+            source.pop(name, None)
     source.update(os.environ if environ is None else environ)
     return settings_from(source)
 
@@ -586,6 +617,25 @@ def _check_combinations(settings: Settings) -> None:
     if settings.smtp_password and not settings.smtp_user:
         raise ConfigError("SMTP_USER: expected a user name when SMTP_PASSWORD is set")
     _check_redis_tls(settings)
+    _check_tracing(settings)
+
+
+# What tracing.py imports when tracing is on (the `otel` extra).
+_OTEL_MODULES = ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+                 "opentelemetry.instrumentation.flask", "opentelemetry.instrumentation.redis")
+
+
+def _check_tracing(settings: Settings) -> None:
+    if not settings.tracing_enabled:
+        return  # nothing of OpenTelemetry is looked up, let alone imported
+    for module in _OTEL_MODULES:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            raise ConfigError("OTEL_EXPORTER_OTLP_ENDPOINT: tracing is on but the OpenTelemetry packages are not "
+                              "installed; pip install 'herald-smtp[otel]' (or unset the variable)")
 
 
 def _check_redis_tls(settings: Settings) -> None:

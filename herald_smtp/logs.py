@@ -1,7 +1,8 @@
 """Logging: JSON lines on stdout for the app and for gunicorn, and the startup lines.
 
 Every line carries time, level, logger, message, `service` and, inside a
-request, `request_id`. The same dictConfig serves gunicorn (`logconfig_dict`)
+request, `request_id`; while tracing is on and a span is active, also
+`trace_id` and `span_id` (W3C hex), so logs and traces join. The same dictConfig serves gunicorn (`logconfig_dict`)
 and the other entry points, so all output has one shape. `time` is RFC 3339
 in UTC with milliseconds (2026-12-01T08:52:38.562Z), so the lines sort and
 join with other systems' logs.
@@ -16,6 +17,7 @@ from datetime import datetime, timezone
 
 from pythonjsonlogger.json import JsonFormatter
 
+from . import tracing
 from .config import SERVICE_NAME, Settings
 from .timing import DEADLINE_SLACK_SECONDS, HERALD_CLIENT_TIMEOUT_SECONDS, worst_case_answer_seconds
 
@@ -47,12 +49,15 @@ class JsonLineFormatter(JsonFormatter):
 
 
 class ContextFilter(logging.Filter):
-    """Adds `service` and the current request id to every record."""
+    """Adds `service`, the current request id and, while a span is active, its trace and span id."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.service = SERVICE_NAME
         if not hasattr(record, "request_id"):
             record.request_id = _access_request_id(record) or _current_request_id()
+        ids = tracing.log_ids()
+        if ids is not None:
+            record.trace_id, record.span_id = ids
         return True
 
 

@@ -16,6 +16,11 @@ be out, the key holds a record kept for the TTL, so a worker killed while
 waiting for the server's reply (or a store failure at record time) leaves a
 key that is never sent again; a duplicate gets "outcome unknown" once the
 owner's hold deadline has passed.
+
+Each step is a span (tracing.py) named for the store operation it runs:
+idempotency.claim (reserve), idempotency.wait (get, polling a duplicate in
+flight), idempotency.commit (commit) and idempotency.record (finish or
+release). They carry what was decided, never the key: it may identify a person.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from .. import tracing
 from ..config import Settings
 from ..idempotency.base import Claim, Record, Store, StoreUnavailable
 from ..metrics import Metrics
@@ -70,6 +76,13 @@ class Unguarded:
 
 Turn = Owned | Replay | Refused | Unguarded
 
+# Span attributes (constant: nothing is built while tracing is off).
+_CLAIM = {"herald.idempotency.operation": "reserve"}
+_WAIT = {"herald.idempotency.operation": "get"}
+_COMMIT = {"herald.idempotency.operation": "commit"}
+_FINISH = {"herald.idempotency.operation": "finish"}
+_RELEASE = {"herald.idempotency.operation": "release"}
+
 
 class KeyGuard:
     def __init__(self, settings: Settings, store: Store, metrics: Metrics):
@@ -78,19 +91,29 @@ class KeyGuard:
         self.metrics = metrics
 
     def claim(self, key: str, fingerprint: str, hold_seconds: float) -> Turn:
+        with tracing.span("idempotency.claim", _CLAIM):
+            turn = self._claim(key, fingerprint, hold_seconds)
+            if tracing.active():
+                tracing.set_attributes({"herald.idempotency.turn": _turn_name(turn)})
+            return turn
+
+    def _claim(self, key: str, fingerprint: str, hold_seconds: float) -> Turn:
         deadline = time.monotonic() + self.settings.idempotency_wait_seconds
         while True:
             try:
                 claim = self.store.reserve(key, fingerprint, hold_seconds)
             except StoreUnavailable as exc:
                 self.metrics.store_errors.labels("reserve").inc()
+                tracing.fail("idempotency store unavailable at reserve")
                 return self._store_down(exc)
             if claim.owned:
                 return Owned(claim, fingerprint, time.time() + hold_seconds)
             try:
-                record = self._await_done(key, claim.existing, fingerprint, deadline)
+                with tracing.span("idempotency.wait", _WAIT):
+                    record = self._await_done(key, claim.existing, fingerprint, deadline)
             except StoreUnavailable as exc:
                 self.metrics.store_errors.labels("wait").inc()
+                tracing.fail("idempotency store unavailable while waiting for a duplicate in flight")
                 # Another request holds this key and may be sending right now: sending too
                 # could duplicate the mail, whatever the failure mode says.
                 log.error("idempotency store failed while waiting for a duplicate in flight", extra={"cause": str(exc)})
@@ -102,11 +125,20 @@ class KeyGuard:
 
     def commit(self, owned: Owned) -> Result | None:
         """Just before the final dot: make the key's record survive us. None: send the dot."""
+        with tracing.span("idempotency.commit", _COMMIT):
+            refusal = self._commit(owned)
+            if tracing.active():
+                tracing.set_attributes({"herald.idempotency.stage": owned.stage,
+                                        "herald.idempotency.send": refusal is None})
+            return refusal
+
+    def _commit(self, owned: Owned) -> Result | None:
         record = Record(owned.fingerprint, committing=True, hold_until=owned.hold_until)
         try:
             claim = self.store.commit(owned.claim, record, self.settings.idempotency_ttl_seconds)
         except StoreUnavailable as exc:
             self.metrics.store_errors.labels("commit").inc()
+            tracing.fail("idempotency store unavailable at the commit point")
             if self.settings.idempotency_failure_mode == "closed":
                 log.error("idempotency store unavailable at the commit point; not sending "
                           "(IDEMPOTENCY_FAILURE_MODE=closed)", extra={"cause": str(exc)})
@@ -127,6 +159,10 @@ class KeyGuard:
     def record(self, owned: Owned, result: Result, answer: Answer | None) -> None:
         if owned.stage == "lost":
             return  # the key is another request's now
+        with tracing.span("idempotency.record", _FINISH if result.outcome.keep else _RELEASE):
+            self._record(owned, result, answer)
+
+    def _record(self, owned: Owned, result: Result, answer: Answer | None) -> None:
         claim = owned.claim
         for attempt in range(_RECORD_ATTEMPTS):
             try:
@@ -134,6 +170,7 @@ class KeyGuard:
                 break
             except StoreUnavailable as exc:
                 self.metrics.store_errors.labels("record").inc()
+                tracing.fail("idempotency store unavailable at record")
                 if attempt + 1 < _RECORD_ATTEMPTS:
                     time.sleep(_RECORD_RETRY_PAUSE_SECONDS)
                     continue
@@ -143,6 +180,8 @@ class KeyGuard:
                 log.error("could not record the send outcome in the idempotency store",
                           extra={"cause": str(exc), "idempotency_key": claim.key, "outcome": result.outcome.value})
                 return
+        if tracing.active():
+            tracing.set_attributes({"herald.idempotency.recorded": stored})
         if not stored:
             log.error("idempotency reservation expired before the send finished; outcome not recorded",
                       extra={"idempotency_key": claim.key, "outcome": result.outcome.value})
@@ -191,3 +230,10 @@ class KeyGuard:
         log.error("idempotency store unavailable; sending without idempotency (IDEMPOTENCY_FAILURE_MODE=open)",
                   extra={"cause": str(exc)})
         return Unguarded()
+
+
+def _turn_name(turn: Turn) -> str:
+    """owned, unguarded, replay, or the refusal's outcome (idempotency_conflict, store_unavailable ...)."""
+    if isinstance(turn, Refused):
+        return turn.result.outcome.value
+    return type(turn).__name__.lower()

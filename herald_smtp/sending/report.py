@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from .. import tracing
 from ..addresses import mask_addresses, mask_email
 from ..outcomes import Result
 
@@ -14,6 +15,10 @@ def report(result: Result, to: str | None, seconds: float = 0.0) -> None:
     """`to` is the recipient as the caller gave it (masked here), or None when there was none."""
     masked = mask_email(to) if to else None
     duration_ms = round(seconds * 1000, 1)
+    if tracing.active():  # on the request span: the answer's status comes from the answer (tracing.py)
+        tracing.set_attributes({"herald.outcome": result.outcome.value, "herald.to": masked,
+                                "herald.smtp.relay": result.relay, "herald.smtp.phase": result.phase,
+                                "herald.smtp.reply_code": result.smtp_code})
     if result.ok:
         log.info("send ok", extra={"message_id": result.message_id, "to": masked, "relay": result.relay,
                                    "duration_ms": duration_ms})

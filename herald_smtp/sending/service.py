@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 
+from .. import tracing
 from ..config import Settings
 from ..idempotency.base import Store
 from ..metrics import Metrics
@@ -28,6 +29,10 @@ from .fingerprint import fingerprint
 from .message import MailWriter, new_message_id
 from .report import report
 from .request import SendRequest
+
+
+# On the request span of a replay: the stored answer is given again, nothing is sent.
+_REPLAYED = {"herald.outcome": "replayed"}
 
 
 class SendService:
@@ -54,6 +59,7 @@ class SendService:
             case Owned():
                 return self._admit_and_send(request, budget, turn)
             case Replay(answer):
+                tracing.set_attributes(_REPLAYED)
                 return answer
             case Refused(result):
                 return self._refuse(request, result)

@@ -16,6 +16,9 @@ half of what is left, so a stalled one leaves time for the next; the last
 gets all that remains. The last relay's answer is the answer, so it decides
 whether the idempotency record is kept or released; when more than one relay
 failed its message names each relay's failure.
+
+The whole chain is one span, smtp.send (tracing.py), with a `failover`
+event per relay left; each relay's attempts are its children (relay.py).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
+from .. import tracing
 from ..addresses import mask_addresses
 from ..config import Settings
 from ..metrics import Metrics
@@ -71,6 +75,15 @@ class Mailer:
         `before_dot()` runs just before the final dot; raising SendAborted there stops the send with
         nothing transmitted (the server discards a DATA that never ends).
         """
+        with tracing.span("smtp.send"):
+            result = self._send(mail, recipient, budget, before_dot)
+            if tracing.active():
+                tracing.set_attributes({"herald.outcome": result.outcome.value, "herald.smtp.relay": result.relay})
+                if not result.ok:
+                    tracing.fail(mask_addresses(result.message or result.outcome.value))
+            return result
+
+    def _send(self, mail: Mail, recipient: str, budget: float, before_dot) -> Result:
         deadline = time.monotonic() + budget
         failed: list[Result] = []
         for index, sender in enumerate(self.relays):
@@ -104,6 +117,7 @@ class Mailer:
     def _note_failover(self, attempt: Attempt, sender: RelaySender, following: RelaySender) -> None:
         result = attempt.result
         self.metrics.failovers.labels(sender.name, following.name).inc()
+        tracing.add_event("failover", {"herald.smtp.relay": sender.name, "herald.smtp.next_relay": following.name})
         log.warning("send failover", extra={
             "relay": sender.name, "phase": result.phase or "circuit_open", "smtp_code": result.smtp_code,
             "outcome": result.outcome.value, "errmsg": mask_addresses(result.message), "next_relay": following.name})

@@ -39,8 +39,8 @@ class ConnectionPool:
         self._lock = threading.Lock()
         self._idle: list[PooledConnection] = []
 
-    def acquire(self, deadline: float) -> PooledConnection:
-        """A warm connection if one is fit for use, else a new one."""
+    def acquire(self, deadline: float, span_attributes: dict | None = None) -> PooledConnection:
+        """A warm connection if one is fit for use, else a new one (`span_attributes`: see transport)."""
         with self._lock:
             # Age out every idle connection, not just the top one: under steady
             # traffic the bottom of the stack would otherwise linger forever.
@@ -52,12 +52,12 @@ class ConnectionPool:
         for old in stale:
             transport.close_without_waiting(old.conn)
         if pooled is None:
-            return self.open(deadline)
+            return self.open(deadline, span_attributes)
         pooled.reused = True
         return pooled
 
-    def open(self, deadline: float) -> PooledConnection:
-        conn = transport.open_connection(self.relay, self.context, deadline)
+    def open(self, deadline: float, span_attributes: dict | None = None) -> PooledConnection:
+        conn = transport.open_connection(self.relay, self.context, deadline, span_attributes)
         self.metrics.connections_opened.labels(self.relay.name).inc()
         return PooledConnection(conn, last_used=self._clock())
 

@@ -16,6 +16,10 @@ is sent with SMTPUTF8. Such a mail never reaches a server that does not offer
 SMTPUTF8: transport.mail_from stops before MAIL FROM, the answer is 400
 invalid_destination (not retried, not counted by the breaker, the key
 released), and the connection goes back to the pool as it was.
+
+Each attempt is a span, smtp.attempt (tracing.py), with the relay, the
+attempt number (1 for the first try), whether the connection was reused and
+what the attempt came to; the phases' spans (transport.py) are its children.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
+from .. import tracing
 from ..addresses import mask_addresses
 from ..config import Relay, Settings
 from ..metrics import Metrics
@@ -83,30 +88,51 @@ class RelaySender:
             if not self.breaker.allow():
                 # If our own failures just opened it, their cause is the better answer.
                 return previous or Attempt(self.circuit_open(), fails_over=True)
-            try:
-                code, reply = self._attempt(payload, recipient, deadline, before_dot)
-            except SmtpFailure as failure:
-                verdict = classify_failure(failure)
-                self.breaker.record(verdict.connection_failure, cause=failure.detail)
-                previous = Attempt(replace(verdict.result, relay=self.name), verdict.fails_over)
-                if verdict.fails_over and not last:
-                    return previous
-                if not (verdict.retry and self._retry_fits(attempt, deadline)):
-                    return previous
-                self.metrics.retries.inc()
-                log.info("smtp retry", extra={"relay": self.name, "attempt": attempt + 1, "phase": failure.phase,
-                                               "smtp_code": failure.code, "errmsg": mask_addresses(failure.detail)})
-                time.sleep(_BACKOFF_SECONDS * 2**attempt)
-                continue
-            except SendAborted as aborted:
-                self.breaker.abandon()
-                return Attempt(aborted.result, fails_over=False)
-            except Exception:
-                self.breaker.abandon()  # a bug of ours says nothing about the server: decide nothing
-                raise
-            self.breaker.record(False)
-            return Attempt(replace(classify_reply(code, reply, message_id), relay=self.name), fails_over=False)
+            attributes = self._span_attributes(attempt)
+            with tracing.span("smtp.attempt", attributes):
+                outcome, retry = self._try(attempt, payload, message_id, recipient, deadline, before_dot, last,
+                                           attributes)
+            if not retry:
+                return outcome
+            previous = outcome
+            time.sleep(_BACKOFF_SECONDS * 2**attempt)
         raise AssertionError("unreachable: the last attempt always returns")
+
+    def _try(self, attempt: int, payload: bytes, message_id: str, recipient: str, deadline: float, before_dot,
+             last: bool, span_attributes: dict | None) -> tuple[Attempt, bool]:
+        """One attempt: what it made of the send, and whether to retry after the backoff."""
+        try:
+            code, reply = self._attempt(payload, recipient, deadline, before_dot, span_attributes)
+        except SmtpFailure as failure:
+            verdict = classify_failure(failure)
+            self.breaker.record(verdict.connection_failure, cause=failure.detail)
+            outcome = Attempt(replace(verdict.result, relay=self.name), verdict.fails_over)
+            _trace_result(outcome.result)
+            if verdict.fails_over and not last:
+                return outcome, False
+            if not (verdict.retry and self._retry_fits(attempt, deadline)):
+                return outcome, False
+            self.metrics.retries.inc()
+            log.info("smtp retry", extra={"relay": self.name, "attempt": attempt + 1, "phase": failure.phase,
+                                           "smtp_code": failure.code, "errmsg": mask_addresses(failure.detail)})
+            return outcome, True
+        except SendAborted as aborted:
+            self.breaker.abandon()
+            _trace_result(aborted.result)
+            return Attempt(aborted.result, fails_over=False), False
+        except Exception:
+            self.breaker.abandon()  # a bug of ours says nothing about the server: decide nothing
+            raise
+        self.breaker.record(False)
+        outcome = Attempt(replace(classify_reply(code, reply, message_id), relay=self.name), fails_over=False)
+        _trace_result(outcome.result)
+        return outcome, False
+
+    def _span_attributes(self, attempt: int) -> dict | None:
+        """What the attempt's span and its phases' spans carry; None (nothing built) while tracing is off."""
+        if not tracing.active():
+            return None
+        return {"herald.smtp.relay": self.name, "herald.smtp.attempt": attempt + 1}
 
     def close(self) -> None:
         self.pool.close_all()
@@ -124,22 +150,28 @@ class RelaySender:
             return False
         return deadline - time.monotonic() - _BACKOFF_SECONDS * 2**attempt >= _MIN_ATTEMPT_SECONDS
 
-    def _attempt(self, payload: bytes, recipient: str, deadline: float, before_dot) -> tuple[int, str]:
-        pooled = self.pool.acquire(deadline)
+    def _attempt(self, payload: bytes, recipient: str, deadline: float, before_dot,
+                 span_attributes: dict | None = None) -> tuple[int, str]:
+        opening = _with_reuse(span_attributes, False)
+        pooled = self.pool.acquire(deadline, opening)
         try:
-            return self._transmit(pooled, payload, recipient, deadline, before_dot)
+            return self._transmit(pooled, payload, recipient, deadline, before_dot, span_attributes)
         except SmtpFailure as failure:
             if not (pooled.reused and _dead_before_mail(failure)):
                 raise
         # The server closed the idle connection (or said 421 at MAIL FROM): replace it quietly.
         log.debug("smtp connection was dead at MAIL FROM; reconnecting", extra={"relay": self.name})
-        return self._transmit(self.pool.open(deadline), payload, recipient, deadline, before_dot)
+        tracing.add_event("reconnect", {"reason": "pooled connection dead at MAIL FROM"})
+        return self._transmit(self.pool.open(deadline, opening), payload, recipient, deadline, before_dot,
+                              span_attributes)
 
     def _transmit(self, pooled: PooledConnection, payload: bytes, recipient: str, deadline: float,
-                  before_dot) -> tuple[int, str]:
+                  before_dot, span_attributes: dict | None = None) -> tuple[int, str]:
+        if span_attributes is not None:
+            tracing.set_attributes({"herald.smtp.connection_reused": pooled.reused})
         try:
             code, reply = transport.transmit(pooled.conn, self.relay.from_address, recipient, payload, deadline,
-                                             before_dot)
+                                             before_dot, _with_reuse(span_attributes, pooled.reused))
         except SmtpFailure as failure:
             self._after_failure(pooled, failure)
             raise
@@ -161,6 +193,20 @@ class RelaySender:
             self.pool.release(pooled)
         else:
             self.pool.discard(pooled)
+
+
+def _with_reuse(span_attributes: dict | None, reused: bool) -> dict | None:
+    return None if span_attributes is None else {**span_attributes, "herald.smtp.connection_reused": reused}
+
+
+def _trace_result(result: Result) -> None:
+    """On the attempt's span: what the attempt came to; ERROR unless the mail was accepted."""
+    if not tracing.active():
+        return
+    tracing.set_attributes({"herald.outcome": result.outcome.value, "herald.smtp.reply_code": result.smtp_code,
+                            "herald.smtp.failed_phase": result.phase})
+    if not result.ok:
+        tracing.fail(mask_addresses(result.message or result.outcome.value))
 
 
 def _dead_before_mail(failure: SmtpFailure) -> bool:

@@ -23,6 +23,16 @@ means "retry" before the end of DATA and "unknown" after it. Every step takes
 a `deadline` (time.monotonic) that bounds every wait in it, reads included
 (see deadline.py). Pooling, retries and the breaker wrap it (see mailer,
 pool, breaker).
+
+While tracing is on, each phase is a span (tracing.py) carrying the
+attributes the relay passes (relay, attempt, connection reused) and the reply
+code: smtp.connect (TCP, greeting, EHLO; for implicit TLS the smtp.tls
+handshake is its child), smtp.tls (STARTTLS and the second EHLO), smtp.auth,
+smtp.mail, smtp.rcpt, smtp.data (the DATA command and its 354), smtp.dot (the
+message, the commit point, the final dot and its reply). Pipelined, the three
+envelope spans stay: smtp.mail holds the one write and MAIL's reply, smtp.rcpt
+and smtp.data their replies (herald.smtp.pipelined: true). A refusal marks its
+phase's span ERROR with the detail masked (addresses.mask_addresses).
 """
 
 from __future__ import annotations
@@ -35,6 +45,8 @@ import ssl
 import time
 from dataclasses import dataclass
 
+from .. import tracing
+from ..addresses import mask_addresses
 from ..config import IMPLICIT_TLS, PLAIN, STARTTLS, Relay
 from . import deadline as bounded
 from .deadline import DeadlineSMTP, NotSmtpReply
@@ -90,18 +102,27 @@ def tls_context(relay: Relay) -> ssl.SSLContext | None:
     return context
 
 
-def open_connection(relay: Relay, context: ssl.SSLContext | None, deadline: float) -> smtplib.SMTP:
+def open_connection(relay: Relay, context: ssl.SSLContext | None, deadline: float,
+                    span_attributes: dict | None = None) -> smtplib.SMTP:
     """Connect, secure and authenticate; the caller owns (and closes) the result.
 
-    `deadline` (time.monotonic) bounds the whole exchange, not each read.
+    `deadline` (time.monotonic) bounds the whole exchange, not each read. `span_attributes`
+    go on each phase's span (tracing on only).
     """
-    conn = connect(relay, context, deadline)
+    with _phase(CONNECT, span_attributes):
+        conn = connect(relay, context, deadline, span_attributes)
+        try:
+            ehlo(conn, deadline)
+        except BaseException:
+            close_quietly(conn)
+            raise
     try:
-        ehlo(conn, deadline)
         if relay.tls == STARTTLS:
-            starttls(conn, relay, context, deadline)
+            with _phase(TLS, span_attributes):
+                starttls(conn, relay, context, deadline)
         if relay.user:
-            login(conn, relay, deadline)
+            with _phase(AUTH, span_attributes):
+                login(conn, relay, deadline)
     except BaseException:
         close_quietly(conn)
         raise
@@ -109,7 +130,7 @@ def open_connection(relay: Relay, context: ssl.SSLContext | None, deadline: floa
 
 
 def transmit(conn: smtplib.SMTP, sender: str, recipient: str, payload: bytes, deadline: float,
-             before_dot=None) -> tuple[int, str]:
+             before_dot=None, span_attributes: dict | None = None) -> tuple[int, str]:
     """MAIL, RCPT, DATA, pipelined when the server offers it. Returns the server's final reply,
     which may be a refusal.
 
@@ -117,20 +138,74 @@ def transmit(conn: smtplib.SMTP, sender: str, recipient: str, payload: bytes, de
     """
     smtputf8 = needs_smtputf8(sender, recipient)
     if conn.has_extn("pipelining"):
-        envelope_pipelined(conn, sender, recipient, deadline, smtputf8)
+        envelope_pipelined(conn, sender, recipient, deadline, smtputf8, span_attributes)
     else:
-        mail_from(conn, sender, deadline, smtputf8)
-        rcpt_to(conn, recipient, deadline)
-        start_data(conn, deadline)
-    return content(conn, payload, deadline, before_dot)
+        with _phase(MAIL, span_attributes):
+            mail_from(conn, sender, deadline, smtputf8)
+        with _phase(RCPT, span_attributes):
+            rcpt_to(conn, recipient, deadline)
+        with _phase(DATA, span_attributes):
+            start_data(conn, deadline)
+    with _phase(AFTER_DATA, span_attributes):
+        code, reply = content(conn, payload, deadline, before_dot)
+        _note_reply(code)
+        if code != 250 and tracing.active():
+            tracing.fail(f"{code} to the final dot")
+        return code, reply
 
 
-def connect(relay: Relay, context: ssl.SSLContext | None, deadline: float) -> smtplib.SMTP:
+# The span of each phase (see the module docstring); AFTER_DATA's covers the final dot and its reply.
+_SPAN_NAMES = {CONNECT: "smtp.connect", TLS: "smtp.tls", AUTH: "smtp.auth", MAIL: "smtp.mail", RCPT: "smtp.rcpt",
+               DATA: "smtp.data", AFTER_DATA: "smtp.dot"}
+
+
+def _phase(phase: str, attributes: dict | None, pipelined: bool = False):
+    """The phase's span while tracing is on; the shared no-op otherwise."""
+    if not tracing.active():
+        return tracing.NOOP
+    return _PhaseSpan(phase, attributes, pipelined)
+
+
+class _PhaseSpan:
+    """A phase's span; an SmtpFailure of this phase leaves its reply code and masked detail on it."""
+
+    def __init__(self, phase: str, attributes: dict | None, pipelined: bool):
+        self.phase = phase
+        attributes = dict(attributes or {}, **{"herald.smtp.phase": phase})
+        if pipelined:
+            attributes["herald.smtp.pipelined"] = True
+        self.span = tracing.span(_SPAN_NAMES[phase], attributes)
+
+    def __enter__(self):
+        return self.span.__enter__()
+
+    def __exit__(self, kind, exc, traceback):
+        if isinstance(exc, SmtpFailure):
+            _note_failure(exc)
+        return self.span.__exit__(kind, exc, traceback)
+
+
+def _note_reply(code: int | None) -> None:
+    if code is not None and tracing.active():
+        tracing.set_attributes({"herald.smtp.reply_code": code})
+
+
+def _note_failure(failure: SmtpFailure) -> None:
+    """On the current span: the refusal's code and its detail, addresses masked (a reply may echo one)."""
+    if not tracing.active():
+        return
+    _note_reply(failure.code)
+    tracing.set_attributes({"herald.smtp.failed_phase": failure.phase})
+    tracing.fail(mask_addresses(str(failure)))
+
+
+def connect(relay: Relay, context: ssl.SSLContext | None, deadline: float,
+            span_attributes: dict | None = None) -> smtplib.SMTP:
     """DNS, TCP, the TLS handshake for implicit TLS, and the server's greeting, all within `deadline`."""
     conn = DeadlineSMTP(local_hostname=local_hostname())  # unconnected: we open the socket ourselves
     conn._host = relay.host  # smtplib's starttls() checks the certificate against this name
     conn.deadline = deadline
-    conn.sock = _open_socket(relay, context, deadline)
+    conn.sock = _open_socket(relay, context, deadline, span_attributes)
     where = relay.name
     try:
         code, reply = conn.getreply()
@@ -139,6 +214,7 @@ def connect(relay: Relay, context: ssl.SSLContext | None, deadline: float) -> sm
     except (OSError, smtplib.SMTPException) as exc:
         conn.close()
         raise SmtpFailure(CONNECT, f"connect to {where} failed: {describe_error(exc)}", error=exc) from None
+    _note_reply(code)
     if code != 220:
         close_quietly(conn)
         reply = _text(reply)
@@ -146,7 +222,8 @@ def connect(relay: Relay, context: ssl.SSLContext | None, deadline: float) -> sm
     return conn
 
 
-def _open_socket(relay: Relay, context: ssl.SSLContext | None, deadline: float) -> socket.socket:
+def _open_socket(relay: Relay, context: ssl.SSLContext | None, deadline: float,
+                 span_attributes: dict | None = None) -> socket.socket:
     host, where = relay.host, relay.name
     try:
         addresses = bounded.resolve(host, relay.port, deadline)
@@ -162,10 +239,11 @@ def _open_socket(relay: Relay, context: ssl.SSLContext | None, deadline: float) 
         raise SmtpFailure(CONNECT, f"connect to {where} failed: {describe_error(exc)}", error=exc) from None
     if relay.tls != IMPLICIT_TLS:
         return sock
-    try:
-        return bounded.wrap_tls(sock, context, host, deadline)
-    except OSError as exc:  # ssl.SSLError is an OSError
-        raise SmtpFailure(TLS, f"TLS handshake with {where} failed: {describe_error(exc)}", error=exc) from None
+    with _phase(TLS, span_attributes):
+        try:
+            return bounded.wrap_tls(sock, context, host, deadline)
+        except OSError as exc:  # ssl.SSLError is an OSError
+            raise SmtpFailure(TLS, f"TLS handshake with {where} failed: {describe_error(exc)}", error=exc) from None
 
 
 def _not_smtp(phase: str, exc: NotSmtpReply) -> SmtpFailure:
@@ -174,6 +252,7 @@ def _not_smtp(phase: str, exc: NotSmtpReply) -> SmtpFailure:
 
 def ehlo(conn: smtplib.SMTP, deadline: float) -> None:
     code, reply = _command(conn, CONNECT, conn.ehlo, deadline)
+    _note_reply(code)
     if code != 250:
         raise SmtpFailure(CONNECT, f"EHLO refused: {code} {reply}", code, reply=reply)
 
@@ -190,7 +269,8 @@ def starttls(conn: smtplib.SMTP, relay: Relay, context: ssl.SSLContext, deadline
     try:
         conn.deadline = deadline
         conn.sock.settimeout(_remaining(TLS, deadline))
-        conn.starttls(context=context)
+        code, _ = conn.starttls(context=context)
+        _note_reply(code)
     except NotSmtpReply as exc:
         raise _not_smtp(TLS, exc) from None
     except ssl.SSLError as exc:
@@ -207,7 +287,8 @@ def login(conn: smtplib.SMTP, relay: Relay, deadline: float) -> None:
     try:
         conn.deadline = deadline
         conn.sock.settimeout(_remaining(AUTH, deadline))
-        conn.login(relay.user, relay.password)
+        code, _ = conn.login(relay.user, relay.password)
+        _note_reply(code)
     except NotSmtpReply as exc:
         raise _not_smtp(AUTH, exc) from None
     except smtplib.SMTPAuthenticationError as exc:
@@ -244,7 +325,7 @@ def start_data(conn: smtplib.SMTP, deadline: float) -> None:
 
 
 def envelope_pipelined(conn: smtplib.SMTP, sender: str, recipient: str, deadline: float,
-                       smtputf8: bool = False) -> None:
+                       smtputf8: bool = False, span_attributes: dict | None = None) -> None:
     """MAIL, RCPT and DATA in one write, then their three replies, each checked against its own phase.
 
     Every reply is read, so the session stays in step: after a refused MAIL or RCPT the server
@@ -259,18 +340,24 @@ def envelope_pipelined(conn: smtplib.SMTP, sender: str, recipient: str, deadline
     group = f"MAIL FROM:<{sender}>{parameters}\r\nRCPT TO:<{recipient}>\r\nDATA\r\n"
     if group.count("\n") != 3:  # addresses are validated long before; a line break here would inject commands
         raise ValueError("line break in an envelope address")
-    _command(conn, MAIL, lambda: conn.send(group.encode("utf-8" if smtputf8 else "ascii")), deadline)
+    encoded = group.encode("utf-8" if smtputf8 else "ascii")
     refusal: SmtpFailure | None = None
     for phase, address in ((MAIL, sender), (RCPT, recipient), (DATA, "")):
-        try:
-            code, reply = _command(conn, phase, conn.getreply, deadline)
-            if refusal is None:
-                _check_reply(phase, address, code, reply)
-        except SmtpFailure as failure:
-            refusal = refusal or failure
-            if failure.code in (None, 421):
-                conn.close()
-                raise refusal from None
+        with _phase(phase, span_attributes, pipelined=True):
+            if phase == MAIL:
+                _command(conn, MAIL, lambda: conn.send(encoded), deadline)
+            try:
+                code, reply = _command(conn, phase, conn.getreply, deadline)
+                if refusal is None:
+                    _check_reply(phase, address, code, reply)
+                else:
+                    _note_reply(code)
+            except SmtpFailure as failure:
+                _note_failure(failure)
+                refusal = refusal or failure
+                if failure.code in (None, 421):
+                    conn.close()
+                    raise refusal from None
     if refusal is not None:
         if code == 354:
             conn.close()
@@ -283,6 +370,7 @@ _REFUSED = {MAIL: "MAIL FROM:<{}> refused", RCPT: "RCPT TO refused", DATA: "DATA
 
 
 def _check_reply(phase: str, address: str, code: int, reply: str) -> None:
+    _note_reply(code)
     if code not in _ACCEPTED[phase]:
         raise SmtpFailure(phase, f"{_REFUSED[phase].format(address)}: {code} {reply}", code, reply=reply)
 

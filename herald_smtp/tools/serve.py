@@ -75,6 +75,7 @@ def gunicorn_options(settings: Settings) -> dict:
         # gunicorn 27's control socket lives in $HOME, shared by every instance; not needed here.
         "control_socket_disable": True,
         "on_starting": on_starting_hook(settings),
+        "post_fork": post_fork_hook(settings),
         "post_worker_init": post_worker_init,
         "child_exit": child_exit,
         "worker_exit": worker_exit,
@@ -90,6 +91,16 @@ def on_starting_hook(settings: Settings):
         log_startup(settings)
 
     return on_starting
+
+
+def post_fork_hook(settings: Settings):
+    def post_fork(server, worker) -> None:
+        # In the worker, before it loads the app: the span exporter's thread must live in this process.
+        from .. import tracing
+
+        tracing.setup(settings)
+
+    return post_fork
 
 
 def post_worker_init(worker) -> None:
@@ -129,11 +140,14 @@ def child_exit(server, worker) -> None:
 
 
 def worker_exit(server, worker) -> None:
+    from .. import tracing
+
     app = getattr(worker, "wsgi", None)
     if app is not None:
         from ..web.app import close_app
 
         close_app(app)
+    tracing.shutdown()  # flush the spans still batched: a graceful stop loses none
 
 
 def on_exit_hook(settings: Settings):

@@ -12,6 +12,7 @@ import uuid
 
 from flask import Flask, g, request
 
+from .. import tracing
 from ..config import Settings, load_settings
 from ..idempotency.base import Store
 from ..idempotency.store import open_store
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None, clo
     app.register_blueprint(auth.bp)
     app.register_blueprint(send.bp)
     app.register_blueprint(health.bp)
+    tracing.instrument_app(app)  # nothing while tracing is off
     return app
 
 
