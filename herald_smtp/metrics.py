@@ -66,6 +66,12 @@ class Metrics:
                                   "SMTP_TIMEOUT_SECONDS: the time budget of one send's SMTP exchange",
                                   registry=r, multiprocess_mode="livemax")
 
+    def add_relay(self, relay: str) -> None:
+        """The per-relay counters at 0 from the start: a labelled series exists only once its label is used, and
+        a rate() or an alert over a series that appears late sees nothing before it."""
+        self.connections_opened.labels(relay)
+        self.connections_reused.labels(relay)
+
     def set_circuit_state(self, relay: str, state: str) -> None:
         self.circuit_state.labels(relay).set(CIRCUIT_STATES[state])
 

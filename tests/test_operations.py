@@ -118,6 +118,18 @@ def test_metrics_count_requests_outcomes_replays_and_connections(client, smtp):
     assert metric(text, "herald_smtp_smtp_circuit_state") == 0
 
 
+def test_every_relay_s_connection_counters_exist_at_zero_before_any_send(make_client, smtp):
+    # A labelled series appears only once its label is used: without this, the dashboard's and the alerts'
+    # rate() over connections reused saw nothing until a worker first reused a connection.
+    fallback = "smtp+plain://127.0.0.1:2599"
+    client = make_client(settings_from(smtp_env(smtp) | {"SMTP_FALLBACK_URLS": fallback}))
+    text = client.get("/metrics").get_data(as_text=True)
+    for relay in (f"{smtp.host}:{smtp.port}", "127.0.0.1:2599"):
+        for name in ("herald_smtp_smtp_connections_opened_total", "herald_smtp_smtp_connections_reused_total"):
+            # Present with the value 0 (metric() would give 0 for an absent sample too).
+            assert f'{name}{{relay="{relay}"}} 0.0' in text.splitlines(), (name, relay)
+
+
 def test_metrics_count_retries_store_errors_and_circuit_state(server_factory, make_client, tmp_path):
     server = server_factory()
     with RedisServer(tmp_path) as redis_server:

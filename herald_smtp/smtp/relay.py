@@ -74,6 +74,7 @@ class RelaySender:
         self.pool = ConnectionPool(relay, settings, transport.tls_context(relay), metrics, clock=clock)
         self.breaker = CircuitBreaker(settings.smtp_circuit_threshold, settings.smtp_circuit_cooldown_seconds,
                                       on_change=self._show_state, clock=clock, name=relay.name)
+        metrics.add_relay(relay.name)
         self._show_state(CLOSED)
 
     def send(self, payload: bytes, message_id: str, recipient: str, deadline: float, before_dot,
