@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from tests.support.herald_process import HeraldProcess
+from tests.support.otlp_receiver import OtlpReceiver
 from tests.support.redis_server import RedisServer
 
 from . import loadgen, smtp_clients, workload
 from . import wrk as wrk_runner
 from .usage import cpu_seconds, worker_peak_rss_mb
-from .otlp_sink import OtlpSink
-from .processes import BenchSmtpProcess, Certificates, GunicornProcess, floor_process, herald_process
+from .processes import BenchSmtpProcess, Certificates, floor_process, herald_process
 from .results import (CEILING, CONNECT_PER_MESSAGE, DOT_APART, DOT_APART_NODELAY, FLOOR, HERALD, REPLAY, TRACED,
                       WARM, Latencies, Measurement)
 
@@ -104,7 +105,7 @@ def herald_env(context: Context, smtp: BenchSmtpProcess | None) -> dict[str, str
     return env
 
 
-def http_measurement(context: Context, service: GunicornProcess, generator: str, concurrency: int,
+def http_measurement(context: Context, service: HeraldProcess, generator: str, concurrency: int,
                      replay_keys: int = 0, prefix: str | None = None) -> Latencies:
     budget, prefix = context.budget, prefix or context.prefix()
     if generator == "wrk":
@@ -170,7 +171,7 @@ def smtp_counts(smtp: BenchSmtpProcess, cpu_before: float) -> dict:
     return {**smtp.stats(), "server_cpu_seconds": round(cpu_seconds(smtp.pid) - cpu_before, 3)}
 
 
-def served(context: Context, service: GunicornProcess, smtp: BenchSmtpProcess | None, measurement: Measurement,
+def served(context: Context, service: HeraldProcess, smtp: BenchSmtpProcess | None, measurement: Measurement,
            measure: Callable[[], Latencies]) -> Measurement:
     """Run `measure` against a gunicorn service; fill in its latencies, CPU per request, peak RSS, SMTP counts."""
     if smtp is not None:
@@ -187,7 +188,7 @@ def served(context: Context, service: GunicornProcess, smtp: BenchSmtpProcess | 
     return context.record(measurement)
 
 
-def warm_up(context: Context, herald: GunicornProcess) -> None:
+def warm_up(context: Context, herald: HeraldProcess) -> None:
     """Open pooled SMTP connections in every worker before the first measurement; not reported."""
     loadgen.http_load("127.0.0.1", herald.port, 16, context.budget.warmup_requests, 30.0, context.prefix())
 
@@ -196,7 +197,7 @@ def measure_traced(context: Context, smtp: BenchSmtpProcess) -> None:
     """herald-smtp with tracing on (every span exported over OTLP/HTTP to a local sink), at the highest
     concurrency: what tracing costs when it is on, next to the same setup with it off."""
     concurrency = CONCURRENCIES[-1]
-    with OtlpSink() as sink:
+    with OtlpReceiver(decode=False) as sink:
         env = herald_env(context, smtp) | {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint,
                                            "OTEL_BSP_SCHEDULE_DELAY": "200"}
         with herald_process(context.workdir, env) as herald:
@@ -208,7 +209,7 @@ def measure_traced(context: Context, smtp: BenchSmtpProcess) -> None:
         measurement.smtp["otlp_exports"] = sink.exports  # after the stop: the last batch is flushed at exit
 
 
-def measure_replay(context: Context, smtp: BenchSmtpProcess, herald: GunicornProcess) -> None:
+def measure_replay(context: Context, smtp: BenchSmtpProcess, herald: HeraldProcess) -> None:
     """Finish `replay_keys` keys (real sends), then send them again and again: every answer a replay, no SMTP."""
     keys = context.budget.replay_keys
     prefix = context.prefix()

@@ -116,13 +116,9 @@ class BenchSmtpProcess:
         self.stop()
 
 
-# A gunicorn master (herald-smtp serve, or the floor app) on 127.0.0.1; its workers are its children.
-GunicornProcess = HeraldProcess
-
-
-def herald_process(workdir: Path, env: dict[str, str]) -> GunicornProcess:
+def herald_process(workdir: Path, env: dict[str, str]) -> HeraldProcess:
     return HeraldProcess(workdir, _child_env(env), name=f"herald-smtp-{next(_RUNS)}")
 
 
-def floor_process(workdir: Path, env: dict[str, str]) -> GunicornProcess:
+def floor_process(workdir: Path, env: dict[str, str]) -> HeraldProcess:
     return HeraldProcess(workdir, _child_env(env), module_argv=("bench.floor_app",), name=f"floor-{next(_RUNS)}")

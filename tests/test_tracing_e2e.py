@@ -10,69 +10,12 @@ from __future__ import annotations
 
 import json
 import secrets
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
 
 from tests.support.client import post, smtp_env
 from tests.support.herald_process import HeraldProcess
-from tests.support.net import LOCALHOST
-
-
-class OtlpReceiver:
-    """A minimal OTLP/HTTP trace receiver on 127.0.0.1: decodes each ExportTraceServiceRequest it gets."""
-
-    def __init__(self):
-        self.requests: list[ExportTraceServiceRequest] = []
-        self.paths: list[str] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                export = ExportTraceServiceRequest()
-                export.ParseFromString(body)
-                receiver.paths.append(self.path)
-                receiver.requests.append(export)
-                answer = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer((LOCALHOST, 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://{LOCALHOST}:{self.server.server_address[1]}"
-
-    def __enter__(self) -> "OtlpReceiver":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def spans(self) -> list[tuple[dict, object]]:
-        """(resource attributes, span) for every span received."""
-        out = []
-        for export in self.requests:
-            for resource_spans in export.resource_spans:
-                resource = {kv.key: kv.value.string_value for kv in resource_spans.resource.attributes}
-                for scope_spans in resource_spans.scope_spans:
-                    out.extend((resource, span) for span in scope_spans.spans)
-        return out
+from tests.support.otlp_receiver import OtlpReceiver
 
 
 @pytest.fixture
