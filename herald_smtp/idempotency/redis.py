@@ -1,11 +1,15 @@
 """Redis idempotency store, shared by every worker and replica.
 
-reserve: Lua SET key reservation NX PX hold, else GET it (atomic: one winner per key, one round trip)
-commit:  Lua compare-and-set to the committing record, SETEX with IDEMPOTENCY_TTL_SECONDS
-finish:  Lua compare-and-set, then SETEX with IDEMPOTENCY_TTL_SECONDS
-release: Lua compare-and-delete
-The reservation value holds a random token, so an owner whose reservation
-expired and was taken over cannot overwrite or delete the newer one.
+reserve: Lua SET key reservation PX hold if absent, else GET it (atomic: one winner per key, one round trip)
+commit:  Lua compare-token-and-set to the committing record, SETEX with IDEMPOTENCY_TTL_SECONDS
+finish:  Lua compare-token-and-set to the final record, SETEX with IDEMPOTENCY_TTL_SECONDS
+release: Lua compare-token-and-delete
+The reservation and the committing record hold the owner's random token, so
+an owner whose reservation expired and was taken over cannot overwrite or
+delete the newer one. Every script is safe to run twice (redis-py retries a
+command once after a reset connection, and Redis may have run the first):
+reserve recognises its own reservation, commit and finish a value already
+written.
 
 Cluster-safe: every operation touches exactly one key, and each script names
 it in KEYS[1], so a Redis Cluster routes it to the key's slot. The client
@@ -20,6 +24,7 @@ import json
 import secrets
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable
 
 import redis
@@ -29,25 +34,48 @@ from .base import Claim, Record, StoreUnavailable
 from .store import RedisTarget, parse_redis_url
 
 # Take the key, or read who has it: one round trip for a replay or a duplicate, not SET NX then GET
-# (and no "expired in between" to loop on).
+# (and no "expired in between" to loop on). Finding our own reservation means this call is redis-py's
+# reconnect-and-retry of one that Redis already ran: the key is ours.
 _RESERVE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+local existing = redis.call('GET', KEYS[1])
+if not existing then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return false
 end
-return redis.call('GET', KEYS[1])
+if existing == ARGV[1] then
+  return false
+end
+return existing
 """
 
-# Compare-and-set: replace our own value (reservation or committing record) and set its TTL.
-_REPLACE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+# The owner's token inside a record that is not done (reservation or committing record), or nil.
+_TOKEN_OF = """
+local function token_of(value)
+  if not value then return nil end
+  local ok, record = pcall(cjson.decode, value)
+  if ok and type(record) == 'table' then return record['token'] end
+  return nil
+end
+"""
+
+# Compare-and-set: replace a record holding our token (reservation or committing record) and set its
+# TTL. A key already holding the new value is a retried call that Redis ran: done, not "lost".
+_REPLACE = _TOKEN_OF + """
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[2] then
+  return 1
+end
+if token_of(current) == ARGV[1] then
   redis.call('SETEX', KEYS[1], ARGV[3], ARGV[2])
   return 1
 end
 return 0
 """
 
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+# Compare-and-delete on the token: frees the key whether the owner got as far as committing or not, which
+# matters when a commit ran in Redis but its reply never arrived.
+_RELEASE = _TOKEN_OF + """
+if token_of(redis.call('GET', KEYS[1])) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
@@ -80,6 +108,16 @@ def _translate_errors():
         raise StoreUnavailable(f"idempotency store (Redis) unavailable: {type(exc).__name__}: {exc}") from None
 
 
+@dataclass(frozen=True)
+class _Bound:
+    """The client and the scripts registered on it, made at the first operation."""
+
+    client: redis.Redis
+    reserve: Callable
+    replace: Callable
+    release: Callable
+
+
 class RedisStore:
     name = "redis"
 
@@ -89,7 +127,7 @@ class RedisStore:
         self._connect = connect or (lambda: client)
         self._prefix = prefix + "idempotency:"
         self._lock = threading.Lock()
-        self._bound: tuple | None = None  # (client, reserve, replace and release scripts)
+        self._bound: _Bound | None = None
 
     @classmethod
     def from_target(cls, target: RedisTarget, prefix: str) -> "RedisStore":
@@ -101,48 +139,49 @@ class RedisStore:
 
     @property
     def _redis(self) -> redis.Redis:
-        return self._scripts()[0]
+        return self._scripts().client
 
-    def _scripts(self) -> tuple:
+    def _scripts(self) -> "_Bound":
         if self._bound is None:
             with self._lock:
                 if self._bound is None:
                     client = self._connect()
-                    self._bound = (client, client.register_script(_RESERVE), client.register_script(_REPLACE),
-                                   client.register_script(_RELEASE))
+                    self._bound = _Bound(client, client.register_script(_RESERVE),
+                                         client.register_script(_REPLACE), client.register_script(_RELEASE))
         return self._bound
 
     def _reserve(self, keys, args):
-        return self._scripts()[1](keys=keys, args=args)
+        return self._scripts().reserve(keys=keys, args=args)
 
     def _replace(self, keys, args):
-        return self._scripts()[2](keys=keys, args=args)
+        return self._scripts().replace(keys=keys, args=args)
 
     def _release(self, keys, args):
-        return self._scripts()[3](keys=keys, args=args)
+        return self._scripts().release(keys=keys, args=args)
 
     def reserve(self, key: str, fingerprint: str, hold_seconds: float) -> Claim:
-        # The claim's token is the exact value written: the scripts compare against it.
-        reservation = _encode(Record(fingerprint), token=secrets.token_hex(16))
+        token = secrets.token_hex(16)
+        reservation = _encode(Record(fingerprint), token)
         hold_ms = max(1, int(hold_seconds * 1000))
         with _translate_errors():
             existing = self._reserve(keys=[self._prefix + key], args=[reservation, hold_ms])
-        return Claim(key, token=reservation) if existing is None else Claim(key, existing=_decode(existing))
+        return Claim(key, token=token) if existing is None else Claim(key, existing=_decode(existing))
 
     def commit(self, claim: Claim, record: Record, ttl_seconds: int) -> Claim | None:
-        committing = _encode(record, token=secrets.token_hex(16))
-        with _translate_errors():
-            keys, args = [self._prefix + claim.key], [claim.token, committing, int(ttl_seconds)]
-            return Claim(claim.key, token=committing) if self._replace(keys=keys, args=args) else None
+        # The committing record keeps the reservation's token: one token frees or finishes the key in
+        # either state, even when the commit ran in Redis and its reply was lost.
+        return claim if self._replace_with(claim, _encode(record, claim.token), ttl_seconds) else None
 
     def finish(self, claim: Claim, record: Record, ttl_seconds: int) -> bool:
-        with _translate_errors():
-            keys, args = [self._prefix + claim.key], [claim.token, _encode(record), int(ttl_seconds)]
-            return bool(self._replace(keys=keys, args=args))
+        return self._replace_with(claim, _encode(record), ttl_seconds)
 
     def release(self, claim: Claim) -> bool:
         with _translate_errors():
             return bool(self._release(keys=[self._prefix + claim.key], args=[claim.token]))
+
+    def _replace_with(self, claim: Claim, value: str, ttl_seconds: int) -> bool:
+        with _translate_errors():
+            return bool(self._replace(keys=[self._prefix + claim.key], args=[claim.token, value, int(ttl_seconds)]))
 
     def get(self, key: str) -> Record | None:
         with _translate_errors():

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from enum import Enum
 
 from .. import tracing
 from ..config import Settings
@@ -48,15 +49,20 @@ _ABANDONED = ("outcome unknown: a request with this idempotency key was sending 
               "delivered, so it is not sent again")
 
 
+class Stage(Enum):
+    RESERVED = "reserved"  # nothing of the mail can have been delivered
+    COMMITTED = "committed"  # the final dot may go out (or has): the key must never be freed by a bug path
+    LOST = "lost"  # our reservation expired and another request took the key over
+
+
 @dataclass
 class Owned:
-    """Our hold on a key. Not frozen: commit() moves it on to the committing record."""
+    """Our hold on a key. Not frozen: commit() moves it on to the next stage."""
 
     claim: Claim
     fingerprint: str
     hold_until: float  # time.time() by which our send must be over; duplicates trust it after a crash
-    # "reserved"; "committed" once the final dot may go out; "lost" when another request took the key over.
-    stage: str = "reserved"
+    stage: Stage = Stage.RESERVED
 
 
 @dataclass(frozen=True)
@@ -128,7 +134,7 @@ class KeyGuard:
         with tracing.span("idempotency.commit", _COMMIT):
             refusal = self._commit(owned)
             if tracing.active():
-                tracing.set_attributes({"herald.idempotency.stage": owned.stage,
+                tracing.set_attributes({"herald.idempotency.stage": owned.stage.value,
                                         "herald.idempotency.send": refusal is None})
             return refusal
 
@@ -137,27 +143,33 @@ class KeyGuard:
         try:
             claim = self.store.commit(owned.claim, record, self.settings.idempotency_ttl_seconds)
         except StoreUnavailable as exc:
-            self.metrics.store_errors.labels("commit").inc()
-            tracing.fail("idempotency store unavailable at the commit point")
-            if self.settings.idempotency_failure_mode == "closed":
-                log.error("idempotency store unavailable at the commit point; not sending "
-                          "(IDEMPOTENCY_FAILURE_MODE=closed)", extra={"cause": str(exc)})
-                return Result(Outcome.STORE_UNAVAILABLE, f"{exc}; not sending (closed mode), nothing was transmitted")
-            log.error("idempotency store unavailable at the commit point; sending anyway "
-                      "(IDEMPOTENCY_FAILURE_MODE=open)", extra={"cause": str(exc)})
-            return None
+            return self._commit_failed(owned, exc)
         if claim is None:
             # Our reservation expired and another request may hold the key: it sends, we must not.
-            owned.stage = "lost"
+            owned.stage = Stage.LOST
             log.error("idempotency reservation expired before the commit point; not sending",
                       extra={"idempotency_key": owned.claim.key})
             return Result(Outcome.IDEMPOTENCY_IN_FLIGHT, "the idempotency reservation expired before the mail "
                                                          "was committed; nothing was sent; retry later with the same key")
-        owned.claim, owned.stage = claim, "committed"
+        owned.claim, owned.stage = claim, Stage.COMMITTED
+        return None
+
+    def _commit_failed(self, owned: Owned, exc: StoreUnavailable) -> Result | None:
+        # The commit may have run in Redis even so (its reply came too late). The committing record keeps
+        # the reservation's token, so record() frees or finishes the key in whichever state it is.
+        self.metrics.store_errors.labels("commit").inc()
+        tracing.fail("idempotency store unavailable at the commit point")
+        if self.settings.idempotency_failure_mode == "closed":
+            log.error("idempotency store unavailable at the commit point; not sending "
+                      "(IDEMPOTENCY_FAILURE_MODE=closed)", extra={"cause": str(exc)})
+            return Result(Outcome.STORE_UNAVAILABLE, f"{exc}; not sending (closed mode), nothing was transmitted")
+        log.error("idempotency store unavailable at the commit point; sending anyway "
+                  "(IDEMPOTENCY_FAILURE_MODE=open)", extra={"cause": str(exc)})
+        owned.stage = Stage.COMMITTED
         return None
 
     def record(self, owned: Owned, result: Result, answer: Answer | None) -> None:
-        if owned.stage == "lost":
+        if owned.stage is Stage.LOST:
             return  # the key is another request's now
         with tracing.span("idempotency.record", _FINISH if result.outcome.keep else _RELEASE):
             self._record(owned, result, answer)

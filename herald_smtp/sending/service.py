@@ -24,7 +24,7 @@ from ..outcomes import Answer, Outcome, Result, answer_for
 from ..smtp.mailer import Mailer, SendAborted
 from ..timing import reservation_hold_seconds, send_budget
 from .abuse import AbuseLimits
-from .claim import KeyGuard, Owned, Refused, Replay, Unguarded
+from .claim import KeyGuard, Owned, Refused, Replay, Stage, Unguarded
 from .fingerprint import fingerprint
 from .message import MailWriter, new_message_id
 from .report import report
@@ -102,7 +102,7 @@ class SendService:
         # A bug of ours. Before the commit point nothing can have been delivered: free the key so
         # the caller's retry is not stuck behind a dead reservation. After it, the committing
         # record stays: the mail may be out.
-        if owned is not None and owned.stage == "reserved":
+        if owned is not None and owned.stage is Stage.RESERVED:
             self.guard.record(owned, Result(Outcome.INTERNAL_ERROR), None)
 
     def _commit_point(self, owned: Owned | None):

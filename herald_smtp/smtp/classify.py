@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 from ..outcomes import Outcome, Result
 from .deadline import NotSmtpReply
-from .transport import AFTER_DATA, AUTH, CONNECT, DATA, MAIL, RCPT, TLS, SmtpFailure, SmtpUtf8NotOffered
+from .transport import (AFTER_DATA, AUTH, CONNECT, DATA, MAIL, RCPT, TLS, BudgetSpentBeforeDot, SmtpFailure,
+                        SmtpUtf8NotOffered)
 
 PHASES = (CONNECT, TLS, AUTH, MAIL, RCPT, DATA, AFTER_DATA)
-EVIDENCE = ("network", "local", "not_smtp", "no_smtputf8", "2xx", "421", "4xx", "4xx_sender", "530", "5xx",
+EVIDENCE = ("network", "local", "not_smtp", "no_smtputf8", "late_commit", "2xx", "421", "4xx", "4xx_sender", "530", "5xx",
             "5xx_sender")
 _SENDER_REFUSAL = re.compile(r"(?i)sender address rejected|relay access denied|relaying denied|"
                              r"relay not permitted|not allowed to relay|sender not allowed")
@@ -49,6 +50,7 @@ RULES: tuple[tuple[tuple[str, ...], str, Outcome, bool, str], ...] = (
     ((RCPT,), "5xx", Outcome.RECIPIENT_REJECTED, STAYS, "550 5.1.1 no such user"),
     ((RCPT,), "5xx_sender", Outcome.SMTP_PERMANENT, FAILS_OVER, "553 5.7.1 Sender address rejected; 554 5.7.1 Relay access denied"),
     ((MAIL, DATA), "5xx", Outcome.SMTP_PERMANENT, FAILS_OVER, "553 sender not allowed, 554 DATA refused"),
+    ((DATA,), "late_commit", Outcome.SMTP_TRANSIENT, STAYS, "the idempotency commit used up the budget: the final dot was never sent"),
     ((MAIL,), "no_smtputf8", Outcome.INVALID_DESTINATION, STAYS, "to josé@example.com (a non-ASCII local part), no SMTPUTF8 in the server's EHLO: stopped before MAIL FROM"),
 )
 
@@ -65,6 +67,8 @@ def evidence_of(failure: SmtpFailure) -> str:
     error = failure.error
     if isinstance(error, SmtpUtf8NotOffered):
         return "no_smtputf8"
+    if isinstance(error, BudgetSpentBeforeDot):
+        return "late_commit"
     if error is None or isinstance(error, ValueError):  # ValueError: e.g. an SMTP_HOST IDNA cannot encode
         return "local"
     if isinstance(error, NotSmtpReply):

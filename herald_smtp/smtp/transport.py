@@ -70,6 +70,10 @@ class SmtpFailure(Exception):
         return f"{self.phase}: {self.detail}"
 
 
+class BudgetSpentBeforeDot(Exception):
+    """The budget ran out between the message and its final dot (a slow commit): the dot was never sent."""
+
+
 class SmtpUtf8NotOffered(Exception):
     """The mail needs SMTPUTF8 and the server's EHLO does not offer it: stopped before MAIL FROM, nothing sent."""
 
@@ -398,9 +402,27 @@ def content(conn: smtplib.SMTP, payload: bytes, deadline: float, before_dot=None
     _command(conn, DATA, lambda: conn.send(_dot_stuffed(payload)), deadline)
     if before_dot is not None:
         before_dot()
-    # From the first byte of the final dot on, the server may accept the mail: a failure is an unknown outcome.
-    _command(conn, AFTER_DATA, lambda: conn.send(b".\r\n"), deadline)
+    _send_final_dot(conn, deadline)
     return _command(conn, AFTER_DATA, conn.getreply, deadline)
+
+
+def _send_final_dot(conn: smtplib.SMTP, deadline: float) -> None:
+    """The commit point may have used up the budget: that is found out before a byte of the dot leaves,
+    so it is still DATA (nothing transmitted, the key released). From the first byte of the final dot on,
+    the server may accept the mail: a failure is an unknown outcome."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise SmtpFailure(DATA, "the time budget ran out before the final dot (at the idempotency commit "
+                                "point); the final dot was not sent, so nothing was transmitted",
+                          error=BudgetSpentBeforeDot())
+    if conn.sock is None:
+        raise SmtpFailure(DATA, "connection failed: closed before the final dot",
+                          error=smtplib.SMTPServerDisconnected("not connected"))
+    try:
+        conn.sock.settimeout(left)
+        conn.send(b".\r\n")
+    except (OSError, smtplib.SMTPException) as exc:
+        raise SmtpFailure(AFTER_DATA, f"connection failed: {describe_error(exc)}", error=exc) from None
 
 
 # RSET and QUIT are housekeeping: never wait long for a server that may be gone.
