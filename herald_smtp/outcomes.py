@@ -20,10 +20,15 @@ from enum import Enum
 class Outcome(Enum):
     """Each member is one row: (error_code, HTTP status, retryable, keep). Its value is its log name."""
 
+    error_code: str | None  # None for success
+    http_status: int
+    retryable: bool
+    keep: bool
+
     def __new__(cls, name: str, error_code: str | None, http_status: int, retryable: bool, keep: bool):
         member = object.__new__(cls)
         member._value_ = name
-        member.error_code = error_code  # None for success
+        member.error_code = error_code
         member.http_status = http_status
         member.retryable = retryable
         member.keep = keep

@@ -18,11 +18,23 @@ capped at 1 s), hence DEADLINE_SLACK_SECONDS. Sized from that worst case:
     gunicorn timeout    the answer + 15 s: a worker busy with one slow send is
                         not killed for it.
     graceful timeout    the answer + 5 s: a SIGTERM lets in-flight sends finish.
+    record lifetime     the reservation hold + IDEMPOTENCY_WAIT_SECONDS at least:
+                        IDEMPOTENCY_TTL_SECONDS below it is refused at startup.
+                        A committing record (written after the reservation)
+                        then outlives its owner's hold, so a duplicate never
+                        finds the key free while the owner may still be
+                        sending, nor after a crash at the commit point; and a
+                        final record outlives every duplicate still waiting
+                        for it.
 """
 
 from __future__ import annotations
 
-from .config import Settings
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # config checks IDEMPOTENCY_TTL_SECONDS against minimum_ttl_seconds() at load time
+    from .config import Settings
 
 DEADLINE_SLACK_SECONDS = 1.0
 HOLD_MARGIN_SECONDS = 5.0
@@ -46,6 +58,11 @@ def worst_case_send_seconds(budget: float) -> float:
 
 def reservation_hold_seconds(budget: float) -> float:
     return worst_case_send_seconds(budget) + HOLD_MARGIN_SECONDS
+
+
+def minimum_ttl_seconds(smtp_timeout_seconds: float, idempotency_wait_seconds: float) -> int:
+    """The shortest IDEMPOTENCY_TTL_SECONDS the idempotency protocol allows (see the module docstring)."""
+    return math.ceil(reservation_hold_seconds(smtp_timeout_seconds) + idempotency_wait_seconds)
 
 
 def worst_case_answer_seconds(settings: Settings) -> float:

@@ -48,8 +48,8 @@ class _NoopSpan:
     def __enter__(self):
         return None
 
-    def __exit__(self, *exc_info) -> bool:
-        return False
+    def __exit__(self, *exc_info) -> None:
+        return None
 
 
 NOOP = _NoopSpan()

@@ -8,11 +8,12 @@ dropped) is the judge.
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
 
-from herald_smtp.config import settings_from
+from herald_smtp.config import ConfigError, settings_from
 from herald_smtp.idempotency.base import Record
 from herald_smtp.idempotency.redis import RedisStore
 from tests.support.client import assert_error, send, smtp_env
@@ -126,3 +127,47 @@ def test_release_frees_a_committing_record_with_the_reservations_token(store):
     assert committed is not None
     assert store.release(claim)  # the reservation's own claim: the token is the same
     assert store.get("k-release") is None
+
+
+# --- bug 1: records that must outlive the protocol's hold
+
+
+def test_a_ttl_shorter_than_the_protocol_needs_is_refused_at_startup(smtp):
+    # SMTP_TIMEOUT_SECONDS=5: the hold is 5 + 1 + 5 s; a duplicate may wait 1 s more.
+    env = smtp_env(smtp) | {"IDEMPOTENCY_WAIT_SECONDS": "1"}
+    with pytest.raises(ConfigError) as refused:
+        settings_from(env | {"IDEMPOTENCY_TTL_SECONDS": "2"})
+    message = str(refused.value)
+    assert message.startswith("IDEMPOTENCY_TTL_SECONDS: ") and "at least 12" in message
+    assert settings_from(env | {"IDEMPOTENCY_TTL_SECONDS": "12"}).idempotency_ttl_seconds == 12
+
+
+def test_at_the_shortest_ttl_a_duplicate_during_a_slow_final_dot_sends_nothing(make_client, smtp, redis_url,
+                                                                                redis_client):
+    env = smtp_env(smtp) | {"REDIS_URL": redis_url, "IDEMPOTENCY_WAIT_SECONDS": "1", "IDEMPOTENCY_TTL_SECONDS": "12"}
+    client = make_client(settings_from(env))
+    smtp.inject("message", delay=4, times=1)  # the server answers the final dot after 4 s
+    payload = {"to": "a@example.com", "idempotency_key": "k-short-ttl"}
+    first = {}
+    sender = threading.Thread(target=lambda: first.update(r=send(client, payload)))
+    sender.start()
+    record = _wait_for_committing(redis_client, "k-short-ttl")
+    time.sleep(2.5)  # past a 2 s TTL, well inside the owner's send
+    # Even if the owner died now (SIGKILL), the record would stay until its hold has passed.
+    assert redis_client.pttl(KEY_PREFIX + "k-short-ttl") / 1000 > record["hold_until"] - time.time()
+    assert_error(send(client, payload), 409, "idempotency_conflict", "still in flight")
+    sender.join(timeout=15)
+    assert first["r"].status_code == 200
+    replay = send(client, payload)
+    assert replay.get_json()["message_id"] == first["r"].get_json()["message_id"]
+    assert final_dots(smtp) == 1
+
+
+def _wait_for_committing(redis_client, key: str, timeout: float = 5.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        raw = redis_client.get(KEY_PREFIX + key)
+        if raw and json.loads(raw).get("committing"):
+            return json.loads(raw)
+        time.sleep(0.01)
+    raise AssertionError(f"{key} never reached its commit point")

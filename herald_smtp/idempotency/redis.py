@@ -20,6 +20,7 @@ StoreUnavailable (and IDEMPOTENCY_FAILURE_MODE), not a worker that cannot boot.
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import threading
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import redis
+from redis.cluster import RedisCluster
 
 from . import redis_clients
 from .base import Claim, Record, StoreUnavailable
@@ -83,7 +85,7 @@ return 0
 
 
 def _encode(record: Record, token: str = "") -> str:
-    data = {"fp": record.fingerprint}
+    data: dict[str, object] = {"fp": record.fingerprint}
     if record.done:
         data.update(status=record.status, body=record.body)
     else:
@@ -93,7 +95,7 @@ def _encode(record: Record, token: str = "") -> str:
     return json.dumps(data, separators=(",", ":"))
 
 
-def _decode(raw: str) -> Record:
+def _decode(raw: str | bytes) -> Record:
     data = json.loads(raw)
     return Record(data["fp"], data.get("status"), data.get("body"), data.get("committing", False),
                   data.get("hold_until"))
@@ -108,11 +110,18 @@ def _translate_errors():
         raise StoreUnavailable(f"idempotency store (Redis) unavailable: {type(exc).__name__}: {exc}") from None
 
 
+RedisClient = redis.Redis | RedisCluster
+
+
+def _same(client: RedisClient) -> RedisClient:
+    return client
+
+
 @dataclass(frozen=True)
 class _Bound:
     """The client and the scripts registered on it, made at the first operation."""
 
-    client: redis.Redis
+    client: RedisClient
     reserve: Callable
     replace: Callable
     release: Callable
@@ -121,10 +130,14 @@ class _Bound:
 class RedisStore:
     name = "redis"
 
-    def __init__(self, client: redis.Redis | None = None, prefix: str = "", *,
-                 connect: Callable[[], redis.Redis] | None = None):
+    def __init__(self, client: RedisClient | None = None, prefix: str = "", *,
+                 connect: Callable[[], RedisClient] | None = None):
         """A store on `client`, or on the client that `connect()` builds at the first operation."""
-        self._connect = connect or (lambda: client)
+        if connect is None:
+            if client is None:
+                raise TypeError("RedisStore needs a client or a connect function")
+            connect = functools.partial(_same, client)
+        self._connect = connect
         self._prefix = prefix + "idempotency:"
         self._lock = threading.Lock()
         self._bound: _Bound | None = None
@@ -135,10 +148,13 @@ class RedisStore:
 
     @classmethod
     def from_url(cls, url: str, prefix: str) -> "RedisStore":
-        return cls.from_target(parse_redis_url(url), prefix)
+        target = parse_redis_url(url)
+        if target is None:
+            raise ValueError("a Redis URL, not the in-process store's")
+        return cls.from_target(target, prefix)
 
     @property
-    def _redis(self) -> redis.Redis:
+    def _redis(self) -> RedisClient:
         return self._scripts().client
 
     def _scripts(self) -> "_Bound":
@@ -170,7 +186,7 @@ class RedisStore:
     def commit(self, claim: Claim, record: Record, ttl_seconds: int) -> Claim | None:
         # The committing record keeps the reservation's token: one token frees or finishes the key in
         # either state, even when the commit ran in Redis and its reply was lost.
-        return claim if self._replace_with(claim, _encode(record, claim.token), ttl_seconds) else None
+        return claim if self._replace_with(claim, _encode(record, str(claim.token)), ttl_seconds) else None
 
     def finish(self, claim: Claim, record: Record, ttl_seconds: int) -> bool:
         return self._replace_with(claim, _encode(record), ttl_seconds)

@@ -34,7 +34,7 @@ from .. import tracing
 from ..config import Settings
 from ..idempotency.base import Claim, Record, Store, StoreUnavailable
 from ..metrics import Metrics
-from ..outcomes import Answer, Outcome, Result
+from ..outcomes import Answer, Outcome, Result, answer_for
 
 log = logging.getLogger("herald_smtp.send")
 
@@ -200,6 +200,7 @@ class KeyGuard:
 
     def _write_outcome(self, owned: Owned, result: Result, answer: Answer | None) -> bool:
         if result.outcome.keep:
+            answer = answer or answer_for(result)
             record = Record(owned.fingerprint, answer.status, answer.body)
             return self.store.finish(owned.claim, record, self.settings.idempotency_ttl_seconds)
         return self.store.release(owned.claim)
@@ -210,11 +211,12 @@ class KeyGuard:
             self.metrics.conflicts.labels("payload_mismatch").inc()
             return Refused(Result(Outcome.IDEMPOTENCY_CONFLICT,
                                   "idempotency key was already used with a different payload"))
-        if record.done:
+        if record.status is not None:  # done
+            body = record.body or {}
             log.debug("send idempotent hit", extra={"idempotency_key": key, "original_status": record.status,
-                                                     "original_error_code": record.body.get("error_code")})
+                                                     "original_error_code": body.get("error_code")})
             self.metrics.replays.inc()
-            return Replay(Answer(record.status, record.body, replayed=True))
+            return Replay(Answer(record.status, body, replayed=True))
         if record.abandoned(time.time()):
             log.error("idempotency key abandoned at its commit point; outcome unknown, not sending again",
                       extra={"idempotency_key": key})

@@ -37,7 +37,7 @@ from ..smtp.transport import needs_smtputf8
 from .request import SendRequest
 
 _POLICY = email.policy.SMTP
-_MAX_LINE = _POLICY.max_line_length  # 78
+_MAX_LINE: int = _POLICY.max_line_length or 78  # 78; the default policy always sets it
 # Text the email package writes back unchanged: printable ASCII words, single spaces between them,
 # no encoded-word marker.
 _PLAIN = re.compile(r"[!-~]+(?: [!-~]+)*")
