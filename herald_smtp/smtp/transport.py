@@ -15,6 +15,12 @@ A mail to a non-ASCII address (a UTF-8 local part) goes with SMTPUTF8 (RFC
 offer it, stops before MAIL FROM (SmtpUtf8NotOffered: nothing was sent, the
 session stays usable), else sends MAIL FROM with the SMTPUTF8 parameter.
 
+AUTH uses one mechanism, the first of AUTH_MECHANISMS the server offers, and
+tries it once: a refusal is the answer (see login). When no mechanism can be
+used, auth_problem says why and what to change, for the send's error and the
+doctor alike. A request hangs up with close_without_waiting: the QUIT reply is
+never waited for, and inside DATA no QUIT is sent at all.
+
 Each step is public: the mailer runs them through open_connection and
 transmit, `herald-smtp doctor` runs them one by one. Any failure is raised as
 SmtpFailure carrying the phase it happened in and its evidence (reply code and
