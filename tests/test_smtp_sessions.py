@@ -120,6 +120,17 @@ def test_a_connection_retired_after_its_last_mail_is_not_waited_for(server_facto
     assert len(server.wait_for(1)) == 1
 
 
+def test_a_connection_given_up_during_setup_is_not_waited_for(make_client):
+    slow_quit = Reply(b"221 2.0.0 Bye\r\n", delay=2)
+    with ScriptedServer(extensions=("AUTH GSSAPI",), script={"quit": [slow_quit]}) as server:
+        client = make_client(settings_from(scripted_env(server, SMTP_USER="u", SMTP_PASSWORD="p")))
+        started = time.monotonic()
+        assert_error(send(client, {"to": "a@example.com"}), 500, "send_failed", "GSSAPI")
+        assert time.monotonic() - started < 0.8
+        server.wait_closed()
+        assert server.commands[-1].upper() == b"QUIT"  # outside DATA the QUIT is still sent
+
+
 def test_a_hang_up_inside_data_sends_no_quit_and_nothing_is_stored(make_client):
     clock = FakeClock()
     store = MemoryStore(clock=clock)

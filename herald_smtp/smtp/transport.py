@@ -125,7 +125,7 @@ def open_connection(relay: Relay, context: ssl.SSLContext | None, deadline: floa
         try:
             ehlo(conn, deadline)
         except BaseException:
-            close_quietly(conn)
+            close_without_waiting(conn)
             raise
     try:
         if relay.tls == STARTTLS:
@@ -135,7 +135,7 @@ def open_connection(relay: Relay, context: ssl.SSLContext | None, deadline: floa
             with _phase(AUTH, span_attributes):
                 login(conn, relay, deadline)
     except BaseException:
-        close_quietly(conn)
+        close_without_waiting(conn)
         raise
     return conn
 
@@ -224,7 +224,7 @@ def connect(relay: Relay, context: ssl.SSLContext | None, deadline: float,
         raise _failure(CONNECT, exc, f"connect to {relay.name} failed") from None
     _note_reply(code)
     if code != 220:
-        close_quietly(conn)
+        close_without_waiting(conn)
         reply = _text(reply)
         raise SmtpFailure(CONNECT, f"{relay.name} refused the session: {code} {reply}", code, reply=reply)
     return conn
