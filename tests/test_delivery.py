@@ -168,7 +168,9 @@ def test_mail_accepted_then_broken_quit_is_a_success(server_factory, service):
     for n in range(2):
         assert send(client, mail(n)).status_code == 200
     assert len(server.wait_for(2)) == 2
-    assert server.fault_hits["quit"] == 2  # both QUITs really met the broken connection
+    # The QUIT is not waited for (it costs the request nothing), so whether aiosmtpd reads it before
+    # the close is a race: count the connections retired instead.
+    assert server.connections == 2
 
 
 # --- circuit breaker

@@ -227,3 +227,36 @@ def test_exit_status_is_0_only_when_every_relay_passes_and_each_sends_a_test_mai
     [mail] = other.wait_for(1)
     assert mail.mail_from == "alerts@fallback.test" and "alerts@fallback.test" in str(mail.message["From"])
     assert len(good.wait_for(1)) == 1
+
+
+def test_no_auth_mechanism_in_common_names_both_sides():
+    from tests.support.scripted_server import ScriptedServer
+
+    with ScriptedServer(extensions=("AUTH GSSAPI",)) as server:
+        env = {"SMTP_HOST": server.host, "SMTP_PORT": str(server.port), "SMTP_FROM": "a@example.com",
+               "SMTP_USE_STARTTLS": "false", "SMTP_USER": "u", "SMTP_PASSWORD": "p"}
+        code, lines = doctor(env)
+    line = failed_line(lines)
+    assert code == 1 and line.startswith("FAIL auth")
+    assert "the server offers AUTH GSSAPI; herald-smtp supports PLAIN, LOGIN" in line
+    assert "app password" not in line  # no password was tried
+
+
+def test_auth_offered_only_after_starttls_while_starttls_is_off(server_factory):
+    server = server_factory(starttls=True, auth=("u", "p"))  # like Postfix's smtpd_tls_auth_only
+    code, lines = doctor(smtp_env(server) | {"SMTP_USE_STARTTLS": "false"})
+    line = failed_line(lines)
+    assert code == 1 and line.startswith("FAIL auth")
+    assert "the server offers AUTH only after STARTTLS -> fix: set SMTP_USE_STARTTLS=true" in line
+
+
+def test_an_over_long_reply_line_is_named_as_such():
+    from tests.support.scripted_server import ScriptedServer
+
+    with ScriptedServer(script={"mail": [b"250 " + b"x" * 9000 + b"\r\n"]}) as server:
+        env = {"SMTP_HOST": server.host, "SMTP_PORT": str(server.port), "SMTP_FROM": "a@example.com",
+               "SMTP_USE_STARTTLS": "false"}
+        code, lines = doctor(env)
+    line = failed_line(lines)
+    assert code == 1 and line.startswith("FAIL mail from") and "reply line longer than 8192 bytes" in line
+    assert "ask the provider" in line

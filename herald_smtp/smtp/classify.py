@@ -13,12 +13,13 @@ import ssl
 from dataclasses import dataclass
 
 from ..outcomes import Outcome, Result
-from .deadline import NotSmtpReply
+from .deadline import NotSmtpReply, ReplyTooLong
 from .transport import (AFTER_DATA, AUTH, CONNECT, DATA, MAIL, RCPT, TLS, BudgetSpentBeforeDot, SmtpFailure,
                         SmtpUtf8NotOffered)
 
 PHASES = (CONNECT, TLS, AUTH, MAIL, RCPT, DATA, AFTER_DATA)
-EVIDENCE = ("network", "local", "not_smtp", "no_smtputf8", "late_commit", "2xx", "421", "4xx", "4xx_sender", "530", "5xx",
+EVIDENCE = ("network", "local", "not_smtp", "too_long", "no_smtputf8", "late_commit", "2xx", "421", "4xx",
+            "4xx_sender", "530", "5xx",
             "5xx_sender")
 _SENDER_REFUSAL = re.compile(r"(?i)sender address rejected|relay access denied|relaying denied|"
                              r"relay not permitted|not allowed to relay|sender not allowed")
@@ -38,8 +39,10 @@ RULES: tuple[tuple[tuple[str, ...], str, Outcome, bool, str], ...] = (
     ((AFTER_DATA,), "4xx", Outcome.SMTP_TRANSIENT, STAYS, "451 after the final dot: not accepted; never retried in-request"),
     ((AFTER_DATA,), "5xx", Outcome.SMTP_PERMANENT, STAYS, "554 5.7.1 rejected as spam"),
     ((AFTER_DATA,), "not_smtp", Outcome.SMTP_UNKNOWN, STAYS, "garbage instead of a reply to the final dot"),
+    ((AFTER_DATA,), "too_long", Outcome.SMTP_UNKNOWN, STAYS, "250 and 9,000 characters after the final dot: unreadable, maybe accepted"),
     (_BEFORE_DATA_END, "network", Outcome.SMTP_TRANSIENT, FAILS_OVER, "connection refused, reset, timeout, DNS failure"),
     (_BEFORE_DATA_END, "421", Outcome.SMTP_TRANSIENT, FAILS_OVER, "421 4.7.0 too many connections, closing"),
+    (_BEFORE_DATA_END, "too_long", Outcome.SMTP_TRANSIENT, FAILS_OVER, "a reply line longer than 8192 bytes: a broken relay, not its verdict"),
     (_NOT_RCPT, "4xx", Outcome.SMTP_TRANSIENT, FAILS_OVER, "451 try later, 452 out of storage, 454 TLS/AUTH unavailable, 450 4.7.1 rate limited at MAIL FROM"),
     ((RCPT,), "4xx_sender", Outcome.SMTP_TRANSIENT, FAILS_OVER, "450 4.7.1 Sender address rejected: try again later"),
     ((RCPT,), "4xx", Outcome.SMTP_TRANSIENT, STAYS, "450 4.2.0 mailbox busy, 451 4.7.1 greylisted, 452 4.2.2 mailbox full"),
@@ -73,6 +76,8 @@ def evidence_of(failure: SmtpFailure) -> str:
         return "local"
     if isinstance(error, NotSmtpReply):
         return "not_smtp"
+    if isinstance(error, ReplyTooLong):
+        return "too_long"
     if isinstance(error, ssl.SSLError) and not isinstance(error, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
         return "local"
     return "network"
@@ -114,7 +119,7 @@ def counts_for_breaker(phase: str, evidence: str) -> bool:
     A dead pooled connection never gets here (it is replaced first); after the
     final dot nothing counts, the outcome is only unknown.
     """
-    if evidence == "network":
+    if evidence in ("network", "too_long"):
         return phase != AFTER_DATA
     return phase in (CONNECT, TLS) and evidence in ("421", "4xx", "not_smtp")
 
@@ -148,10 +153,9 @@ def classify_reply(code: int, reply: str, message_id: str) -> Result:
 
 def _message(failure: SmtpFailure, outcome: Outcome) -> str:
     if outcome is Outcome.SMTP_UNKNOWN:
-        return (
-            "outcome unknown: the connection failed after the whole message was sent and before the "
-            f"server replied ({failure.detail}); not retried, to avoid a duplicate mail"
-        )
+        happened = ("the server's reply to the whole message could not be read" if isinstance(failure.error, ReplyTooLong)
+                    else "the connection failed after the whole message was sent and before the server replied")
+        return f"outcome unknown: {happened} ({failure.detail}); not retried, to avoid a duplicate mail"
     if outcome is Outcome.RECIPIENT_REJECTED:
         return f"recipient rejected: {failure.detail}"
     if outcome is Outcome.INVALID_DESTINATION:  # no SMTPUTF8: the detail names it

@@ -7,6 +7,12 @@ time can hold a request far past its budget. Here the DNS lookup runs in a
 thread joined against the deadline, each TCP connect and the TLS handshake
 get what is left, and DeadlineSMTP re-arms the socket timeout to what is left
 before every read. Expiry is raised as TimeoutError ("timed out").
+
+It also refuses what it cannot read: a line that is not an SMTP reply
+(NotSmtpReply) and a reply line longer than 8192 bytes (ReplyTooLong; smtplib
+reports that as a 500 of the server's own, which it is not), and it knows
+when the session is inside DATA (after a 354, until the next reply), where a
+QUIT would be a line of the message.
 """
 
 from __future__ import annotations
@@ -31,6 +37,13 @@ class NotSmtpReply(smtplib.SMTPException):
         self.line = line
 
 
+class ReplyTooLong(smtplib.SMTPException):
+    """A reply line longer than we read: the server's verdict is unknown (it may have said 250)."""
+
+    def __init__(self):
+        super().__init__(f"reply line longer than {_MAX_LINE} bytes")
+
+
 def left(deadline: float) -> float:
     """Seconds until `deadline` (time.monotonic); TimeoutError once it has passed."""
     remaining = deadline - time.monotonic()
@@ -46,6 +59,7 @@ class DeadlineSMTP(smtplib.SMTP):
     """
 
     deadline = math.inf
+    inside_data = False  # a 354 was the last reply: what we send now is message text
 
     def getreply(self) -> tuple[int, bytes]:
         # smtplib's own reader, with two changes: each read gets only the time left, and a
@@ -61,6 +75,7 @@ class DeadlineSMTP(smtplib.SMTP):
                 raise NotSmtpReply(line)
             lines.append(line[4:].strip(b" \t\r\n"))
             if more != b"-":
+                self.inside_data = code == b"354"
                 return int(code), b"\n".join(lines)
 
     def _read_line(self) -> bytes:
@@ -74,7 +89,7 @@ class DeadlineSMTP(smtplib.SMTP):
             raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
         if len(line) > _MAX_LINE:
             self.close()
-            raise smtplib.SMTPResponseException(500, "Line too long.")
+            raise ReplyTooLong()
         return line
 
 

@@ -4,7 +4,9 @@ A connection pays TCP, TLS, EHLO and AUTH once and then carries mails until
 it has been idle longer than SMTP_IDLE_SECONDS or has carried
 SMTP_MAX_MESSAGES_PER_CONNECTION mails. Each thread takes a connection out
 for one transaction and gives it back; idle ones wait in a LIFO stack, so
-the warmest is reused first and the others age out.
+the warmest is reused first and the others age out. Inside a request a
+connection is always closed without waiting for the QUIT reply
+(transport.close_without_waiting), so retiring one costs the request nothing.
 """
 
 from __future__ import annotations
@@ -65,13 +67,14 @@ class ConnectionPool:
         """Give back a connection that is between transactions and healthy."""
         pooled.last_used = self._clock()
         if pooled.sent >= self.settings.smtp_max_messages_per_connection:
-            transport.close_quietly(pooled.conn)
+            transport.close_without_waiting(pooled.conn)
             return
         with self._lock:
             self._idle.append(pooled)
 
     def discard(self, pooled: PooledConnection) -> None:
-        transport.close_quietly(pooled.conn)
+        """Hang up on a connection in an unknown state (inside DATA: without a QUIT, see transport)."""
+        transport.close_without_waiting(pooled.conn)
 
     def close_all(self) -> None:
         with self._lock:

@@ -15,6 +15,12 @@ A mail to a non-ASCII address (a UTF-8 local part) goes with SMTPUTF8 (RFC
 offer it, stops before MAIL FROM (SmtpUtf8NotOffered: nothing was sent, the
 session stays usable), else sends MAIL FROM with the SMTPUTF8 parameter.
 
+AUTH uses one mechanism, the first of AUTH_MECHANISMS the server offers, and
+tries it once: a refusal is the answer (see login). When no mechanism can be
+used, auth_problem says why and what to change, for the send's error and the
+doctor alike. A request hangs up with close_without_waiting: the QUIT reply is
+never waited for, and inside DATA no QUIT is sent at all.
+
 Each step is public: the mailer runs them through open_connection and
 transmit, `herald-smtp doctor` runs them one by one. Any failure is raised as
 SmtpFailure carrying the phase it happened in and its evidence (reply code and
@@ -50,6 +56,11 @@ from ..addresses import mask_addresses
 from ..config import IMPLICIT_TLS, PLAIN, STARTTLS, Relay
 from . import deadline as bounded
 from .deadline import DeadlineSMTP, NotSmtpReply
+
+# The AUTH mechanisms we use, in order of preference (smtplib implements each). One is tried per
+# connection: a refusal is the answer, never a second try of the same password with another mechanism.
+AUTH_MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5")
+_ERRORS = (OSError, smtplib.SMTPException)  # what smtplib and sockets raise; _failure maps them
 
 # Transaction phases, in order. AFTER_DATA starts once the final dot is sent:
 # from then on the server may have accepted the mail.
@@ -118,7 +129,7 @@ def open_connection(relay: Relay, context: ssl.SSLContext | None, deadline: floa
         try:
             ehlo(conn, deadline)
         except BaseException:
-            close_quietly(conn)
+            close_without_waiting(conn)
             raise
     try:
         if relay.tls == STARTTLS:
@@ -128,7 +139,7 @@ def open_connection(relay: Relay, context: ssl.SSLContext | None, deadline: floa
             with _phase(AUTH, span_attributes):
                 login(conn, relay, deadline)
     except BaseException:
-        close_quietly(conn)
+        close_without_waiting(conn)
         raise
     return conn
 
@@ -210,19 +221,16 @@ def connect(relay: Relay, context: ssl.SSLContext | None, deadline: float,
     conn._host = relay.host  # smtplib's starttls() checks the certificate against this name
     conn.deadline = deadline
     conn.sock = _open_socket(relay, context, deadline, span_attributes)
-    where = relay.name
     try:
         code, reply = conn.getreply()
-    except NotSmtpReply as exc:
-        raise _not_smtp(CONNECT, exc) from None
-    except (OSError, smtplib.SMTPException) as exc:
+    except _ERRORS as exc:
         conn.close()
-        raise SmtpFailure(CONNECT, f"connect to {where} failed: {describe_error(exc)}", error=exc) from None
+        raise _failure(CONNECT, exc, f"connect to {relay.name} failed") from None
     _note_reply(code)
     if code != 220:
-        close_quietly(conn)
+        close_without_waiting(conn)
         reply = _text(reply)
-        raise SmtpFailure(CONNECT, f"{where} refused the session: {code} {reply}", code, reply=reply)
+        raise SmtpFailure(CONNECT, f"{relay.name} refused the session: {code} {reply}", code, reply=reply)
     return conn
 
 
@@ -250,10 +258,6 @@ def _open_socket(relay: Relay, context: ssl.SSLContext | None, deadline: float,
             raise SmtpFailure(TLS, f"TLS handshake with {where} failed: {describe_error(exc)}", error=exc) from None
 
 
-def _not_smtp(phase: str, exc: NotSmtpReply) -> SmtpFailure:
-    return SmtpFailure(phase, f"this is not an SMTP server: it answered {_text(exc.line)[:80]!r}", error=exc)
-
-
 def ehlo(conn: smtplib.SMTP, deadline: float) -> None:
     code, reply = _command(conn, CONNECT, conn.ehlo, deadline)
     _note_reply(code)
@@ -271,43 +275,58 @@ def starttls(conn: smtplib.SMTP, relay: Relay, context: ssl.SSLContext, deadline
             "implicit-TLS port such as 465)",
         )
     try:
-        conn.deadline = deadline
-        conn.sock.settimeout(_remaining(TLS, deadline))
+        _arm(conn, TLS, deadline)
         code, _ = conn.starttls(context=context)
-        _note_reply(code)
-    except NotSmtpReply as exc:
-        raise _not_smtp(TLS, exc) from None
-    except ssl.SSLError as exc:
-        raise SmtpFailure(TLS, f"STARTTLS handshake failed: {describe_error(exc)}", error=exc) from None
-    except smtplib.SMTPResponseException as exc:
-        reply = _text(exc.smtp_error)
-        raise SmtpFailure(TLS, f"STARTTLS refused: {exc.smtp_code} {reply}", exc.smtp_code, exc, reply) from None
-    except (OSError, smtplib.SMTPException) as exc:
-        raise SmtpFailure(TLS, f"STARTTLS failed: {describe_error(exc)}", error=exc) from None
+    except _ERRORS as exc:
+        failed = "STARTTLS handshake failed" if isinstance(exc, ssl.SSLError) else "STARTTLS failed"
+        raise _failure(TLS, exc, failed, refused="STARTTLS refused: ") from None
+    _note_reply(code)
     ehlo(conn, deadline)
 
 
 def login(conn: smtplib.SMTP, relay: Relay, deadline: float) -> None:
+    """AUTH with one mechanism, once. smtplib's login() would retry a refused password with the next
+    mechanism: two failed logins a send, twice as fast to the account's lockout."""
+    problem = auth_problem(conn, relay)
+    if problem is not None:
+        raise SmtpFailure(AUTH, "; ".join(problem))  # we stopped: evidence "local", a setup error
+    mechanism = _auth_mechanism(conn)
+    conn.user, conn.password = relay.user, relay.password  # smtplib's auth_plain() and the others read them
     try:
-        conn.deadline = deadline
-        conn.sock.settimeout(_remaining(AUTH, deadline))
-        code, _ = conn.login(relay.user, relay.password)
-        _note_reply(code)
-    except NotSmtpReply as exc:
-        raise _not_smtp(AUTH, exc) from None
-    except smtplib.SMTPAuthenticationError as exc:
-        reply = _text(exc.smtp_error)
-        raise SmtpFailure(AUTH, f"authentication failed: {exc.smtp_code} {reply} (check SMTP_USER and SMTP_PASSWORD, "
-                          "or the fallback URL's user and password)",
-                          exc.smtp_code, exc, reply) from None
-    except smtplib.SMTPNotSupportedError:
-        raise SmtpFailure(AUTH, "server does not offer AUTH, but a user is set (SMTP_USER, or the fallback "
-                                "URL's)") from None
-    except smtplib.SMTPResponseException as exc:
-        reply = _text(exc.smtp_error)
-        raise SmtpFailure(AUTH, f"authentication failed: {exc.smtp_code} {reply}", exc.smtp_code, exc, reply) from None
-    except (OSError, smtplib.SMTPException) as exc:
-        raise SmtpFailure(AUTH, f"authentication failed: {describe_error(exc)}", error=exc) from None
+        _arm(conn, AUTH, deadline)
+        code, _ = conn.auth(mechanism, getattr(conn, "auth_" + mechanism.lower().replace("-", "_")))
+    except _ERRORS as exc:
+        failure = _failure(AUTH, exc, "authentication failed", refused="authentication failed: ")
+        if isinstance(exc, smtplib.SMTPAuthenticationError) and exc.smtp_code >= 500:
+            failure.detail += " (check SMTP_USER and SMTP_PASSWORD, or the fallback URL's user and password)"
+        raise failure from None
+    _note_reply(code)
+
+
+def auth_problem(conn: smtplib.SMTP, relay: Relay) -> tuple[str, str] | None:
+    """(why this session cannot log in as the relay's user, the fix), or None when a mechanism fits.
+
+    Read from the EHLO; both the send's error and `herald-smtp doctor` say it.
+    """
+    if conn.has_extn("auth"):
+        if _auth_mechanism(conn) is not None:
+            return None
+        offered = " ".join(conn.esmtp_features["auth"].split())
+        return (f"the server offers AUTH {offered}; herald-smtp supports {', '.join(AUTH_MECHANISMS)}",
+                "ask the provider for password login (a submission port, usually 587), or leave SMTP_USER empty "
+                "if this server relays without login")
+    if relay.tls == PLAIN and conn.has_extn("starttls"):  # e.g. Postfix's smtpd_tls_auth_only
+        return "the server offers AUTH only after STARTTLS", "set SMTP_USE_STARTTLS=true"
+    fix = "leave SMTP_USER empty if this server relays without login"
+    if relay.tls == PLAIN:
+        fix += ("; if it offers AUTH only over TLS, use its TLS port (587 with SMTP_USE_STARTTLS=true, or 465 "
+                "with SMTP_USE_TLS=true)")
+    return "the server does not offer AUTH, but a user is set (SMTP_USER, or the fallback URL's)", fix
+
+
+def _auth_mechanism(conn: smtplib.SMTP) -> str | None:
+    offered = conn.esmtp_features.get("auth", "").upper().split()
+    return next((mechanism for mechanism in AUTH_MECHANISMS if mechanism in offered), None)
 
 
 def mail_from(conn: smtplib.SMTP, sender: str, deadline: float, smtputf8: bool = False) -> None:
@@ -421,8 +440,8 @@ def _send_final_dot(conn: smtplib.SMTP, deadline: float) -> None:
     try:
         conn.sock.settimeout(left)
         conn.send(b".\r\n")
-    except (OSError, smtplib.SMTPException) as exc:
-        raise SmtpFailure(AFTER_DATA, f"connection failed: {describe_error(exc)}", error=exc) from None
+    except _ERRORS as exc:
+        raise _failure(AFTER_DATA, exc) from None
 
 
 # RSET and QUIT are housekeeping: never wait long for a server that may be gone.
@@ -441,12 +460,13 @@ def reset(conn: smtplib.SMTP) -> bool:
 
 
 def close_quietly(conn: smtplib.SMTP) -> None:
-    """QUIT and close; a mail already accepted must not turn into an error here."""
+    """QUIT, wait for its reply (at most 1 s), and close: outside a request (the doctor, shutdown).
+    A mail already accepted must not turn into an error here."""
     try:
-        if conn.sock is not None:
+        if _may_quit(conn):
             _housekeeping(conn)
-        conn.quit()
-    except (smtplib.SMTPException, OSError):
+            conn.quit()
+    except _ERRORS:
         pass
     finally:
         try:
@@ -456,16 +476,21 @@ def close_quietly(conn: smtplib.SMTP) -> None:
 
 
 def close_without_waiting(conn: smtplib.SMTP) -> None:
-    """QUIT without waiting for the reply, then close: idle connections aged out inside a request
-    must not spend the request's time on housekeeping."""
+    """QUIT without waiting for the reply, then close: what a request does, so hanging up costs it nothing."""
     try:
-        if conn.sock is not None:
+        if _may_quit(conn):
             conn.sock.settimeout(_QUIT_TIMEOUT_SECONDS)
             conn.sock.sendall(b"QUIT\r\n")
     except OSError:
         pass
     finally:
         conn.close()
+
+
+def _may_quit(conn: smtplib.SMTP) -> bool:
+    # Inside DATA (after a 354, before the reply to the final dot) a QUIT would be a line of the message:
+    # closing the socket alone is the hang-up, and the server discards a DATA that never ended.
+    return conn.sock is not None and not getattr(conn, "inside_data", False)
 
 
 def _housekeeping(conn: smtplib.SMTP) -> None:
@@ -486,20 +511,30 @@ def _command(conn: smtplib.SMTP, phase: str, call, deadline: float):
     try:
         if conn.sock is None:
             raise smtplib.SMTPServerDisconnected("not connected")
-        conn.deadline = deadline
-        conn.sock.settimeout(_remaining(phase, deadline))  # for the sends; reads re-arm it themselves
+        _arm(conn, phase, deadline)
         result = call()
-    except NotSmtpReply as exc:
-        raise _not_smtp(phase, exc) from None
-    except smtplib.SMTPResponseException as exc:
-        reply = _text(exc.smtp_error)
-        raise SmtpFailure(phase, f"{exc.smtp_code} {reply}", exc.smtp_code, exc, reply) from None
-    except (OSError, smtplib.SMTPException) as exc:
-        raise SmtpFailure(phase, f"connection failed: {describe_error(exc)}", error=exc) from None
+    except _ERRORS as exc:
+        raise _failure(phase, exc) from None
     if isinstance(result, tuple):
         code, reply = result
         return code, _text(reply)
     return result
+
+
+def _arm(conn: smtplib.SMTP, phase: str, deadline: float) -> None:
+    conn.deadline = deadline  # every read re-arms the socket timeout to what is left
+    conn.sock.settimeout(_remaining(phase, deadline))  # for the sends
+
+
+def _failure(phase: str, exc: BaseException, failed: str = "connection failed", refused: str = "") -> SmtpFailure:
+    """An smtplib or socket error of `phase` as SmtpFailure: a reply keeps its code and text (after
+    `refused`), anything else reads "`failed`: the cause" (a ReplyTooLong names the line's length)."""
+    if isinstance(exc, NotSmtpReply):
+        return SmtpFailure(phase, f"this is not an SMTP server: it answered {_text(exc.line)[:80]!r}", error=exc)
+    if isinstance(exc, smtplib.SMTPResponseException):
+        reply = _text(exc.smtp_error)
+        return SmtpFailure(phase, f"{refused}{exc.smtp_code} {reply}", exc.smtp_code, exc, reply)
+    return SmtpFailure(phase, f"{failed}: {describe_error(exc)}", error=exc)
 
 
 def _dot_stuffed(payload: bytes) -> bytes:

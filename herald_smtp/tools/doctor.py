@@ -27,7 +27,7 @@ from ..sending.message import MailWriter, new_message_id
 from ..sending.request import SendRequest
 from ..smtp import transport
 from ..smtp.classify import is_sender_refusal
-from ..smtp.deadline import NotSmtpReply
+from ..smtp.deadline import NotSmtpReply, ReplyTooLong
 from ..smtp.transport import SmtpFailure, describe_error, is_timeout
 
 OK, FAIL, SKIP = "ok", "FAIL", "skip"
@@ -214,11 +214,11 @@ class Doctor:
             "timeout": f"{self.timeout:g}", "sender": self.r.from_address, "to": self.to,
             "verify": getattr(error, "verify_message", ""),
             "certificate_fix": _certificate_hint(error, self.r) if "certificate" in evidence else "",
-            "no_auth_fix": ("the server offers AUTH only over TLS: set SMTP_USE_STARTTLS=true"
-                            if self.r.tls == PLAIN
-                            else "leave SMTP_USER empty if this server relays without login, or use the "
-                                 "submission port 587"),
         }
+        if step == "auth" and failure.code is None and failure.error is None:
+            # The send's error says the same (transport.auth_problem): AUTH not offered, only after STARTTLS,
+            # or with no mechanism in common.
+            facts["auth_problem"], facts["auth_fix"] = transport.auth_problem(self.conn, self.r)
         for steps, tag, what, fix in HINTS:
             if (steps == ANY or step in steps) and (tag == ANY or tag in evidence):
                 return what.format(**facts), fix.format(**facts)
@@ -247,8 +247,10 @@ def _evidence(failure: SmtpFailure) -> set[str]:
         return {"closed"}
     if isinstance(error, NotSmtpReply):
         return {"not_smtp"}
+    if isinstance(error, ReplyTooLong):
+        return {"too_long"}
     if isinstance(error, smtplib.SMTPException):  # before OSError, its base class
-        return {"protocol"}  # e.g. no AUTH mechanism in common
+        return {"protocol"}
     return {"network"}
 
 
@@ -259,6 +261,8 @@ HINTS: tuple[tuple[tuple[str, ...] | str, str, str, str], ...] = (
     (ANY, "certificate", "certificate rejected: {verify}", "{certificate_fix}"),
     (ANY, "not_smtp", "{detail}", "the port answers, but not as an SMTP server: check SMTP_HOST and SMTP_PORT "
                                   "(587 STARTTLS, 465 implicit TLS, 25 relay)"),
+    (ANY, "too_long", "{detail}", "a reply line longer than SMTP allows (512 bytes): a broken server or a proxy "
+                                  "in between; ask the provider"),
     (("tls",), "tls", "TLS handshake failed: {error}", PLAIN_FIRST_PORT_HINT),
     (("tls",), "timeout", "no TLS handshake or greeting within {timeout}s", PLAIN_FIRST_PORT_HINT),
     (("tls",), ANY, "TLS connection failed: {error}", PLAIN_FIRST_PORT_HINT),
@@ -274,7 +278,7 @@ HINTS: tuple[tuple[tuple[str, ...] | str, str, str, str], ...] = (
     (("starttls",), "tls", "TLS handshake failed: {error}", "the server's TLS setup is broken or too old; ask the provider"),
     (("starttls",), "reply", "STARTTLS refused: {code} {reply}", "the server offers but refuses STARTTLS; ask the provider"),
     (("starttls",), ANY, "STARTTLS failed: {error}", RETRY_HINT),
-    (("auth",), "not_offered", "the server does not offer AUTH", "{no_auth_fix}"),
+    (("auth",), "not_offered", "{auth_problem}", "{auth_fix}"),
     (("auth",), "reply", "authentication failed: {code} {reply}", APP_PASSWORD_HINT),
     # Some servers hang up on bad credentials.
     (("auth",), "closed", "authentication failed: {error}", APP_PASSWORD_HINT),
