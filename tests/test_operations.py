@@ -134,14 +134,14 @@ def test_metrics_count_retries_store_errors_and_circuit_state(server_factory, ma
     server = server_factory()
     with RedisServer(tmp_path) as redis_server:
         client = make_client(settings_from(smtp_env(server) | {
-            "REDIS_URL": redis_server.url, "SMTP_RETRIES": "1", "SMTP_CIRCUIT_THRESHOLD": "2"}))
+            "REDIS_URL": redis_server.url, "SMTP_RETRIES": "1", "SMTP_CIRCUIT_THRESHOLD": "1"}))
         server.inject("rcpt", reply="451 4.3.0 later", times=1)
         assert send(client, {"to": "a@example.com"}).status_code == 200
         redis_server.stop()
         send(client, {"to": "a@example.com", "idempotency_key": "k"})  # open mode: sends, counts the error
     server.close_connections()  # no warm connection left: the next send must greet again
     server.inject("ehlo", reply="421 busy")
-    send(client, {"to": "a@example.com"})  # two connection failures (1 + 1 retry): the circuit opens
+    send(client, {"to": "a@example.com"})  # one failed request (1 attempt + 1 retry): the circuit opens
     text = client.get("/metrics").get_data(as_text=True)
 
     assert metric(text, "herald_smtp_smtp_retries_total") == 2

@@ -8,9 +8,11 @@ caller and for the idempotency record.
 
 from __future__ import annotations
 
+import math
 import re
 import ssl
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..outcomes import Outcome, Result
 from .deadline import NotSmtpReply, ReplyTooLong
@@ -19,20 +21,43 @@ from .transport import (AFTER_DATA, AUTH, CONNECT, DATA, MAIL, RCPT, TLS, Budget
 
 PHASES = (CONNECT, TLS, AUTH, MAIL, RCPT, DATA, AFTER_DATA)
 EVIDENCE = ("network", "local", "not_smtp", "too_long", "no_smtputf8", "late_commit", "2xx", "421", "4xx",
-            "4xx_sender", "530", "5xx",
-            "5xx_sender")
+            "4xx_sender", "rate", "530", "5xx", "5xx_sender")
 _SENDER_REFUSAL = re.compile(r"(?i)sender address rejected|relay access denied|relaying denied|"
                              r"relay not permitted|not allowed to relay|sender not allowed")
+# A rate limit in a reply's text: Postfix's anvil limits ("too much mail from", "too many recipients from",
+# "too many messages"), and the usual "rate limit(ed)", "rate exceeded", "throttled" of other relays.
+_RATE_TEXT = re.compile(r"(?i)too much mail|too many (?:messages|mails|recipients|connections|sessions|requests)|"
+                        r"\brate\b|ratelimit|rate-limit|throttl")
+# RFC 3463 class 4, subject 7 (security or policy status): 4.7.x.
+_POLICY_STATUS = re.compile(r"^4\.7\.\d{1,3}\b")
+# Greylisting, or a refusal naming the recipient: about the recipient, not about our traffic.
+_ABOUT_THE_RECIPIENT = re.compile(r"(?i)greylist|graylist|recipient address rejected")
+# Retry-After for a rate refusal whose text names no time: Postfix counts its rate limits per
+# anvil_rate_time_unit, 60 s by default, so by then the window that refused us has passed.
+DEFAULT_RATE_RETRY_AFTER_SECONDS = 60
+_MAX_RETRY_AFTER_SECONDS = 3600
+_TIME_IN_TEXT = re.compile(r"(?i)\b(\d{1,6})\s*(s|secs?|seconds?|m|mins?|minutes?|h|hours?)\b")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
 
 _BEFORE_DATA_END = (CONNECT, TLS, AUTH, MAIL, RCPT, DATA)
 _NOT_RCPT = (CONNECT, TLS, AUTH, MAIL, DATA)
 FAILS_OVER, STAYS = True, False
 
-# (phases, evidence, outcome, fails over to the next relay, example) - first match wins. A failover happens
-# only before the final dot (nothing transmitted) and only on evidence about the relay, never about the
-# recipient: RCPT is where the recipient is named, so only a 421 or a refusal of the sender or relaying
-# moves on from there.
-RULES: tuple[tuple[tuple[str, ...], str, Outcome, bool, str], ...] = (
+
+class Rule(NamedTuple):
+    """One row of the table; the other columns of docs/DELIVERY.md's table follow from these."""
+
+    phases: tuple[str, ...]
+    evidence: str
+    outcome: Outcome
+    fails_over: bool  # to the next relay
+    example: str
+
+
+# First match wins. A failover happens only before the final dot (nothing transmitted) and only on evidence
+# about the relay, never about the recipient: RCPT is where the recipient is named, so only a 421, a rate or
+# policy refusal of our traffic, or a refusal of the sender or relaying moves on from there.
+RULES: tuple[Rule, ...] = tuple(Rule(*row) for row in (
     ((AFTER_DATA,), "2xx", Outcome.SENT, STAYS, "250 after the final dot: accepted, whatever fails afterwards"),
     ((AFTER_DATA,), "network", Outcome.SMTP_UNKNOWN, STAYS, "connection lost after the final dot, before the reply"),
     ((AFTER_DATA,), "421", Outcome.SMTP_TRANSIENT, STAYS, "421 after the final dot: not accepted; never retried in-request"),
@@ -43,9 +68,10 @@ RULES: tuple[tuple[tuple[str, ...], str, Outcome, bool, str], ...] = (
     (_BEFORE_DATA_END, "network", Outcome.SMTP_TRANSIENT, FAILS_OVER, "connection refused, reset, timeout, DNS failure"),
     (_BEFORE_DATA_END, "421", Outcome.SMTP_TRANSIENT, FAILS_OVER, "421 4.7.0 too many connections, closing"),
     (_BEFORE_DATA_END, "too_long", Outcome.SMTP_TRANSIENT, FAILS_OVER, "a reply line longer than 8192 bytes: a broken relay, not its verdict"),
-    (_NOT_RCPT, "4xx", Outcome.SMTP_TRANSIENT, FAILS_OVER, "451 try later, 452 out of storage, 454 TLS/AUTH unavailable, 450 4.7.1 rate limited at MAIL FROM"),
+    (_NOT_RCPT, "4xx", Outcome.SMTP_TRANSIENT, FAILS_OVER, "451 try later, 452 out of storage, 454 TLS/AUTH unavailable"),
     ((RCPT,), "4xx_sender", Outcome.SMTP_TRANSIENT, FAILS_OVER, "450 4.7.1 Sender address rejected: try again later"),
     ((RCPT,), "4xx", Outcome.SMTP_TRANSIENT, STAYS, "450 4.2.0 mailbox busy, 451 4.7.1 greylisted, 452 4.2.2 mailbox full"),
+    ((MAIL, RCPT), "rate", Outcome.SMTP_TRANSIENT, FAILS_OVER, "450 4.7.1 Error: too much mail from 192.0.2.1 (a Postfix rate limit), 421 4.7.0 too many messages, 450 4.7.1 Client host rejected"),
     ((CONNECT, TLS, AUTH), "5xx", Outcome.SMTP_SETUP, FAILS_OVER, "554 greeting, 535 bad credentials"),
     ((CONNECT, TLS, AUTH), "local", Outcome.SMTP_SETUP, FAILS_OVER, "STARTTLS not offered, certificate not trusted, AUTH not offered, SMTP_HOST not a host name"),
     (_BEFORE_DATA_END, "not_smtp", Outcome.SMTP_SETUP, FAILS_OVER, "an SSH or HTTP server on the SMTP port"),
@@ -55,13 +81,15 @@ RULES: tuple[tuple[tuple[str, ...], str, Outcome, bool, str], ...] = (
     ((MAIL, DATA), "5xx", Outcome.SMTP_PERMANENT, FAILS_OVER, "553 sender not allowed, 554 DATA refused"),
     ((DATA,), "late_commit", Outcome.SMTP_TRANSIENT, STAYS, "the idempotency commit used up the budget: the final dot was never sent"),
     ((MAIL,), "no_smtputf8", Outcome.INVALID_DESTINATION, STAYS, "to josé@example.com (a non-ASCII local part), no SMTPUTF8 in the server's EHLO: stopped before MAIL FROM"),
-)
+))
 
 
 def evidence_of(failure: SmtpFailure) -> str:
     if failure.code is not None:
         if failure.code == 530:  # authentication or STARTTLS required: our setup, whatever the phase
             return "530"
+        if failure.phase in (MAIL, RCPT) and is_rate_refusal(failure.code, failure.reply):
+            return "rate"
         if failure.code == 421:  # "closing the transmission channel": the relay, whatever the phase
             return "421"
         if failure.code >= 400 and failure.phase == RCPT and is_sender_refusal(failure.reply):
@@ -87,9 +115,33 @@ def is_sender_refusal(reply: str) -> bool:
     return bool(_SENDER_REFUSAL.search(reply))
 
 
-def _rule(phase: str, evidence: str):
+def is_rate_refusal(code: int, reply: str) -> bool:
+    """A refusal of our traffic (rate limit or policy) at MAIL or RCPT, which no retry in the request can fix.
+
+    A 421 whose text names a rate; a 4xx whose text names one; or a 4xx with a 4.7.x status (security
+    or policy) that is not greylisting or a refusal of the recipient (about the recipient: "4xx") nor
+    a refusal of the sender (a setup problem with its own rows: "4xx_sender" at RCPT, "4xx" at MAIL).
+    """
+    if code == 421 or not 400 <= code < 500:
+        return code == 421 and bool(_RATE_TEXT.search(reply))
+    if _RATE_TEXT.search(reply):
+        return True
+    return (bool(_POLICY_STATUS.match(reply)) and not _ABOUT_THE_RECIPIENT.search(reply)
+            and not is_sender_refusal(reply))
+
+
+def retry_after_in(reply: str) -> int | None:
+    """The wait a reply's text names ("try again in 45 seconds", "retry in 5 minutes"), in whole seconds."""
+    match = _TIME_IN_TEXT.search(reply)
+    if match is None:
+        return None
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)[0].lower()]
+    return min(_MAX_RETRY_AFTER_SECONDS, max(1, math.ceil(seconds)))
+
+
+def _rule(phase: str, evidence: str) -> Rule | None:
     for rule in RULES:
-        if phase in rule[0] and rule[1] == evidence:
+        if phase in rule.phases and rule.evidence == evidence:
             return rule
     return None
 
@@ -97,7 +149,7 @@ def _rule(phase: str, evidence: str):
 def outcome_for(phase: str, evidence: str) -> Outcome:
     rule = _rule(phase, evidence)
     if rule is not None:
-        return rule[2]
+        return rule.outcome
     # Not expected (e.g. a 2xx where a refusal was raised); err on the side that never duplicates.
     return Outcome.SMTP_UNKNOWN if phase == AFTER_DATA else Outcome.SMTP_TRANSIENT
 
@@ -105,12 +157,16 @@ def outcome_for(phase: str, evidence: str) -> Outcome:
 def fails_over(phase: str, evidence: str) -> bool:
     """May the next relay be tried? Never after the final dot, never on evidence about the recipient."""
     rule = _rule(phase, evidence)
-    return phase != AFTER_DATA and rule is not None and rule[3]
+    return phase != AFTER_DATA and rule is not None and rule.fails_over
 
 
-def retried_in_request(phase: str, outcome: Outcome) -> bool:
-    """Transient failures are retried only while nothing of the message was committed."""
-    return outcome is Outcome.SMTP_TRANSIENT and phase != AFTER_DATA
+def retried_in_request(phase: str, evidence: str, outcome: Outcome) -> bool:
+    """Transient failures are retried only while nothing of the message was committed.
+
+    Not a rate or policy refusal: the relay would refuse the retry too, and every refusal adds to
+    its error count for the session (Postfix slows down, then hangs up, past its error limits).
+    """
+    return outcome is Outcome.SMTP_TRANSIENT and phase != AFTER_DATA and evidence != "rate"
 
 
 def counts_for_breaker(phase: str, evidence: str) -> bool:
@@ -135,12 +191,24 @@ class Verdict:
 def classify_failure(failure: SmtpFailure) -> Verdict:
     evidence = evidence_of(failure)
     outcome = outcome_for(failure.phase, evidence)
+    rate = evidence == "rate"
     return Verdict(
-        Result(outcome, _message(failure, outcome), smtp_code=failure.code, phase=failure.phase),
-        retry=retried_in_request(failure.phase, outcome),
+        Result(outcome, _message(failure, outcome, rate), smtp_code=failure.code, phase=failure.phase,
+               retry_after=(retry_after_in(failure.reply) or DEFAULT_RATE_RETRY_AFTER_SECONDS) if rate else None),
+        retry=retried_in_request(failure.phase, evidence, outcome),
         connection_failure=counts_for_breaker(failure.phase, evidence),
         fails_over=fails_over(failure.phase, evidence),
     )
+
+
+def spoils_session(failure: SmtpFailure) -> bool:
+    """Close the session rather than RSET and pool it: it got a rate or policy refusal.
+
+    Such a refusal repeats on that session, and each one adds to the server's error count for it,
+    which RSET does not clear (Postfix delays every reply past smtpd_soft_error_limit and hangs up
+    at smtpd_hard_error_limit); a new session starts from zero.
+    """
+    return evidence_of(failure) == "rate"
 
 
 def classify_reply(code: int, reply: str, message_id: str) -> Result:
@@ -151,7 +219,7 @@ def classify_reply(code: int, reply: str, message_id: str) -> Result:
     return Result(outcome, f"SMTP server refused the message: {code} {reply}", smtp_code=code, phase=AFTER_DATA)
 
 
-def _message(failure: SmtpFailure, outcome: Outcome) -> str:
+def _message(failure: SmtpFailure, outcome: Outcome, rate: bool = False) -> str:
     if outcome is Outcome.SMTP_UNKNOWN:
         happened = ("the server's reply to the whole message could not be read" if isinstance(failure.error, ReplyTooLong)
                     else "the connection failed after the whole message was sent and before the server replied")
@@ -162,6 +230,8 @@ def _message(failure: SmtpFailure, outcome: Outcome) -> str:
         return failure.detail
     if failure.phase == RCPT and outcome is Outcome.SMTP_PERMANENT:
         return f"sender or relaying refused at RCPT (check SMTP_FROM and AUTH): {failure.detail}"
+    if rate:
+        return f"SMTP {failure.phase} refused by the relay's rate limit or policy, not retried: {failure.detail}"
     return f"SMTP {failure.phase} failed: {failure.detail}"
 
 
@@ -172,14 +242,15 @@ def markdown_table() -> str:
         "| opens breaker | example |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for phases, evidence, outcome, failover, example in RULES:
-        retried = {retried_in_request(p, outcome) for p in phases}
-        breaker = {counts_for_breaker(p, evidence) for p in phases}
+    for rule in RULES:
+        outcome = rule.outcome
+        retried = {retried_in_request(p, rule.evidence, outcome) for p in rule.phases}
+        breaker = {counts_for_breaker(p, rule.evidence) for p in rule.phases}
         lines.append(
-            f"| {', '.join(phases)} | {evidence} | {outcome.value} | {outcome.error_code or '(ok)'} | {outcome.http_status} "
-            f"| {_yes(outcome.retryable)} | {'kept' if outcome.keep else 'released'} | {_yes(failover)} "
-            f"| {_yes_set(retried)} "
-            f"| {_yes_set(breaker)} | {example} |"
+            f"| {', '.join(rule.phases)} | {rule.evidence} | {outcome.value} | {outcome.error_code or '(ok)'} "
+            f"| {outcome.http_status} | {_yes(outcome.retryable)} | {'kept' if outcome.keep else 'released'} "
+            f"| {_yes(rule.fails_over)} | {_yes_set(retried)} "
+            f"| {_yes_set(breaker)} | {rule.example} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -11,6 +11,14 @@ relay can take the mail: the next relay is a better second try than the same
 one. A pooled connection found dead at MAIL FROM is replaced at once, without
 counting as a retry.
 
+A rate or policy refusal (classify's "rate" evidence: Postfix's `450 4.7.1
+... too much mail`) is never retried here: the relay would refuse again, and
+every refusal adds to its error count for the session. That session is
+closed at once (classify.spoils_session), so the next send starts a new one.
+
+The breaker hears of a request once, after its last attempt on this relay
+(breaker.py): a request whose three attempts failed is one failure.
+
 A mail to a non-ASCII local part (its headers UTF-8, see sending/message.py)
 is sent with SMTPUTF8. Such a mail never reaches a server that does not offer
 SMTPUTF8: transport.mail_from stops before MAIL FROM, the answer is 400
@@ -34,8 +42,8 @@ from ..config import Relay, Settings
 from ..metrics import Metrics
 from ..outcomes import Outcome, Result
 from . import transport
-from .breaker import CLOSED, CircuitBreaker
-from .classify import classify_failure, classify_reply
+from .breaker import CLOSED, OPEN, CircuitBreaker
+from .classify import classify_failure, classify_reply, spoils_session
 from .pool import ConnectionPool, PooledConnection
 from .transport import MAIL, SmtpFailure, SmtpUtf8NotOffered
 
@@ -63,6 +71,16 @@ class Attempt:
     fails_over: bool  # nothing was transmitted and nothing said about the recipient: the next relay may try
 
 
+@dataclass(frozen=True)
+class _Tried:
+    """One attempt, as the retry loop and the breaker see it."""
+
+    attempt: Attempt
+    connection_failure: bool | None  # for the breaker; None: the attempt said nothing about the server
+    retry: bool = False
+    cause: str = ""
+
+
 class RelaySender:
     def __init__(self, relay: Relay, settings: Settings, metrics: Metrics, clock=time.monotonic):
         self.relay = relay
@@ -83,51 +101,57 @@ class RelaySender:
 
         `before_dot()` runs just before each attempt's final dot; raising SendAborted there stops the
         send with nothing transmitted (the server discards a DATA that never ends).
+        The breaker hears of the request once, when its attempts are over: one request, one vote.
         """
-        previous: Attempt | None = None
+        permit = self.breaker.allow()
+        if permit is None:
+            return Attempt(self.circuit_open(), fails_over=True)
+        try:
+            tried = self._attempts(payload, message_id, recipient, deadline, before_dot, last)
+        except BaseException:
+            self.breaker.abandon(permit)  # a bug of ours says nothing about the server: decide nothing
+            raise
+        if tried.connection_failure is None:
+            self.breaker.abandon(permit)
+        else:
+            self.breaker.record(permit, tried.connection_failure, cause=tried.cause)
+        return tried.attempt
+
+    def _attempts(self, payload: bytes, message_id: str, recipient: str, deadline: float, before_dot,
+                  last: bool) -> _Tried:
+        """The first attempt and its retries; what the last one came to."""
         for attempt in range(self.settings.smtp_retries + 1):
-            if not self.breaker.allow():
-                # If our own failures just opened it, their cause is the better answer.
-                return previous or Attempt(self.circuit_open(), fails_over=True)
             attributes = self._span_attributes(attempt)
             with tracing.span("smtp.attempt", attributes):
-                outcome, retry = self._try(attempt, payload, message_id, recipient, deadline, before_dot, last,
-                                           attributes)
-            if not retry:
-                return outcome
-            previous = outcome
+                tried = self._try(attempt, payload, message_id, recipient, deadline, before_dot, last, attributes)
+            # Other requests' failures opened the circuit meanwhile: stop here, as they now fail fast.
+            if not tried.retry or self.breaker.state == OPEN:
+                return tried
             time.sleep(_BACKOFF_SECONDS * 2**attempt)
-        raise AssertionError("unreachable: the last attempt always returns")
+        raise AssertionError("unreachable: the last attempt never asks for a retry")
 
     def _try(self, attempt: int, payload: bytes, message_id: str, recipient: str, deadline: float, before_dot,
-             last: bool, span_attributes: dict | None) -> tuple[Attempt, bool]:
+             last: bool, span_attributes: dict | None) -> _Tried:
         """One attempt: what it made of the send, and whether to retry after the backoff."""
         try:
             code, reply = self._attempt(payload, recipient, deadline, before_dot, span_attributes)
         except SmtpFailure as failure:
             verdict = classify_failure(failure)
-            self.breaker.record(verdict.connection_failure, cause=failure.detail)
             outcome = Attempt(replace(verdict.result, relay=self.name), verdict.fails_over)
             _trace_result(outcome.result)
-            if verdict.fails_over and not last:
-                return outcome, False
-            if not (verdict.retry and self._retry_fits(attempt, deadline)):
-                return outcome, False
-            self.metrics.retries.inc()
-            log.info("smtp retry", extra={"relay": self.name, "attempt": attempt + 1, "phase": failure.phase,
-                                           "smtp_code": failure.code, "errmsg": mask_addresses(failure.detail)})
-            return outcome, True
+            # A failure that fails over goes to the next relay at once, while there is one.
+            retry = (verdict.retry and not (verdict.fails_over and not last) and self._retry_fits(attempt, deadline))
+            if retry:
+                self.metrics.retries.inc()
+                log.info("smtp retry", extra={"relay": self.name, "attempt": attempt + 1, "phase": failure.phase,
+                                               "smtp_code": failure.code, "errmsg": mask_addresses(failure.detail)})
+            return _Tried(outcome, verdict.connection_failure, retry, failure.detail)
         except SendAborted as aborted:
-            self.breaker.abandon()
             _trace_result(aborted.result)
-            return Attempt(aborted.result, fails_over=False), False
-        except Exception:
-            self.breaker.abandon()  # a bug of ours says nothing about the server: decide nothing
-            raise
-        self.breaker.record(False)
+            return _Tried(Attempt(aborted.result, fails_over=False), connection_failure=None)
         outcome = Attempt(replace(classify_reply(code, reply, message_id), relay=self.name), fails_over=False)
         _trace_result(outcome.result)
-        return outcome, False
+        return _Tried(outcome, connection_failure=False)
 
     def _span_attributes(self, attempt: int) -> dict | None:
         """What the attempt's span and its phases' spans carry; None (nothing built) while tracing is off."""
@@ -186,10 +210,14 @@ class RelaySender:
         return code, reply
 
     def _after_failure(self, pooled: PooledConnection, failure: SmtpFailure) -> None:
-        # No SMTPUTF8: stopped before MAIL FROM, the session is as it was. A refusal (a reply code, but
-        # not 421 "closing") leaves the session usable after RSET; anything else leaves it in an unknown state.
+        # No SMTPUTF8: stopped before MAIL FROM, the session is as it was. A rate or policy refusal spoils
+        # the session (classify.spoils_session): closed at once, not waiting for QUIT's reply. Another
+        # refusal (a reply code, but not 421 "closing") leaves the session usable after RSET; anything
+        # else leaves it in an unknown state.
         if _not_started(failure):
             self.pool.release(pooled)
+        elif spoils_session(failure):
+            transport.close_without_waiting(pooled.conn)
         elif failure.code not in (None, 421) and transport.reset(pooled.conn):
             self.pool.release(pooled)
         else:
@@ -211,7 +239,10 @@ def _trace_result(result: Result) -> None:
 
 
 def _dead_before_mail(failure: SmtpFailure) -> bool:
-    return failure.phase == MAIL and (failure.code is None or failure.code == 421) and not _not_started(failure)
+    """Lost or 421 at MAIL FROM: the server closed the idle session; but not a 421 naming a rate, which a
+    new session would meet as well."""
+    return (failure.phase == MAIL and (failure.code is None or failure.code == 421) and not _not_started(failure)
+            and not spoils_session(failure))
 
 
 def _not_started(failure: SmtpFailure) -> bool:
