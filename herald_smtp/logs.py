@@ -37,7 +37,9 @@ log = logging.getLogger("herald_smtp")
 ACCESS_LOGGER = "gunicorn.access"
 # gunicorn's line for a request its parser refused (workers/base.py handle_error), pre-formatted: the error's
 # text follows the ip, e.g. `Invalid chunk size: b'<the line>'`. No space inside an ip, IPv6 included.
-_GUNICORN_INVALID_REQUEST = re.compile(r"(Invalid request from ip=\S*?): ([^:'\"(\[]*)", re.DOTALL)
+_GUNICORN_INVALID_REQUEST = re.compile(r"(Invalid request from ip=\S*?): (.*)", re.DOTALL)
+# Where a parser's message starts quoting what it was given: `: b'...'`, `'...'`, `(... '...')`, `[...]`.
+_QUOTING = re.compile(r"""[:'"(\[]""")
 # The gunicorn access-log atom of the X-Request-ID response header that web/app.py sets.
 _ACCESS_REQUEST_ID_ATOM = "{x-request-id}o"
 
@@ -81,6 +83,15 @@ class ContextFilter(logging.Filter):
         return True
 
 
+def leading_words(message: str) -> str:
+    """A parser's message up to its first colon, quote or bracket: what went wrong, without what it quotes.
+
+    `Invalid chunk size: b'{"to": ...}'` -> `Invalid chunk size`; `The part after the @-sign is invalid
+    (Codepoint U+2014 at position 3 of 'ex—ample')` -> `The part after the @-sign is invalid`.
+    """
+    return _QUOTING.split(message, maxsplit=1)[0].strip().rstrip(".").strip()
+
+
 class GunicornRequestTextFilter(logging.Filter):
     """Cuts the request's bytes out of gunicorn's `Invalid request from ip=...` line.
 
@@ -94,7 +105,7 @@ class GunicornRequestTextFilter(logging.Filter):
             return True
         match = _GUNICORN_INVALID_REQUEST.match(record.getMessage())
         if match:
-            what = match.group(2).strip() or "malformed request"
+            what = leading_words(match.group(2)) or "malformed request"
             record.msg, record.args = f"{match.group(1)}: {what} (the rest is not logged: it quotes the request)", ()
         return True
 

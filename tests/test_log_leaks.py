@@ -16,9 +16,10 @@ import socket
 import pytest
 
 from herald_smtp.config import settings_from
-from herald_smtp.logs import ContextFilter, GunicornRequestTextFilter, logging_dict
+from herald_smtp.addresses import mask_email
+from herald_smtp.logs import ContextFilter, GunicornRequestTextFilter, leading_words, logging_dict
 from herald_smtp.web.app import create_app
-from tests.support.client import API_KEY, smtp_env
+from tests.support.client import API_KEY, post, smtp_env
 from tests.support.herald_process import HeraldProcess
 from tests.support.net import LOCALHOST
 
@@ -98,6 +99,46 @@ def test_gunicorn_invalid_request_lines_keep_the_ip_and_the_errors_name_only(ip,
                                f"Invalid request from ip={ip}: {error}", None, None)
     assert GunicornRequestTextFilter().filter(record)
     assert record.getMessage() == f"Invalid request from ip={ip}: {kept} (the rest is not logged: it quotes the request)"
+
+
+# --- a refused body: the answer says what is wrong, the log does not quote the request
+
+
+@pytest.mark.parametrize("payload, answer_part, logged", [
+    ({"to": f"{RECIPIENT}, Your code is {CODE}"}, "to is not a valid email address: ",
+     "to is not a valid email address: "),
+    ({"to": f"leaky@[1.2.3.{CODE}]"}, f"'{CODE}'", "to is not a valid email address: The address in brackets"),
+    ({"to": f"leaky@Your code is {CODE}"}, "to is not a valid email address: ", "to is not a valid email address: "),
+    ({"to": RECIPIENT, "channel": f"Your code is {CODE}"}, CODE, "unsupported channel"),
+], ids=["code-after-the-address", "code-in-an-ip-literal", "code-as-the-domain", "code-as-the-channel"])
+def test_a_refused_body_is_logged_without_the_text_it_quotes(herald, payload, answer_part, logged):
+    before = len(herald.log_text())
+    status, answer, _ = post(herald.url, payload, {"X-API-Key": API_KEY})
+    assert status == 400 and answer["error_code"] in ("invalid_destination", "invalid_request"), answer
+    assert answer_part in answer["error_message"]  # the caller is told, quoting what it sent
+    log = herald.log_text()[before:]
+    assert CODE not in log, log
+    assert RECIPIENT not in log and "leaky.recipient" not in log, log
+    assert logged in log, log
+
+
+@pytest.mark.parametrize("to, masked", [
+    ("alice@example.com", "a***@example.com"),
+    ("li@例子.中国", "l***@例子.中国"),  # an international domain is still shown
+    (f"leaky@Your code is {CODE}", "l***@***"),  # text after the @ that is no domain is not
+    (f"leaky@[1.2.3.{CODE}]", "l***@***"),
+    (f"{RECIPIENT}, code {CODE}", "l***@***"),
+])
+def test_a_masked_recipient_shows_a_domain_but_no_free_text(to, masked):
+    assert mask_email(to) == masked
+
+
+def test_leading_words_keep_what_went_wrong_without_what_it_quotes():
+    assert leading_words(f"Invalid chunk size: b'{CODE}'") == "Invalid chunk size"
+    assert leading_words(f"The part after the @-sign is invalid (Codepoint U+2014 of 'x{CODE}').") == \
+        "The part after the @-sign is invalid"
+    assert leading_words("An email address cannot have two periods in a row.") == \
+        "An email address cannot have two periods in a row"
 
 
 # --- an unexpected error (a bug): the frames and the class, not the message

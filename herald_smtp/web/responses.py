@@ -60,9 +60,8 @@ def register_error_handlers(app: Flask) -> None:
 
 
 def _invalid_request(exc: InvalidRequest):
-    result = Result(exc.outcome, exc.message)
-    report(result, exc.to)
-    return render_result(result)
+    report(Result(exc.outcome, exc.log_message), exc.to)
+    return render_result(Result(exc.outcome, exc.message))
 
 
 def _http_error(exc: HTTPException):
