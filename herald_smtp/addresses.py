@@ -137,9 +137,12 @@ def mask_email(address: str) -> str:
     local, at, domain = address.rpartition("@")
     if not at:
         return "***"
-    return f"{local[:1]}***@{domain[:100]}"
+    # The domain is shown to correlate; text after an @ that is no domain (a refused `to`) may be anything.
+    return f"{local[:1]}***@{domain[:100] if _DOMAIN_LIKE.fullmatch(domain) else '***'}"
 
 
+# No space, control character or separator: a domain, IDN included (combining marks too), and not free text.
+_DOMAIN_LIKE = re.compile(r"[^\s\x00-\x1f\x7f@<>()\[\]\\,;:\"'`]{1,253}")
 _ADDRESS_IN_TEXT = re.compile(r"[^\s<>@\"',;:()]+@[A-Za-z0-9.-]+")
 
 

@@ -6,12 +6,23 @@ request, `request_id`; while tracing is on and a span is active, also
 and the other entry points, so all output has one shape. `time` is RFC 3339
 in UTC with milliseconds (2026-12-01T08:52:38.562Z), so the lines sort and
 join with other systems' logs.
+
+Exception texts on the request path are request data: gunicorn's
+InvalidChunkSize quotes the bad line (which can be the JSON body), a decode
+error quotes the bytes it choked on. Lines there carry the exception's class
+and a fixed description; an unexpected error's traceback is logged by
+traceback_without_messages(), frames and classes only. gunicorn's own
+`Invalid request from ip=...: <error>` line (a body the app never read, parsed
+by gunicorn to skip it on a kept-alive connection) is cut by
+GunicornRequestTextFilter to the error's leading words.
 """
 
 from __future__ import annotations
 
 import logging
 import logging.config
+import re
+import traceback
 from collections.abc import Mapping
 from datetime import datetime, timezone
 
@@ -24,6 +35,11 @@ from .timing import DEADLINE_SLACK_SECONDS, HERALD_CLIENT_TIMEOUT_SECONDS, worst
 log = logging.getLogger("herald_smtp")
 
 ACCESS_LOGGER = "gunicorn.access"
+# gunicorn's line for a request its parser refused (workers/base.py handle_error), pre-formatted: the error's
+# text follows the ip, e.g. `Invalid chunk size: b'<the line>'`. No space inside an ip, IPv6 included.
+_GUNICORN_INVALID_REQUEST = re.compile(r"(Invalid request from ip=\S*?): (.*)", re.DOTALL)
+# Where a parser's message starts quoting what it was given: `: b'...'`, `'...'`, `(... '...')`, `[...]`.
+_QUOTING = re.compile(r"""[:'"(\[]""")
 # The gunicorn access-log atom of the X-Request-ID response header that web/app.py sets.
 _ACCESS_REQUEST_ID_ATOM = "{x-request-id}o"
 
@@ -35,10 +51,16 @@ def rfc3339(created: float) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """Plain lines for a terminal, with the same `time` as the JSON lines."""
+    """Plain lines for a terminal, with the same `time` as the JSON lines, and a `traceback` field below the line."""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return rfc3339(record.created)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        # A JSON line carries every field; this format shows only the message, so the traceback is added here.
+        traceback_text = getattr(record, "traceback", None)
+        return f"{line}\n{traceback_text.rstrip()}" if isinstance(traceback_text, str) else line
 
 
 class JsonLineFormatter(JsonFormatter):
@@ -58,6 +80,33 @@ class ContextFilter(logging.Filter):
         ids = tracing.log_ids()
         if ids is not None:
             record.trace_id, record.span_id = ids
+        return True
+
+
+def leading_words(message: str) -> str:
+    """A parser's message up to its first colon, quote or bracket: what went wrong, without what it quotes.
+
+    `Invalid chunk size: b'{"to": ...}'` -> `Invalid chunk size`; `The part after the @-sign is invalid
+    (Codepoint U+2014 at position 3 of 'ex—ample')` -> `The part after the @-sign is invalid`.
+    """
+    return _QUOTING.split(message, maxsplit=1)[0].strip().rstrip(".").strip()
+
+
+class GunicornRequestTextFilter(logging.Filter):
+    """Cuts the request's bytes out of gunicorn's `Invalid request from ip=...` line.
+
+    gunicorn logs str() of its parser's exception, which quotes what it refused: a bad chunk-size line can
+    be a whole JSON body, recipient and code included. The line keeps the ip and the error's leading words
+    (`Invalid chunk size`, `Invalid HTTP Header`), up to the first colon, quote or bracket.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "gunicorn.error" or not isinstance(record.msg, str):
+            return True
+        match = _GUNICORN_INVALID_REQUEST.match(record.getMessage())
+        if match:
+            what = leading_words(match.group(2)) or "malformed request"
+            record.msg, record.args = f"{match.group(1)}: {what} (the rest is not logged: it quotes the request)", ()
         return True
 
 
@@ -84,6 +133,28 @@ def _current_request_id() -> str | None:
     return None
 
 
+def traceback_without_messages(exc: BaseException) -> str:
+    """The traceback of `exc` and of the exceptions chained to it, with every exception's message left out.
+
+    For a bug on the request path: its frames (file, line, function, source line) are what a fix needs,
+    while its message may quote the request (`UnicodeDecodeError: ... in position 12`, a KeyError naming
+    a value, a parser quoting the body), and with it a recipient or a one-time code.
+    """
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and not any(current is seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    parts = []
+    for position, link in enumerate(reversed(chain)):  # oldest first, as Python prints a chain
+        if position:
+            parts.append("\nThe exception above led to the one below:\n\n")
+        parts.append("Traceback (most recent call last):\n")
+        parts.extend(traceback.format_tb(link.__traceback__))
+        parts.append(f"{type(link).__module__}.{type(link).__qualname__} (message not logged: it may hold request data)\n")
+    return "".join(parts)
+
+
 def logging_dict(settings: Settings) -> dict:
     """A logging.config.dictConfig dict for the app and gunicorn's loggers."""
     if settings.log_format == "json":
@@ -99,14 +170,14 @@ def logging_dict(settings: Settings) -> dict:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"context": {"()": ContextFilter}},
+        "filters": {"context": {"()": ContextFilter}, "request_text": {"()": GunicornRequestTextFilter}},
         "formatters": {"main": formatter},
         "handlers": {
             "stdout": {
                 "class": "logging.StreamHandler",
                 "stream": "ext://sys.stdout",
                 "formatter": "main",
-                "filters": ["context"],
+                "filters": ["context", "request_text"],
             }
         },
         "root": {"level": settings.log_level, "handlers": ["stdout"]},

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..addresses import ENCODED_WORD, InvalidAddress, Mailbox, parse_address
+from ..logs import leading_words
 from ..outcomes import Outcome
 
 DEFAULT_SUBJECT = "Verification code"
@@ -42,12 +43,17 @@ _MAX_TIMEOUT_SECONDS = 86400
 
 
 class InvalidRequest(ValueError):
-    """The body cannot be sent, for the reason in `message`."""
+    """The body cannot be sent, for the reason in `message` (the answer's), `log_message` for the log line.
 
-    def __init__(self, outcome: Outcome, message: str):
+    The two differ where the answer quotes what the caller sent (an address validator's reason, an unknown
+    channel): the caller is told exactly, the log gets the reason without the request's text.
+    """
+
+    def __init__(self, outcome: Outcome, message: str, log_message: str | None = None):
         super().__init__(message)
         self.outcome = outcome
         self.message = message
+        self.log_message = message if log_message is None else log_message
         self.to: str | None = None  # the raw `to`, when there was one, for the log line
 
 
@@ -78,7 +84,8 @@ def _send_request(data: dict, header_key: str | None) -> SendRequest:
             raise InvalidRequest(Outcome.INVALID_REQUEST, f"{name} must not be null: leave the field out instead")
     channel = _optional_str(data, "channel")
     if channel not in ("", "email"):
-        raise InvalidRequest(Outcome.INVALID_REQUEST, f"unsupported channel {channel[:40]!r}: only 'email'")
+        raise InvalidRequest(Outcome.INVALID_REQUEST, f"unsupported channel {channel[:40]!r}: only 'email'",
+                             "unsupported channel: only 'email'")
     to = _recipient(data)
     subject = _subject(data)
     params = _params(data)
@@ -147,7 +154,9 @@ def _recipient(data: dict) -> Mailbox:
     try:
         return parse_address(to, international=True)
     except InvalidAddress as exc:
-        raise InvalidRequest(Outcome.INVALID_DESTINATION, f"to is not a valid email address: {exc}") from None
+        # The validator's reason can quote the address (`... of 'ex—ample'`): the log gets its leading words only.
+        raise InvalidRequest(Outcome.INVALID_DESTINATION, f"to is not a valid email address: {exc}",
+                             f"to is not a valid email address: {leading_words(str(exc))}") from None
 
 
 def _subject(data: dict) -> str:
