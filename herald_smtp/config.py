@@ -85,15 +85,75 @@ class Relay:
                 "password": "set" if self.password else "unset", "from": self.from_address}
 
 
+# Field metadata: how the startup line shows a value (Settings.redacted), and whether it is a secret.
+_SHOWN, _SECRET = "shown", "secret"
+
+
+def _as_is(value: object) -> object:
+    return value
+
+
+def _set_or_unset(value: object) -> str:
+    return "set" if value else "unset"
+
+
+def secret(default: object = "", shown: Callable[[object], object] = _set_or_unset):
+    """A Settings field holding a secret: left out of repr(), and on the startup line only as `shown` makes it
+    (set/unset unless told otherwise). Declared with the field, so a new secret cannot be forgotten in a list."""
+    return field(default=default, repr=False, metadata={_SECRET: True, _SHOWN: shown})
+
+
+def shown_as(shown: Callable[[object], object] | None, default: object):
+    """A field the startup line shows through `shown` (None: not at all, something else describes it)."""
+    return field(default=default, metadata={_SHOWN: shown})
+
+
+def _rate_or_off(rate: Rate | None) -> str:
+    return str(rate) if rate else "off"
+
+
+def _redact_url(url: str, keep: tuple[str, ...] = ()) -> str:
+    """The URL for the startup line: the userinfo password and every query value (but those named in `keep`)
+    as ***, no fragment. redis://u:pw@h/0?db=1&password=x -> redis://u:***@h/0?db=1&password=***
+
+    Also the Sentinel and Cluster forms with several hosts (redis+cluster://:pw@h1:1,h2:2).
+    """
+    if not url:
+        return ""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(not shown: not a URL)"  # urllib's error would quote the netloc
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, has_password, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{hostport}" if has_password else netloc
+    query = "&".join(_redact_parameter(pair, keep) for pair in parts.query.split("&")) if parts.query else ""
+    # Not urlunsplit: it drops the // of unix:///path.
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+
+
+def _redact_parameter(pair: str, keep: tuple[str, ...]) -> str:
+    name, has_value, _ = pair.partition("=")
+    if not has_value:
+        return "***"  # a bare ?TOKEN is all value
+    return pair if name in keep else f"{name}=***"
+
+
+def _redact_redis_url(url: str) -> str:
+    return _redact_url(url, keep=("db",))  # the grammar refuses any parameter but db and the passwords
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "0.0.0.0"
     port: int = 8084
-    api_keys: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = secret(())
     smtp_host: str = ""
     smtp_port: int = 587
     smtp_user: str = ""
-    smtp_password: str = ""
+    smtp_password: str = secret()
     smtp_from: str = ""
     smtp_from_name: str = ""
     smtp_use_starttls: bool = True
@@ -106,19 +166,20 @@ class Settings:
     smtp_max_messages_per_connection: int = 100
     smtp_circuit_threshold: int = 5
     smtp_circuit_cooldown_seconds: float = 30.0
-    smtp_fallbacks: tuple[Relay, ...] = ()  # SMTP_FALLBACK_URLS, in order; see `relays`
-    redis_url: str = ""
+    # SMTP_FALLBACK_URLS, in order; see `relays` (the startup line's list). Relay.password is out of repr().
+    smtp_fallbacks: tuple[Relay, ...] = shown_as(None, ())
+    redis_url: str = secret(shown=_redact_redis_url)  # may hold passwords
     redis_key_prefix: str = "herald-smtp:"
     redis_tls_ca_file: str = ""  # rediss:// only: a CA bundle added to the system's
     redis_tls_verify: bool = True  # rediss:// only: false is for tests (startup warns)
-    idempotency_secret: str = ""  # keys the payload fingerprints in the store (sending/fingerprint.py)
+    idempotency_secret: str = secret()  # keys the payload fingerprints in the store (sending/fingerprint.py)
     idempotency_ttl_seconds: int = 300
     idempotency_wait_seconds: float = 10.0
     idempotency_failure_mode: str = "open"
     max_request_bytes: int = 65536
     # Abuse limits (sending/abuse.py): None is off; () allows every recipient domain.
-    rate_limit_per_recipient: Rate | None = None
-    rate_limit_global: Rate | None = None
+    rate_limit_per_recipient: Rate | None = shown_as(_rate_or_off, None)
+    rate_limit_global: Rate | None = shown_as(_rate_or_off, None)
     allowed_recipient_domains: tuple[str, ...] = ()  # lower-cased
     log_level: str = "INFO"
     log_format: str = "json"
@@ -128,7 +189,8 @@ class Settings:
     metrics_dir: str = ""
     # OpenTelemetry's own variables (tracing.py), read from the process environment only: the SDK and the
     # exporter read them there, and the rest (headers, sampler, timeouts) they read themselves.
-    otel_endpoint: str = ""  # OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT
+    # OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT; may carry a token (?api-key=...).
+    otel_endpoint: str = secret(shown=_redact_url)
     otel_sdk_disabled: bool = False
     otel_service_name: str = SERVICE_NAME
     otel_protocol: str = "http/protobuf"
@@ -186,45 +248,18 @@ class Settings:
         return (os.cpu_count() or 1) * 2 + 1
 
     def redacted(self) -> dict:
-        """The effective configuration for the startup log: secrets only as set/unset."""
-        secret = {"api_keys", "smtp_password", "idempotency_secret"}
+        """The effective configuration for the startup line, each field as its declaration says (secret() or
+        shown_as()): secrets only as set/unset or a masked URL."""
         out = {}
         for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in secret:
-                out[f.name] = "set" if value else "unset"
-            elif f.name == "redis_url":
-                out[f.name] = _redact_url(value)
-                out["redis"] = self.redis_target.describe() if self.redis_target else "in-process"
-            elif f.name == "smtp_fallbacks":
-                continue  # listed below, as `relays`
-            elif f.name.startswith("rate_limit_"):
-                out[f.name] = str(value) if value else "off"
-            else:
-                out[f.name] = value
-        out["otel_endpoint"] = _redact_url(self.otel_endpoint)
+            shown = f.metadata.get(_SHOWN, _as_is)
+            if shown is not None:
+                out[f.name] = shown(getattr(self, f.name))
+        out["redis"] = self.redis_target.describe() if self.redis_target else "in-process"
         out["tracing"] = f"on, to {out['otel_endpoint']}" if self.tracing_enabled else "off"
         out["workers"] = self.workers()
         out["relays"] = [relay.redacted() for relay in self.relays] if self.smtp_host else []
         return out
-
-
-def _redact_url(url: str) -> str:
-    """redis://user:password@host/0?password=x -> redis://user:***@host/0?password=***
-
-    Also redis+sentinel://:pw@h1:1,h2:2/name?sentinel_password=x and redis+cluster://:pw@h1:1,h2:2.
-    """
-    if not url:
-        return ""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:***@{hostport}" if ":" in userinfo else netloc
-    query = re.sub(r"(?i)(password=)[^&]*", r"\1***", parts.query)
-    # Not urlunsplit: it drops the // of unix:///path.
-    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
 # --- parsers: each takes the raw string and returns the value or raises ValueError
@@ -436,10 +471,11 @@ def _is_recipient_domain(entry: str) -> bool:
         return False
 
 
-_RELAY_FORM = ("smtp://[user[:password]@]host[:port] (STARTTLS, default port 587), "
-               "smtps://[user[:password]@]host[:port] (implicit TLS, default port 465) or smtp+plain://host[:port] "
-               "(no TLS, no credentials), user and password percent-encoded, optional query parameters from, "
-               "from_name, tls_verify, ca_file; entries separated by commas")
+# No word here may be a likely password fragment: tests/test_config_secrets.py checks "def" (of "default") too.
+_RELAY_FORM = ("smtp://[user[:password]@]host[:port] (STARTTLS, port 587 if none is given), "
+               "smtps://[user[:password]@]host[:port] (implicit TLS, port 465 if none is given) or "
+               "smtp+plain://host[:port] (no TLS, no credentials), user and password percent-encoded, optional "
+               "query parameters from, from_name, tls_verify, ca_file; entries separated by commas")
 _RELAY_SCHEMES = {"smtp": (STARTTLS, 587), "smtps": (IMPLICIT_TLS, 465), "smtp+plain": (PLAIN, 25)}
 _RELAY_PARAMETERS = ("from", "from_name", "tls_verify", "ca_file")
 
@@ -463,7 +499,9 @@ def _relay_url(entry: str) -> Relay:
         parts = urlsplit(entry)
         given_port = parts.port  # ValueError for a port out of range or not a number
     except ValueError:
-        raise ValueError("not a URL of that form: check the host and port") from None
+        # urllib's message may quote the netloc, password and all.
+        raise ValueError("not a URL of that form: check the host and port, and percent-encode ? & # / @ in the "
+                         "user and password") from None
     if parts.scheme not in _RELAY_SCHEMES:
         raise ValueError("the scheme must be smtp, smtps or smtp+plain")
     tls, default_port = _RELAY_SCHEMES[parts.scheme]
@@ -492,12 +530,22 @@ def _relay_parameters(query: str) -> dict:
     if unknown or len(names) != len(set(names)):
         raise ValueError(f"query parameters may be {', '.join(_RELAY_PARAMETERS)}, each once")
     given = dict(pairs)
-    values = {"from_address": _address(given.get("from", "")), "from_name": _display_name(given.get("from_name", "")),
+    values = {"from_address": _relay_from(given.get("from", "")),
+              "from_name": _display_name(given.get("from_name", "")),
               "tls_verify": _bool(given["tls_verify"]) if "tls_verify" in given else None,
               "ca_file": given["ca_file"].strip() if "ca_file" in given else None}
     if values["ca_file"]:
         _check_ca_file(values["ca_file"], "ca_file")
     return values
+
+
+def _relay_from(raw: str) -> str:
+    try:
+        return _address(raw)
+    except ValueError:
+        # Not the validator's reason, which quotes the characters it refuses: with an unencoded ? in the
+        # password, `from=` may hold password text.
+        raise ValueError("from: an ASCII email address like noreply@example.com") from None
 
 
 def _check_ca_file(path: str, name: str) -> None:

@@ -221,6 +221,8 @@ INVALID = [
     # (variable, value, a word of the expected form)
     ("SMTP_PORT", "abc", "port number 1-65535"),
     ("SMTP_PORT", "70000", "65535"),
+    ("SMTP_PORT", "0", "port number 1-65535"),
+    ("SMTP_PORT", "65536", "port number 1-65535"),
     ("IDEMPOTENCY_TTL_SECONDS", "-5", "integer"),
     ("SMTP_TIMEOUT_SECONDS", "0", "seconds"),
     ("SMTP_USE_TLS", "maybe", "true or false"),
@@ -257,6 +259,14 @@ INVALID = [
     ("PORT", "[::1]8084", "[::1]:8084"),
     ("PORT", "[localhost]:8084", "[::1]:8084"),
     ("PORT", "[::1]:70000", "[::1]:8084"),
+    ("PORT", "0", "[::1]:8084"),
+    ("PORT", ":0", "[::1]:8084"),
+    ("PORT", "127.0.0.1:0", "[::1]:8084"),
+    ("PORT", "[::1]:0", "[::1]:8084"),
+    ("PORT", ":65536", "[::1]:8084"),
+    ("SMTP_FALLBACK_URLS", "smtp://relay.example:0", "entry 1 (counting from 1) to be smtp://"),
+    ("SMTP_FALLBACK_URLS", "smtps://relay.example:0", "(a port number 1-65535)"),
+    ("SMTP_FALLBACK_URLS", "smtp+plain://relay.example:65536", "entry 1"),
     ("PORT", "a..b:8084", "[::1]:8084"),
     ("PORT", "unix:/tmp/x.sock", "[::1]:8084"),
     # SMTP_HOST: typos that would only show as a DNS failure on the first send

@@ -94,6 +94,15 @@ def backend_for(url: str) -> str:
     return "memory" if topology_for(url) is None else "redis"
 
 
+class _Reason(ValueError):
+    """Why a REDIS_URL does not fit its form, in words of our own: the only error text shown with the form."""
+
+
+# A `?`, `&`, `#` or `/` left in a password moves the rest of it into the query, fragment or path, where a
+# parser would complain about (and could quote) password text.
+_ENCODE_HINT = "percent-encode ? & # / in a password"
+
+
 def parse_redis_url(url: str, tls_ca_file: str = "", tls_verify: bool = True) -> RedisTarget | None:
     """REDIS_URL -> RedisTarget (None for the in-process store); ValueError with the expected form."""
     topology = topology_for(url)
@@ -103,13 +112,18 @@ def parse_redis_url(url: str, tls_ca_file: str = "", tls_verify: bool = True) ->
     form = _FORMS[scheme]
     try:
         return _parse(url, scheme, topology, tls_ca_file, tls_verify)
-    except ValueError as exc:
+    except _Reason as exc:
         detail = f" ({exc})" if str(exc) else ""
         raise ValueError(f"{form}{detail}") from None
+    except ValueError:
+        # urllib's own messages quote the netloc, password and all: only our reasons are ever shown.
+        raise ValueError(f"{form} ({_ENCODE_HINT})") from None
 
 
 def _parse(url: str, scheme: str, topology: str, tls_ca_file: str, tls_verify: bool) -> RedisTarget:
     parts = urlsplit(url)
+    if parts.fragment or url.endswith("#"):
+        raise _Reason(f"no #fragment; {_ENCODE_HINT}")
     query = _query(parts.query, _QUERY[scheme])
     userinfo, _, hostlist = parts.netloc.rpartition("@")
     username, password = _credentials(userinfo)
@@ -119,31 +133,31 @@ def _parse(url: str, scheme: str, topology: str, tls_ca_file: str, tls_verify: b
                   tls_verify=tls_verify)
     if topology == "unix":
         if hostlist or not parts.path:
-            raise ValueError("")
+            raise _Reason("")
         return RedisTarget("unix", path=unquote(parts.path), db=_db(query.get("db", "0")), **common)
     hosts = _hosts(hostlist, default_port=_DEFAULT_PORT if topology == "single" else None)
     if topology == "single":
         if len(hosts) != 1:
-            raise ValueError("one host")
+            raise _Reason("one host")
         db = query.get("db") or parts.path.strip("/") or "0"
         return RedisTarget("single", hosts, db=_db(db), **common)
     if topology == "sentinel":
         service = unquote(parts.path.strip("/"))
         if not service or "/" in service:
-            raise ValueError("the service name is missing" if not service else "one service name")
+            raise _Reason("the service name is missing" if not service else "one service name")
         return RedisTarget("sentinel", hosts, db=_db(query.get("db", "0")), service_name=service,
                            sentinel_password=query.get("sentinel_password"), **common)
     if parts.path.strip("/"):
-        raise ValueError("a cluster has no database number or path")
+        raise _Reason("a cluster has no database number or path")
     return RedisTarget("cluster", hosts, **common)
 
 
 def _query(raw: str, allowed: set[str]) -> dict[str, str]:
     values = parse_qs(raw, keep_blank_values=True)
-    unknown = set(values) - allowed
-    if unknown:
-        accepted = ", ".join(sorted(allowed)) or "none"
-        raise ValueError(f"unknown query parameter {sorted(unknown)[0]!r}; accepted: {accepted}")
+    if set(values) - allowed:
+        # Never the unknown name: with an unencoded ? or & in a password, it is password text.
+        accepted = f"query parameters may be {', '.join(sorted(allowed))}" if allowed else "no query parameters"
+        raise _Reason(f"{accepted}; {_ENCODE_HINT}")
     return {name: items[-1] for name, items in values.items()}
 
 
@@ -161,16 +175,18 @@ def _hosts(hostlist: str, default_port: int | None) -> tuple[tuple[str, int], ..
         try:
             port = part.port
         except ValueError:
-            raise ValueError("a port number 1-65535") from None
+            port = 0
+        if port == 0:  # urllib accepts 0, which no server listens on (and `port or default` would hide)
+            raise _Reason("a port number 1-65535")
         if not part.hostname or (port is None and default_port is None):
-            raise ValueError("host:port for every node")
-        hosts.append((part.hostname, port or default_port))
+            raise _Reason("host:port for every node")
+        hosts.append((part.hostname, default_port if port is None else port))
     return tuple(hosts)
 
 
 def _db(raw: str) -> int:
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 6):
-        raise ValueError("a database number like 0")
+        raise _Reason("a database number like 0")
     return int(raw)
 
 
