@@ -22,7 +22,7 @@ from dotenv import dotenv_values
 from limits.util import granularity_from_string
 
 from .addresses import InvalidAddress, Mailbox, check_display_name, parse_address
-from .idempotency.store import RedisTarget, backend_for, parse_redis_url
+from .redis_target import RedisTarget, backend_for, parse_redis_url
 
 SERVICE_NAME = "herald-smtp"
 

@@ -12,10 +12,11 @@ from limits.storage import RedisStorage
 from redis.sentinel import SentinelConnectionPool
 
 from herald_smtp.config import ConfigError, settings_from
-from herald_smtp.idempotency import redis_clients
+from herald_smtp import redis_clients
 from herald_smtp.idempotency.base import StoreUnavailable
 from herald_smtp.idempotency.redis import RedisStore
-from herald_smtp.idempotency.store import RedisTarget, open_store
+from herald_smtp.idempotency.store import open_store
+from herald_smtp.redis_target import RedisTarget
 from herald_smtp.sending.abuse import open_storage
 
 SENTINEL_FORM = "redis+sentinel://[:password@]host:port[,host:port...]/SERVICE_NAME[?db=N&sentinel_password=...]"

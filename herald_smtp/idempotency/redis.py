@@ -24,9 +24,9 @@ from typing import Callable
 
 import redis
 
-from . import redis_clients
+from .. import redis_clients
 from .base import Claim, Record, StoreUnavailable
-from .store import RedisTarget, parse_redis_url
+from ..redis_target import RedisTarget, parse_redis_url
 
 # Take the key, or read who has it: one round trip for a replay or a duplicate, not SET NX then GET
 # (and no "expired in between" to loop on).
