@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from .network import host_port
+
 # scheme -> topology; None is the in-process store.
 _BACKENDS: dict[str, str | None] = {
     "memory": None,
@@ -63,7 +65,7 @@ class RedisTarget:
     @property
     def host_list(self) -> str:
         """host:port[,host:port...], IPv6 addresses in brackets."""
-        return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.hosts)
+        return ",".join(host_port(host, port) for host, port in self.hosts)
 
     def describe(self) -> str:
         """For the startup line: topology and hosts, never a password."""
