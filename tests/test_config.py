@@ -521,3 +521,23 @@ def test_the_metrics_directory_comes_from_the_environment_only(tmp_path):
     dotenv.write_text("PROMETHEUS_MULTIPROC_DIR=/from/dotenv\nSMTP_PORT=2525\n")
     assert load_settings({}, str(dotenv)).metrics_dir == ""
     assert load_settings({"PROMETHEUS_MULTIPROC_DIR": "/from/env"}, str(dotenv)).metrics_dir == "/from/env"
+
+
+# --- enumerated settings: members, still equal to the strings other code and the logs use
+
+
+def test_tls_mode_and_failure_mode_are_enums_that_read_as_their_strings():
+    import json
+
+    from herald_smtp.config import IMPLICIT_TLS, PLAIN, STARTTLS, FailureMode, TlsMode
+
+    assert (STARTTLS, IMPLICIT_TLS, PLAIN) == (TlsMode.STARTTLS, TlsMode.IMPLICIT, TlsMode.PLAIN)
+    settings = settings_from({"SMTP_HOST": "primary.example", "SMTP_USE_TLS": "true", "IDEMPOTENCY_FAILURE_MODE": "Closed",
+                              "SMTP_FALLBACK_URLS": "smtp://b.example,smtp+plain://c.example"})
+    assert [relay.tls for relay in settings.relays] == [TlsMode.IMPLICIT, TlsMode.STARTTLS, TlsMode.PLAIN]
+    assert settings.idempotency_failure_mode is FailureMode.CLOSED
+    assert settings.idempotency_failure_mode == "closed"  # sending/claim.py compares with the string
+    assert settings_from({}).idempotency_failure_mode is FailureMode.OPEN
+    shown = settings.redacted()
+    assert f"{shown['idempotency_failure_mode']}" == "closed" and str(TlsMode.PLAIN) == "plain"
+    assert json.loads(json.dumps(shown))["relays"][0]["tls"] == "implicit"

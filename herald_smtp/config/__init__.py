@@ -10,7 +10,7 @@ entry points print it and exit. Secret values, and any part of them, never appea
 """
 
 from .loading import _VARIABLES, ConfigError, load_settings, load_settings_or_exit, settings_from
-from .settings import IMPLICIT_TLS, PLAIN, SERVICE_NAME, STARTTLS, Rate, Relay, Settings
+from .settings import IMPLICIT_TLS, PLAIN, SERVICE_NAME, STARTTLS, FailureMode, Rate, Relay, Settings, TlsMode
 
-__all__ = ["ConfigError", "IMPLICIT_TLS", "PLAIN", "Rate", "Relay", "SERVICE_NAME", "STARTTLS", "Settings",
-           "_VARIABLES", "load_settings", "load_settings_or_exit", "settings_from"]
+__all__ = ["ConfigError", "FailureMode", "IMPLICIT_TLS", "PLAIN", "Rate", "Relay", "SERVICE_NAME", "STARTTLS",
+           "Settings", "TlsMode", "_VARIABLES", "load_settings", "load_settings_or_exit", "settings_from"]

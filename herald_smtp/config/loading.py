@@ -13,7 +13,7 @@ from dotenv import dotenv_values
 
 from . import parsers
 from .relay_urls import relay_urls
-from .settings import Settings
+from .settings import FailureMode, Settings
 
 
 class ConfigError(ValueError):
@@ -47,7 +47,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "IDEMPOTENCY_SECRET": ("idempotency_secret", lambda raw: raw),
     "IDEMPOTENCY_TTL_SECONDS": ("idempotency_ttl_seconds", parsers.integer(1, parsers.MAX_TTL_SECONDS)),
     "IDEMPOTENCY_WAIT_SECONDS": ("idempotency_wait_seconds", parsers.seconds(0)),
-    "IDEMPOTENCY_FAILURE_MODE": ("idempotency_failure_mode", parsers.choice("open", "closed")),
+    "IDEMPOTENCY_FAILURE_MODE": ("idempotency_failure_mode", parsers.member(FailureMode)),
     "MAX_REQUEST_BYTES": ("max_request_bytes", parsers.integer(1024, 10 * 1024 * 1024)),  # one-time codes, not files
     "RATE_LIMIT_PER_RECIPIENT": ("rate_limit_per_recipient", parsers.rate),
     "RATE_LIMIT_GLOBAL": ("rate_limit_global", parsers.rate),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import ssl
+from enum import StrEnum
 from typing import Callable
 
 from limits.util import granularity_from_string
@@ -76,6 +77,14 @@ def choice(*choices: str) -> Callable[[str], str]:
         if value not in choices:
             raise ValueError(" or ".join(choices))
         return value
+
+    return parse
+
+
+def member(enum: type[StrEnum]) -> Callable[[str], StrEnum]:
+    """One of a StrEnum's values, any case."""
+    def parse(raw: str) -> StrEnum:
+        return enum(choice(*enum)(raw))
 
     return parse
 

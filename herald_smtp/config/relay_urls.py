@@ -8,14 +8,14 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from . import parsers
-from .settings import IMPLICIT_TLS, PLAIN, STARTTLS, Relay
+from .settings import Relay, TlsMode
 
 # No word here may be a likely password fragment: tests/test_config_secrets.py checks "def" (of "default") too.
 _RELAY_FORM = ("smtp://[user[:password]@]host[:port] (STARTTLS, port 587 if none is given), "
                "smtps://[user[:password]@]host[:port] (implicit TLS, port 465 if none is given) or "
                "smtp+plain://host[:port] (no TLS, no credentials), user and password percent-encoded, optional "
                "query parameters from, from_name, tls_verify, ca_file; entries separated by commas")
-_RELAY_SCHEMES = {"smtp": (STARTTLS, 587), "smtps": (IMPLICIT_TLS, 465), "smtp+plain": (PLAIN, 25)}
+_RELAY_SCHEMES = {"smtp": (TlsMode.STARTTLS, 587), "smtps": (TlsMode.IMPLICIT, 465), "smtp+plain": (TlsMode.PLAIN, 25)}
 _RELAY_PARAMETERS = ("from", "from_name", "tls_verify", "ca_file")
 
 
@@ -54,7 +54,7 @@ def _relay_url(entry: str) -> Relay:
         raise ValueError("the password must be ASCII (smtplib's AUTH cannot send others)")
     if password and not user:
         raise ValueError("a password needs a user")
-    if tls == PLAIN and user:
+    if tls == TlsMode.PLAIN and user:
         raise ValueError("smtp+plain takes no credentials: they would travel in clear text (use smtp:// or smtps://)")
     return Relay(host, port, tls, user, password, **_relay_parameters(parts.query))
 

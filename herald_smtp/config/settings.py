@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields, replace
+from enum import StrEnum
 from functools import cached_property
 from typing import Callable
 from urllib.parse import urlsplit
@@ -30,8 +31,26 @@ class Rate:
         return f"{self.amount}/{self.seconds}s"
 
 
-# Relay TLS modes: STARTTLS required, TLS from the first byte, or none at all.
-STARTTLS, IMPLICIT_TLS, PLAIN = "starttls", "implicit", "plain"
+class TlsMode(StrEnum):
+    """How a relay's connection is secured: STARTTLS required, TLS from the first byte, or none at all.
+
+    A StrEnum: each member equals (and prints as) its string, which the logs and older comparisons use.
+    """
+
+    STARTTLS = "starttls"
+    IMPLICIT = "implicit"
+    PLAIN = "plain"
+
+
+# The names the transport and the doctor import.
+STARTTLS, IMPLICIT_TLS, PLAIN = TlsMode.STARTTLS, TlsMode.IMPLICIT, TlsMode.PLAIN
+
+
+class FailureMode(StrEnum):
+    """IDEMPOTENCY_FAILURE_MODE: with the store down, send without idempotency (open) or refuse (closed)."""
+
+    OPEN = "open"
+    CLOSED = "closed"
 
 
 @dataclass(frozen=True)
@@ -44,7 +63,7 @@ class Relay:
 
     host: str
     port: int
-    tls: str = STARTTLS  # STARTTLS, IMPLICIT_TLS or PLAIN
+    tls: TlsMode = TlsMode.STARTTLS
     user: str = ""
     password: str = field(default="", repr=False)
     from_address: str = ""  # the envelope sender and the From header's address ("" in a URL: SMTP_FROM)
@@ -153,7 +172,7 @@ class Settings:
     idempotency_secret: str = secret()  # keys the payload fingerprints in the store (sending/fingerprint.py)
     idempotency_ttl_seconds: int = 300
     idempotency_wait_seconds: float = 10.0
-    idempotency_failure_mode: str = "open"
+    idempotency_failure_mode: FailureMode = FailureMode.OPEN
     max_request_bytes: int = 65536
     # Abuse limits (sending/abuse.py): None is off; () allows every recipient domain.
     rate_limit_per_recipient: Rate | None = shown_as(_rate_or_off, None)
@@ -195,7 +214,8 @@ class Settings:
     @cached_property
     def relays(self) -> tuple[Relay, ...]:
         """The primary relay (from the SMTP_* settings), then the fallbacks with what they inherit."""
-        tls = IMPLICIT_TLS if self.smtp_use_tls else STARTTLS if self.smtp_use_starttls else PLAIN
+        tls = (TlsMode.IMPLICIT if self.smtp_use_tls else TlsMode.STARTTLS if self.smtp_use_starttls
+               else TlsMode.PLAIN)
         primary = Relay(self.smtp_host, self.smtp_port, tls, self.smtp_user, self.smtp_password, self.smtp_from,
                         self.smtp_from_name, self.smtp_tls_verify, self.smtp_tls_ca_file)
         return (primary,) + tuple(replace(
