@@ -221,6 +221,8 @@ INVALID = [
     # (variable, value, a word of the expected form)
     ("SMTP_PORT", "abc", "port number 1-65535"),
     ("SMTP_PORT", "70000", "65535"),
+    ("SMTP_PORT", "0", "port number 1-65535"),
+    ("SMTP_PORT", "65536", "port number 1-65535"),
     ("IDEMPOTENCY_TTL_SECONDS", "-5", "integer"),
     ("SMTP_TIMEOUT_SECONDS", "0", "seconds"),
     ("SMTP_USE_TLS", "maybe", "true or false"),
@@ -257,6 +259,14 @@ INVALID = [
     ("PORT", "[::1]8084", "[::1]:8084"),
     ("PORT", "[localhost]:8084", "[::1]:8084"),
     ("PORT", "[::1]:70000", "[::1]:8084"),
+    ("PORT", "0", "[::1]:8084"),
+    ("PORT", ":0", "[::1]:8084"),
+    ("PORT", "127.0.0.1:0", "[::1]:8084"),
+    ("PORT", "[::1]:0", "[::1]:8084"),
+    ("PORT", ":65536", "[::1]:8084"),
+    ("SMTP_FALLBACK_URLS", "smtp://relay.example:0", "entry 1 (counting from 1) to be smtp://"),
+    ("SMTP_FALLBACK_URLS", "smtps://relay.example:0", "(a port number 1-65535)"),
+    ("SMTP_FALLBACK_URLS", "smtp+plain://relay.example:65536", "entry 1"),
     ("PORT", "a..b:8084", "[::1]:8084"),
     ("PORT", "unix:/tmp/x.sock", "[::1]:8084"),
     # SMTP_HOST: typos that would only show as a DNS failure on the first send
@@ -511,3 +521,23 @@ def test_the_metrics_directory_comes_from_the_environment_only(tmp_path):
     dotenv.write_text("PROMETHEUS_MULTIPROC_DIR=/from/dotenv\nSMTP_PORT=2525\n")
     assert load_settings({}, str(dotenv)).metrics_dir == ""
     assert load_settings({"PROMETHEUS_MULTIPROC_DIR": "/from/env"}, str(dotenv)).metrics_dir == "/from/env"
+
+
+# --- enumerated settings: members, still equal to the strings other code and the logs use
+
+
+def test_tls_mode_and_failure_mode_are_enums_that_read_as_their_strings():
+    import json
+
+    from herald_smtp.config import IMPLICIT_TLS, PLAIN, STARTTLS, FailureMode, TlsMode
+
+    assert (STARTTLS, IMPLICIT_TLS, PLAIN) == (TlsMode.STARTTLS, TlsMode.IMPLICIT, TlsMode.PLAIN)
+    settings = settings_from({"SMTP_HOST": "primary.example", "SMTP_USE_TLS": "true", "IDEMPOTENCY_FAILURE_MODE": "Closed",
+                              "SMTP_FALLBACK_URLS": "smtp://b.example,smtp+plain://c.example"})
+    assert [relay.tls for relay in settings.relays] == [TlsMode.IMPLICIT, TlsMode.STARTTLS, TlsMode.PLAIN]
+    assert settings.idempotency_failure_mode is FailureMode.CLOSED
+    assert settings.idempotency_failure_mode == "closed"  # sending/claim.py compares with the string
+    assert settings_from({}).idempotency_failure_mode is FailureMode.OPEN
+    shown = settings.redacted()
+    assert f"{shown['idempotency_failure_mode']}" == "closed" and str(TlsMode.PLAIN) == "plain"
+    assert json.loads(json.dumps(shown))["relays"][0]["tls"] == "implicit"

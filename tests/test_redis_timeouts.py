@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from herald_smtp.config import settings_from
-from herald_smtp.idempotency import redis_clients
+from herald_smtp import redis_clients
 from herald_smtp.idempotency.base import StoreUnavailable
 from herald_smtp.idempotency.redis import RedisStore
 from herald_smtp.addresses import parse_address

@@ -12,10 +12,11 @@ from limits.storage import RedisStorage
 from redis.sentinel import SentinelConnectionPool
 
 from herald_smtp.config import ConfigError, settings_from
-from herald_smtp.idempotency import redis_clients
+from herald_smtp import redis_clients
 from herald_smtp.idempotency.base import StoreUnavailable
 from herald_smtp.idempotency.redis import RedisStore
-from herald_smtp.idempotency.store import RedisTarget, open_store
+from herald_smtp.idempotency.store import open_store
+from herald_smtp.redis_target import RedisTarget
 from herald_smtp.sending.abuse import open_storage
 
 SENTINEL_FORM = "redis+sentinel://[:password@]host:port[,host:port...]/SERVICE_NAME[?db=N&sentinel_password=...]"
@@ -56,15 +57,16 @@ def test_each_form_parses_into_one_target(url, expected):
     ("redis+sentinel://:pw@s1:26379,s2:26379", f"{SENTINEL_FORM} (the service name is missing)"),
     ("redis+sentinel://s1:26379/", f"{SENTINEL_FORM} (the service name is missing)"),
     ("redis+sentinel://s1/herald", f"{SENTINEL_FORM} (host:port for every node)"),
-    ("redis+sentinel://s1:26379/herald?ssl=true", f"{SENTINEL_FORM} (unknown query parameter 'ssl'; accepted: "
-                                                  "db, sentinel_password)"),
+    ("redis+sentinel://s1:26379/herald?ssl=true", f"{SENTINEL_FORM} (query parameters may be db, sentinel_password; "
+                                                  "percent-encode ? & # / in a password)"),
     ("redis+cluster://:pw@n1:7000,n2", f"{CLUSTER_FORM} (host:port for every node)"),
     ("redis+cluster://n1:7000/0", f"{CLUSTER_FORM} (a cluster has no database number or path)"),
     ("redis://:pw@a:1,b:2", f"{SINGLE_FORM} (one host)"),
     ("redis://:pw@host:99999/0", f"{SINGLE_FORM} (a port number 1-65535)"),
     ("redis://:pw@host/zero", f"{SINGLE_FORM} (a database number like 0)"),
-    ("redis://host?socket_timeout=5", f"{SINGLE_FORM} (unknown query parameter 'socket_timeout'; accepted: "
-                                      "db, password)"),
+    ("redis://host?socket_timeout=5", f"{SINGLE_FORM} (query parameters may be db, password; "
+                                      "percent-encode ? & # / in a password)"),
+    ("redis+cluster://n1:7000?db=1", f"{CLUSTER_FORM} (no query parameters; percent-encode ? & # / in a password)"),
     ("unix://host/x.sock", "unix:///path/to/redis.sock[?db=N]"),
 ])
 def test_a_bad_url_stops_startup_with_one_line_naming_redis_url_and_the_form(url, message):
@@ -163,3 +165,22 @@ def test_opening_a_cluster_store_dials_nothing_until_the_first_operation():
     assert isinstance(store, RedisStore)
     with pytest.raises(StoreUnavailable, match="idempotency store [(]Redis[)] unavailable"):
         store.ping()
+
+
+@pytest.mark.parametrize("url, form", [
+    ("redis://h:0", SINGLE_FORM), ("redis://:pw@h:0/1", SINGLE_FORM),
+    ("rediss://h:0", "rediss://[[user]:password@]host[:port][/db]"),
+    ("redis+sentinel://s1:0/herald", SENTINEL_FORM), ("redis+sentinel://s1:26379,s2:0/herald", SENTINEL_FORM),
+    ("redis+cluster://n1:0", CLUSTER_FORM), ("redis+cluster://n1:7000,[::1]:0", CLUSTER_FORM),
+    ("redis+cluster://n1:65536", CLUSTER_FORM),
+])
+def test_port_zero_stops_startup_in_every_form(url, form):
+    # redis://h:0 used to become port 6379; in the Sentinel and Cluster forms the port became None, and a
+    # Sentinel's ping() then raised TypeError (not a StoreUnavailable: every send and /readyz a 500).
+    assert config_error({"REDIS_URL": url}) == f"REDIS_URL: expected {form} (a port number 1-65535)"
+
+
+def test_a_fragment_is_refused_with_the_hint_to_percent_encode():
+    # redis://:pa#ss@h/0: everything after # is a fragment, which a URL for a server has no use for.
+    assert config_error({"REDIS_URL": "redis://h:6379/0#x"}) == (
+        f"REDIS_URL: expected {SINGLE_FORM} (no #fragment; percent-encode ? & # / in a password)")

@@ -27,7 +27,7 @@ import pytest
 import redis
 
 from herald_smtp.config import settings_from
-from herald_smtp.idempotency import redis_clients
+from herald_smtp import redis_clients
 from tests.support.client import assert_error, post, send, smtp_env
 from tests.support.herald_process import HeraldProcess
 from tests.support.net import LOCALHOST

@@ -343,7 +343,7 @@ def test_only_the_http_protobuf_exporter_is_accepted():
 
 
 def test_tracing_on_without_the_packages_is_a_one_line_startup_error(monkeypatch):
-    import herald_smtp.config as config
+    import herald_smtp.config.loading as config
 
     monkeypatch.setattr(config, "_OTEL_MODULES", ("opentelemetry.not_installed_here",))
     with pytest.raises(ConfigError) as caught:

@@ -31,9 +31,9 @@ from typing import Callable
 import redis
 from redis.cluster import RedisCluster
 
-from . import redis_clients
+from .. import redis_clients
 from .base import Claim, Record, StoreUnavailable
-from .store import RedisTarget, parse_redis_url
+from ..redis_target import RedisTarget, parse_redis_url
 
 # Take the key, or read who has it: one round trip for a replay or a duplicate, not SET NX then GET
 # (and no "expired in between" to loop on). Finding our own reservation means this call is redis-py's

@@ -10,7 +10,7 @@ request that is about to send: after the claim says Owned, or without a key, or 
 the claim's refusals are never counted, and a denial releases the reservation (RATE_LIMITED is keep=False).
 
 The limits come from the `limits` library on the same store as the idempotency records, built from the same
-parsed REDIS_URL (Settings.redis_target) with the same timeouts (idempotency/redis_clients.py): limits'
+parsed REDIS_URL (Settings.redis_target) with the same timeouts (redis_clients.py): limits'
 RedisStorage on that Redis's connection pool (one Redis, TLS, unix socket, or a Sentinel service's master:
 reads go to the master too, since a lagging replica would let a full window through), its RedisClusterStorage
 on a cluster, its MemoryStorage in this process otherwise. The storage is built at the first admit(): a
@@ -37,7 +37,7 @@ from limits.strategies import MovingWindowRateLimiter
 
 from ..addresses import Mailbox
 from ..config import Rate, Settings
-from ..idempotency import redis_clients
+from .. import redis_clients
 from ..metrics import Metrics
 from ..outcomes import Outcome, Result
 

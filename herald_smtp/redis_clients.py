@@ -1,6 +1,6 @@
 """redis-py clients for a RedisTarget: one Redis, a Sentinel master or a Redis Cluster.
 
-The idempotency store (redis.py) and the rate limiter (sending/abuse.py) both build theirs here, from the one
+The idempotency store (idempotency/redis.py) and the rate limiter (sending/abuse.py) both build theirs here, from the one
 RedisTarget parsed out of REDIS_URL, so they always reach the same Redis with the same timeouts.
 
 Time limits: a node that stops answering costs one socket timeout, never a multiple of it. redis-py's default
@@ -21,7 +21,7 @@ from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
 
-from .store import RedisTarget
+from .redis_target import RedisTarget
 
 # Short socket timeouts: a hung Redis must fail fast into IDEMPOTENCY_FAILURE_MODE,
 # not eat the request's SMTP budget.

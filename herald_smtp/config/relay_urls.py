@@ -1,0 +1,91 @@
+"""SMTP_FALLBACK_URLS: the grammar of the fallback relays' URLs, each parsed into a Relay.
+
+An error names the entry's position and the reason, never the entry: it may hold a password.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from . import parsers
+from .settings import Relay, TlsMode
+
+# No word here may be a likely password fragment: tests/test_config_secrets.py checks "def" (of "default") too.
+_RELAY_FORM = ("smtp://[user[:password]@]host[:port] (STARTTLS, port 587 if none is given), "
+               "smtps://[user[:password]@]host[:port] (implicit TLS, port 465 if none is given) or "
+               "smtp+plain://host[:port] (no TLS, no credentials), user and password percent-encoded, optional "
+               "query parameters from, from_name, tls_verify, ca_file; entries separated by commas")
+_RELAY_SCHEMES = {"smtp": (TlsMode.STARTTLS, 587), "smtps": (TlsMode.IMPLICIT, 465), "smtp+plain": (TlsMode.PLAIN, 25)}
+_RELAY_PARAMETERS = ("from", "from_name", "tls_verify", "ca_file")
+
+
+def relay_urls(raw: str) -> tuple[Relay, ...]:
+    """SMTP_FALLBACK_URLS: the relays tried in order after the primary."""
+    relays = []
+    for position, entry in enumerate(raw.split(","), start=1):
+        try:
+            relays.append(_relay_url(entry.strip()))
+        except ValueError as exc:
+            # The reason, never the entry: it may hold a password.
+            raise ValueError(f"entry {position} (counting from 1) to be {_RELAY_FORM} ({exc})") from None
+    return tuple(relays)
+
+
+def _relay_url(entry: str) -> Relay:
+    if not entry:
+        raise ValueError("it is empty")
+    try:
+        parts = urlsplit(entry)
+        given_port = parts.port  # ValueError for a port out of range or not a number
+    except ValueError:
+        # urllib's message may quote the netloc, password and all.
+        raise ValueError("not a URL of that form: check the host and port, and percent-encode ? & # / @ in the "
+                         "user and password") from None
+    if parts.scheme not in _RELAY_SCHEMES:
+        raise ValueError("the scheme must be smtp, smtps or smtp+plain")
+    tls, default_port = _RELAY_SCHEMES[parts.scheme]
+    if parts.path not in ("", "/") or parts.fragment:
+        raise ValueError("a relay URL has no path")
+    host = parsers.host(parts.hostname or "")
+    port = parsers.port_number(str(given_port)) if given_port is not None else default_port
+    user = parsers.ascii_only(parsers.text)(unquote(parts.username or ""))
+    password = unquote(parts.password or "")
+    if not password.isascii():
+        raise ValueError("the password must be ASCII (smtplib's AUTH cannot send others)")
+    if password and not user:
+        raise ValueError("a password needs a user")
+    if tls == TlsMode.PLAIN and user:
+        raise ValueError("smtp+plain takes no credentials: they would travel in clear text (use smtp:// or smtps://)")
+    return Relay(host, port, tls, user, password, **_relay_parameters(parts.query))
+
+
+def _relay_parameters(query: str) -> dict:
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise ValueError("a malformed query") from None
+    names = [name for name, _ in pairs]
+    unknown = sorted(set(names) - set(_RELAY_PARAMETERS))
+    if unknown or len(names) != len(set(names)):
+        raise ValueError(f"query parameters may be {', '.join(_RELAY_PARAMETERS)}, each once")
+    given = dict(pairs)
+    values = {"from_address": _relay_from(given.get("from", "")),
+              "from_name": parsers.display_name(given.get("from_name", "")),
+              "tls_verify": parsers.boolean(given["tls_verify"]) if "tls_verify" in given else None,
+              "ca_file": given["ca_file"].strip() if "ca_file" in given else None}
+    if values["ca_file"]:
+        try:
+            parsers.check_ca_file(values["ca_file"])
+        except ValueError as exc:
+            raise ValueError(f"ca_file: {exc}") from None
+    return values
+
+
+def _relay_from(raw: str) -> str:
+    try:
+        return parsers.address(raw)
+    except ValueError:
+        # Not the validator's reason, which quotes the characters it refuses: with an unencoded ? in the
+        # password, `from=` may hold password text.
+        raise ValueError("from: an ASCII email address like noreply@example.com") from None
+
