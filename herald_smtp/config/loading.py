@@ -11,6 +11,7 @@ from typing import Callable, Mapping
 
 from dotenv import dotenv_values
 
+from ..timing import minimum_ttl_seconds, reservation_hold_seconds
 from . import parsers
 from .relay_urls import relay_urls
 from .settings import FailureMode, Settings
@@ -115,8 +116,21 @@ def _check_combinations(settings: Settings) -> None:
     _check_ca_file("SMTP_TLS_CA_FILE", settings.smtp_tls_ca_file)
     if settings.smtp_password and not settings.smtp_user:
         raise ConfigError("SMTP_USER: expected a user name when SMTP_PASSWORD is set")
+    _check_ttl(settings)
     _check_redis_tls(settings)
     _check_tracing(settings)
+
+
+def _check_ttl(settings: Settings) -> None:
+    # A shorter TTL would let a committing record expire while its mail may still be on the wire, and a
+    # duplicate would then send it again (timing.py says what each margin covers).
+    least = minimum_ttl_seconds(settings.smtp_timeout_seconds, settings.idempotency_wait_seconds)
+    if settings.idempotency_ttl_seconds < least:
+        raise ConfigError(
+            f"IDEMPOTENCY_TTL_SECONDS: expected at least {least} (the reservation hold, SMTP_TIMEOUT_SECONDS + "
+            f"{reservation_hold_seconds(0):g} s, "
+            "plus IDEMPOTENCY_WAIT_SECONDS): a shorter TTL lets a key expire while its mail may still be sending, "
+            "and a duplicate would send it again")
 
 
 # What tracing.py imports when tracing is on (the `otel` extra).
