@@ -10,7 +10,7 @@
 
 One module-level "current tracer" is set once per worker, like the logging
 configuration: code on the request path calls span() without being handed a
-tracer. With tracing off (no OTLP endpoint, OTEL_SDK_DISABLED=true; config.py
+tracer. With tracing off (no OTLP endpoint, OTEL_SDK_DISABLED=true; config/loading.py
 decides once at startup) the tracer stays None, span() returns one shared no-op
 context manager, the helpers return at once, and nothing from opentelemetry is
 imported: the cost on the request path is a global lookup and a call.

@@ -32,7 +32,7 @@ K8S = ROOT / "deploy" / "kubernetes"
 NAME_LABEL = "app.kubernetes.io/name"
 APP_NAME = "herald-smtp"
 APP_PORT = 8084
-# Every variable the service reads (config.py's table, plus the ones read elsewhere).
+# Every variable the service reads (config/loading.py's table, plus the ones read elsewhere).
 APP_VARIABLES = set(_VARIABLES) | {"PORT", "WEB_THREADS", "PROMETHEUS_MULTIPROC_DIR", "PYTHONUNBUFFERED"}
 SECRET_VARIABLES = {"API_KEY", "SMTP_USER", "SMTP_PASSWORD", "REDIS_URL", "SMTP_FALLBACK_URLS"}
 PLACEHOLDER = "CHANGE_ME"

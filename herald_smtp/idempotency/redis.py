@@ -13,7 +13,7 @@ written.
 
 Cluster-safe: every operation touches exactly one key, and each script names
 it in KEYS[1], so a Redis Cluster routes it to the key's slot. The client
-(redis_clients.py) is built at the first operation: a cluster client dials
+(herald_smtp/redis_clients.py) is built at the first operation: a cluster client dials
 its nodes when it is built, and a cluster that is down at startup must cost a
 StoreUnavailable (and IDEMPOTENCY_FAILURE_MODE), not a worker that cannot boot.
 """
