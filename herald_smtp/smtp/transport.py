@@ -561,6 +561,7 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return "timed out"
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"certificate verification failed: {exc.verify_message} (SMTP_TLS_CA_FILE adds a CA; SMTP_TLS_VERIFY=false disables checks)"
+        return (f"certificate verification failed: {exc.verify_message} "
+                "(SMTP_TLS_CA_FILE adds a CA; SMTP_TLS_VERIFY=false disables checks)")
     text = str(exc) or type(exc).__name__
     return " ".join(text.split())[:300]

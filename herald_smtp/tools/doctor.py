@@ -179,7 +179,8 @@ class Doctor:
 
     def _auth(self) -> Step:
         if not self.r.user:
-            return Step("auth", SKIP, "SMTP_USER is empty: no AUTH" if self.index == 0 else "no user in the URL: no AUTH")
+            why = "SMTP_USER is empty" if self.index == 0 else "no user in the URL"
+            return Step("auth", SKIP, f"{why}: no AUTH")
         self._run("auth", lambda deadline: transport.login(self.conn, self.r, deadline))
         return Step("auth", OK, f"logged in as {self.r.user}")
 
@@ -201,7 +202,8 @@ class Doctor:
         payload = MailWriter(self.s).build(request, message_id).payload_for(self.index)
         code, reply = self._run("test mail", lambda deadline: transport.data(self.conn, payload, deadline))
         if code != 250:
-            _fail("test mail", *self._diagnose("test mail", SmtpFailure(transport.AFTER_DATA, reply, code, reply=reply)))
+            failure = SmtpFailure(transport.AFTER_DATA, reply, code, reply=reply)
+            _fail("test mail", *self._diagnose("test mail", failure))
         yield Step("test mail", OK, f"accepted: {code} {reply} (Message-ID <{message_id}>)")
 
     def _diagnose(self, step: str, failure: SmtpFailure) -> tuple[str, str]:
@@ -275,8 +277,10 @@ HINTS: tuple[tuple[tuple[str, ...] | str, str, str, str], ...] = (
     (("starttls",), "not_offered", "the server does not offer STARTTLS (SMTP_USE_STARTTLS=true)",
      "use the provider's submission port 587, or port 465 with SMTP_USE_TLS=true; set SMTP_USE_STARTTLS=false "
      "only for a server that truly has no TLS (mail goes unencrypted)"),
-    (("starttls",), "tls", "TLS handshake failed: {error}", "the server's TLS setup is broken or too old; ask the provider"),
-    (("starttls",), "reply", "STARTTLS refused: {code} {reply}", "the server offers but refuses STARTTLS; ask the provider"),
+    (("starttls",), "tls", "TLS handshake failed: {error}",
+     "the server's TLS setup is broken or too old; ask the provider"),
+    (("starttls",), "reply", "STARTTLS refused: {code} {reply}",
+     "the server offers but refuses STARTTLS; ask the provider"),
     (("starttls",), ANY, "STARTTLS failed: {error}", RETRY_HINT),
     (("auth",), "not_offered", "{auth_problem}", "{auth_fix}"),
     (("auth",), "reply", "authentication failed: {code} {reply}", APP_PASSWORD_HINT),
