@@ -293,7 +293,7 @@ def login(conn: DeadlineSMTP, relay: Relay, deadline: float) -> None:
     mechanism: two failed logins a send, twice as fast to the account's lockout."""
     mechanism = _auth_mechanism(conn)
     if mechanism is None:
-        raise SmtpFailure(AUTH, "; ".join(_why_no_auth(conn, relay)))  # we stopped: evidence "local", a setup error
+        raise SmtpFailure(AUTH, "; ".join(auth_problem(conn, relay)))  # we stopped: evidence "local", a setup error
     conn.user, conn.password = relay.user, relay.password  # smtplib's auth_plain() and the others read them
     try:
         _arm(conn, AUTH, deadline)
@@ -306,18 +306,11 @@ def login(conn: DeadlineSMTP, relay: Relay, deadline: float) -> None:
     _note_reply(code)
 
 
-def auth_problem(conn: DeadlineSMTP, relay: Relay) -> tuple[str, str] | None:
-    """(why this session cannot log in as the relay's user, the fix), or None when a mechanism fits.
-
-    Read from the EHLO; both the send's error and `herald-smtp doctor` say it.
+def auth_problem(conn: DeadlineSMTP, relay: Relay) -> tuple[str, str]:
+    """(why this session cannot log in as the relay's user, the fix), when the EHLO offers none of
+    AUTH_MECHANISMS (no AUTH, or only others): login stops there. Both the send's error and
+    `herald-smtp doctor` say it.
     """
-    if _auth_mechanism(conn) is not None:
-        return None
-    return _why_no_auth(conn, relay)
-
-
-def _why_no_auth(conn: DeadlineSMTP, relay: Relay) -> tuple[str, str]:
-    """auth_problem's answer when no mechanism of ours is offered (none, or only others)."""
     if conn.has_extn("auth"):
         offered = " ".join(conn.esmtp_features["auth"].split())
         return (f"the server offers AUTH {offered}; herald-smtp supports {', '.join(AUTH_MECHANISMS)}",
