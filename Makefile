@@ -71,4 +71,4 @@ $(VENV)/.installed-bench: $(VENV)/bin/python setup.cfg pyproject.toml
 	cp .env.example .env
 
 clean:
-	rm -rf $(VENV) var .pytest_cache *.egg-info
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info
