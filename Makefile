@@ -15,9 +15,12 @@ run: $(VENV)/.installed-dev .env
 	 trap 'kill $$sink 2>/dev/null' EXIT INT TERM; \
 	 $(BIN)/herald-smtp serve
 
-# The alert rule tests (promtool test rules) run when promtool is on PATH; otherwise the run
-# ends with one line saying they did not run (tests/conftest.py).
+# The static checks first (ruff, then mypy; configured in pyproject.toml): a finding fails `make test`
+# with the tool's output, before any server starts. The alert rule tests (promtool test rules) run when
+# promtool is on PATH; otherwise the run ends with one line saying they did not run (tests/conftest.py).
 test: $(VENV)/.installed-test
+	$(BIN)/ruff check herald_smtp tests bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The full fault run (tests/faults/): steady load while Redis, the SMTP server and a worker fail;
@@ -68,4 +71,4 @@ $(VENV)/.installed-bench: $(VENV)/bin/python setup.cfg pyproject.toml
 	cp .env.example .env
 
 clean:
-	rm -rf $(VENV) var .pytest_cache *.egg-info
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import tempfile
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -125,7 +126,7 @@ def measure_floor(context: Context) -> None:
         for concurrency in CONCURRENCIES:
             for generator in generators:
                 served(context, floor, None, Measurement(FLOOR, None, None, concurrency, generator, None),
-                       lambda: http_measurement(context, floor, generator, concurrency))
+                       partial(http_measurement, context, floor, generator, concurrency))
 
 
 def measure_smtp_setups(context: Context, rtt_ms: float, pipelining: bool) -> None:
@@ -139,7 +140,7 @@ def measure_smtp_setups(context: Context, rtt_ms: float, pipelining: bool) -> No
             for concurrency in CONCURRENCIES:
                 served(context, herald, smtp,
                        Measurement(HERALD, rtt_ms, pipelining, concurrency, context.http_generator, None),
-                       lambda: http_measurement(context, herald, context.http_generator, concurrency))
+                       partial(http_measurement, context, herald, context.http_generator, concurrency))
             if pipelining and rtt_ms == 0:
                 measure_replay(context, smtp, herald)
         if pipelining and rtt_ms == 0:
@@ -205,7 +206,7 @@ def measure_traced(context: Context, smtp: BenchSmtpProcess) -> None:
             measurement = served(context, herald, smtp,
                                  Measurement(TRACED, smtp.delay_ms, smtp.pipelining, concurrency,
                                              context.http_generator, None),
-                                 lambda: http_measurement(context, herald, context.http_generator, concurrency))
+                                 partial(http_measurement, context, herald, context.http_generator, concurrency))
         measurement.smtp["otlp_exports"] = sink.exports  # after the stop: the last batch is flushed at exit
 
 
@@ -220,8 +221,8 @@ def measure_replay(context: Context, smtp: BenchSmtpProcess, herald: HeraldProce
         measurement = served(context, herald, smtp,
                              Measurement(REPLAY, smtp.delay_ms, smtp.pipelining, concurrency,
                                          context.http_generator, None),
-                             lambda: http_measurement(context, herald, context.http_generator, concurrency, keys,
-                                                      prefix))
+                             partial(http_measurement, context, herald, context.http_generator, concurrency, keys,
+                                     prefix))
         if measurement.smtp["mails"]:
             raise RuntimeError(f"a replay reached the SMTP server ({measurement.smtp['mails']} mails)")
 

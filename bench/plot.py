@@ -49,7 +49,7 @@ def plot(run: Run, path: Path) -> None:
     rtts = sorted({m.rtt_ms for m in run.measurements if m.rtt_ms is not None})
     generator = http_generator(run)
     figure, axes = plt.subplots(1, len(rtts), figsize=(6.5 * len(rtts), 5.2), sharey=True, squeeze=False)
-    for axis, rtt_ms in zip(axes[0], rtts):
+    for axis, rtt_ms in zip(axes[0], rtts, strict=True):
         for setup, pipelining, legend, colour in SERIES:
             points = _series(run, setup, pipelining, rtt_ms, generator)
             if not points:
@@ -69,7 +69,7 @@ def plot(run: Run, path: Path) -> None:
     handles, labels = axes[0][0].get_legend_handles_labels()
     for axis in axes[0][1:]:
         more_handles, more_labels = axis.get_legend_handles_labels()
-        for handle, label in zip(more_handles, more_labels):
+        for handle, label in zip(more_handles, more_labels, strict=True):
             if label not in labels:
                 handles.append(handle)
                 labels.append(label)

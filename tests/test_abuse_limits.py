@@ -116,7 +116,8 @@ def test_global_limit_counts_every_recipient(limited, smtp, caplog):
     assert 1 <= retry_after(denied) <= 60
     assert len(smtp.messages) == 2
     [line] = failures(caplog)
-    assert line.error_code == "rate_limited" and "RATE_LIMIT_GLOBAL" in line.errmsg and line.limit == "RATE_LIMIT_GLOBAL"
+    assert line.error_code == "rate_limited" and line.limit == "RATE_LIMIT_GLOBAL"
+    assert "RATE_LIMIT_GLOBAL" in line.errmsg
     assert metric(client, "herald_smtp_rate_limited_total", limit="global") == 1
     assert metric(client, "herald_smtp_rate_limited_total", limit="per_recipient") == 0
 

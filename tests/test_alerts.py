@@ -228,7 +228,8 @@ def scrapes(tmp_path_factory, _smtp_session, redis_url) -> dict[str, dict[str, f
         assert post(service.url, mail, auth | {"Idempotency-Key": "metrics-1"})[0] == 200
         _, _, headers = post(service.url, mail, auth | {"Idempotency-Key": "metrics-1"})
         assert headers.get("Idempotent-Replayed") == "true"
-        assert post(service.url, {**mail, "params": {"code": "135790"}}, auth | {"Idempotency-Key": "metrics-1"})[0] == 409
+        other_code = {**mail, "params": {"code": "135790"}}
+        assert post(service.url, other_code, auth | {"Idempotency-Key": "metrics-1"})[0] == 409
         assert post(service.url, mail, auth)[0] == 200
         assert post(service.url, mail, auth)[0] == 429
         assert get(service.url + "/readyz") == 200

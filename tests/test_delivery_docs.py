@@ -13,7 +13,7 @@ def test_docs_show_the_table_from_the_code():
 
 
 def test_every_rule_names_a_known_outcome_and_phase():
-    for phases, evidence, outcome, _, _ in RULES:
+    for phases, _, outcome, _, _ in RULES:
         assert outcome in Outcome
         assert set(phases) <= set(PHASES)
 

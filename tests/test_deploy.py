@@ -421,7 +421,10 @@ def compose_healthcheck_command() -> list[str]:
 
 @pytest.mark.parametrize("source", ["Dockerfile", "docker-compose.yml"])
 def test_healthcheck_command_passes_on_a_live_app_and_fails_without_one(source, live_app_port):
-    command = healthcheck_command(dockerfile_instructions()) if source == "Dockerfile" else compose_healthcheck_command()
+    if source == "Dockerfile":
+        command = healthcheck_command(dockerfile_instructions())
+    else:
+        command = compose_healthcheck_command()
     assert command[0] == "python"
     argv = [sys.executable, *command[1:]]
     for port_value in (f":{live_app_port}", str(live_app_port), f"127.0.0.1:{live_app_port}"):

@@ -24,7 +24,7 @@ def fire_duplicates(url: str) -> dict[str, list[tuple[int, dict, bool]]]:
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         answers = list(pool.map(lambda job: post(url, job[1], {"Idempotency-Key": job[0]}), jobs))
     by_key: dict[str, list[tuple[int, dict, bool]]] = {}
-    for (key, _), (status, body, headers) in zip(jobs, answers):
+    for (key, _), (status, body, headers) in zip(jobs, answers, strict=True):
         by_key.setdefault(key, []).append((status, body, headers.get("Idempotent-Replayed") == "true"))
     return by_key
 

@@ -19,7 +19,6 @@ conftest, with an API key configured.
 
 from __future__ import annotations
 
-import copy
 import json
 import socket
 from pathlib import Path
@@ -85,7 +84,8 @@ def exchange(port: int, data: bytes, timeout: float = 5.0) -> tuple[int, dict[st
     return int(lines[0].split()[1]), headers, body
 
 
-def request_bytes(*header_lines: bytes, method: bytes = b"GET", target: bytes = b"/healthz", body: bytes = b"") -> bytes:
+def request_bytes(*header_lines: bytes, method: bytes = b"GET", target: bytes = b"/healthz",
+                  body: bytes = b"") -> bytes:
     return b"\r\n".join([method + b" " + target + b" HTTP/1.1", b"Host: herald-smtp", *header_lines,
                          b"Connection: close", b"", b""]) + body
 
@@ -111,7 +111,8 @@ GUNICORN_REFUSES = [
 ]
 
 
-@pytest.mark.parametrize("request_data, status", [c[1:] for c in GUNICORN_REFUSES], ids=[c[0] for c in GUNICORN_REFUSES])
+@pytest.mark.parametrize("request_data, status", [c[1:] for c in GUNICORN_REFUSES],
+                         ids=[c[0] for c in GUNICORN_REFUSES])
 def test_what_gunicorn_refuses_gets_its_fixed_page_without_a_request_id(herald, _smtp_session, request_data, status):
     mails, warnings = len(_smtp_session.messages), herald.log_text().count("Invalid request from ip=")
     answer, headers, body = exchange(herald.port, request_data)

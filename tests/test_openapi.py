@@ -299,8 +299,8 @@ ACCEPTED_BODIES = [
     {"to": "a@example.com", "channel": "email", "subject": "验证码", "body": "x", "params": {"code": "1"},
      "template": "otp", "locale": "zh-CN", "idempotency_key": "k-1", "timeout_seconds": 5, "unknown": [1]},
     # What Herald sends.
-    {"channel": "email", "to": "li@example.com", "subject": "您的验证码", "body": "您的验证码是 482913，10 分钟内有效。",
-     "locale": "zh-CN", "idempotency_key": "ch_3q2-7wAbCdEfGhIjKlMnOp"},
+    {"channel": "email", "to": "li@example.com", "subject": "您的验证码",
+     "body": "您的验证码是 482913，10 分钟内有效。", "locale": "zh-CN", "idempotency_key": "ch_3q2-7wAbCdEfGhIjKlMnOp"},
     {"to": "a@example.com", "timeout_seconds": 10.0},  # an integer, for JSON Schema and the service
     {"to": "a@example.com", "timeout_seconds": 10 ** 400},
     {"to": "a@example.com", "unknown": None},  # null is only refused in the fields the service reads
@@ -561,7 +561,8 @@ def test_readyz_matches_the_document(contract, client, settings, make_client, sm
 
 
 def test_metrics_matches_the_document(contract, client, smtp):
-    assert _has_route(client, "/metrics"), "GET /metrics is not implemented in this build yet (issue 4, the lead's part)"
+    assert _has_route(client, "/metrics"), \
+        "GET /metrics is not implemented in this build yet (issue 4, the lead's part)"
     client.post("/v1/send", json={"to": "a@example.com"})
     response = contract.request(client, "get", "/metrics")
     assert response.status_code == 200

@@ -68,7 +68,8 @@ def test_not_ready_when_redis_is_down_in_closed_mode(settings, make_client, tmp_
         assert response.status_code == 503
         body = response.get_json()
         assert body["status"] == "not_ready" and body["checks"]["store"]["ok"] is False
-        assert body["checks"]["store"]["detail"] == "store unreachable; sends are refused (IDEMPOTENCY_FAILURE_MODE=closed)"
+        assert body["checks"]["store"]["detail"] == \
+            "store unreachable; sends are refused (IDEMPOTENCY_FAILURE_MODE=closed)"
         redis_server.start()
         assert client.get("/readyz").status_code == 200
 

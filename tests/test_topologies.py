@@ -131,7 +131,7 @@ def fire_duplicates_alternately(urls: list[str]) -> dict[str, list[tuple[int, di
         answers = list(pool.map(lambda i: post(urls[i % len(urls)], jobs[i][1], {"Idempotency-Key": jobs[i][0]}),
                                 range(len(jobs))))
     by_key: dict[str, list[tuple[int, dict, bool]]] = {}
-    for (key, _), (status, body, headers) in zip(jobs, answers):
+    for (key, _), (status, body, headers) in zip(jobs, answers, strict=True):
         by_key.setdefault(key, []).append((status, body, headers.get("Idempotent-Replayed") == "true"))
     return by_key
 

@@ -149,8 +149,8 @@ class KeyGuard:
             owned.stage = Stage.LOST
             log.error("idempotency reservation expired before the commit point; not sending",
                       extra={"idempotency_key": owned.claim.key})
-            return Result(Outcome.IDEMPOTENCY_IN_FLIGHT, "the idempotency reservation expired before the mail "
-                                                         "was committed; nothing was sent; retry later with the same key")
+            return Result(Outcome.IDEMPOTENCY_IN_FLIGHT, "the idempotency reservation expired before the mail was "
+                                                         "committed; nothing was sent; retry later with the same key")
         owned.claim, owned.stage = claim, Stage.COMMITTED
         return None
 

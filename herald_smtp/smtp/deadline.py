@@ -60,15 +60,17 @@ class DeadlineSMTP(smtplib.SMTP):
 
     deadline = math.inf
     inside_data = False  # a 354 was the last reply: what we send now is message text
+    _host: str  # smtplib's own (set in its connect(), which we skip): starttls() checks the certificate against it
 
     def getreply(self) -> tuple[int, bytes]:
         # smtplib's own reader, with two changes: each read gets only the time left, and a
         # line without a 2xx-5xx code ends the exchange instead of being read as code -1.
         if self.file is None:
             self.file = io.BufferedReader(_DeadlineReader(self))
+        file = self.file
         lines = []
         while True:
-            line = self._read_line()
+            line = self._read_line(file)
             code, more = line[:3], line[3:4]
             if not (code.isdigit() and 200 <= int(code) <= 599 and more in (b" ", b"-", b"\r", b"\n", b"")):
                 self.close()
@@ -78,9 +80,9 @@ class DeadlineSMTP(smtplib.SMTP):
                 self.inside_data = code == b"354"
                 return int(code), b"\n".join(lines)
 
-    def _read_line(self) -> bytes:
+    def _read_line(self, file: io.BufferedReader) -> bytes:
         try:
-            line = self.file.readline(_MAX_LINE + 1)
+            line = file.readline(_MAX_LINE + 1)
         except OSError as exc:
             self.close()
             raise smtplib.SMTPServerDisconnected(f"Connection unexpectedly closed: {exc}") from None
@@ -104,6 +106,8 @@ class _DeadlineReader(io.RawIOBase):
 
     def readinto(self, buffer) -> int:
         sock = self._conn.sock  # read each time: STARTTLS replaces the socket
+        if sock is None:  # closed under the reader: read as a hang-up (getreply reports it so)
+            raise smtplib.SMTPServerDisconnected("not connected")
         sock.settimeout(left(self._conn.deadline))
         return sock.recv_into(buffer)
 

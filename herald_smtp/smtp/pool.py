@@ -11,7 +11,6 @@ connection is always closed without waiting for the QUIT reply
 
 from __future__ import annotations
 
-import smtplib
 import ssl
 import threading
 import time
@@ -20,11 +19,12 @@ from dataclasses import dataclass
 from ..config import Relay, Settings
 from ..metrics import Metrics
 from . import transport
+from .deadline import DeadlineSMTP
 
 
 @dataclass
 class PooledConnection:
-    conn: smtplib.SMTP
+    conn: DeadlineSMTP
     reused: bool = False
     sent: int = 0
     last_used: float = 0.0  # pool clock; set on open and on every release
@@ -46,7 +46,8 @@ class ConnectionPool:
         with self._lock:
             # Age out every idle connection, not just the top one: under steady
             # traffic the bottom of the stack would otherwise linger forever.
-            fit, stale = [], []
+            fit: list[PooledConnection] = []
+            stale: list[PooledConnection] = []
             for idle in self._idle:
                 (fit if self._fit(idle) else stale).append(idle)
             self._idle = fit

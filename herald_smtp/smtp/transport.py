@@ -118,7 +118,7 @@ def tls_context(relay: Relay) -> ssl.SSLContext | None:
 
 
 def open_connection(relay: Relay, context: ssl.SSLContext | None, deadline: float,
-                    span_attributes: dict | None = None) -> smtplib.SMTP:
+                    span_attributes: dict | None = None) -> DeadlineSMTP:
     """Connect, secure and authenticate; the caller owns (and closes) the result.
 
     `deadline` (time.monotonic) bounds the whole exchange, not each read. `span_attributes`
@@ -144,7 +144,7 @@ def open_connection(relay: Relay, context: ssl.SSLContext | None, deadline: floa
     return conn
 
 
-def transmit(conn: smtplib.SMTP, sender: str, recipient: str, payload: bytes, deadline: float,
+def transmit(conn: DeadlineSMTP, sender: str, recipient: str, payload: bytes, deadline: float,
              before_dot=None, span_attributes: dict | None = None) -> tuple[int, str]:
     """MAIL, RCPT, DATA, pipelined when the server offers it. Returns the server's final reply,
     which may be a refusal.
@@ -215,10 +215,10 @@ def _note_failure(failure: SmtpFailure) -> None:
 
 
 def connect(relay: Relay, context: ssl.SSLContext | None, deadline: float,
-            span_attributes: dict | None = None) -> smtplib.SMTP:
+            span_attributes: dict | None = None) -> DeadlineSMTP:
     """DNS, TCP, the TLS handshake for implicit TLS, and the server's greeting, all within `deadline`."""
     conn = DeadlineSMTP(local_hostname=local_hostname())  # unconnected: we open the socket ourselves
-    conn._host = relay.host  # smtplib's starttls() checks the certificate against this name
+    conn._host = relay.host  # smtplib's starttls() checks the certificate against this name (see DeadlineSMTP)
     conn.deadline = deadline
     conn.sock = _open_socket(relay, context, deadline, span_attributes)
     try:
@@ -229,8 +229,8 @@ def connect(relay: Relay, context: ssl.SSLContext | None, deadline: float,
     _note_reply(code)
     if code != 220:
         close_without_waiting(conn)
-        reply = _text(reply)
-        raise SmtpFailure(CONNECT, f"{relay.name} refused the session: {code} {reply}", code, reply=reply)
+        text = _text(reply)
+        raise SmtpFailure(CONNECT, f"{relay.name} refused the session: {code} {text}", code, reply=text)
     return conn
 
 
@@ -251,6 +251,9 @@ def _open_socket(relay: Relay, context: ssl.SSLContext | None, deadline: float,
         raise SmtpFailure(CONNECT, f"connect to {where} failed: {describe_error(exc)}", error=exc) from None
     if relay.tls != IMPLICIT_TLS:
         return sock
+    if context is None:  # a caller's mistake, not the server's: tls_context(relay) is None only for plain SMTP
+        sock.close()
+        raise ValueError(f"{where} uses implicit TLS: a TLS context is needed (transport.tls_context)")
     with _phase(TLS, span_attributes):
         try:
             return bounded.wrap_tls(sock, context, host, deadline)
@@ -258,15 +261,16 @@ def _open_socket(relay: Relay, context: ssl.SSLContext | None, deadline: float,
             raise SmtpFailure(TLS, f"TLS handshake with {where} failed: {describe_error(exc)}", error=exc) from None
 
 
-def ehlo(conn: smtplib.SMTP, deadline: float) -> None:
+def ehlo(conn: DeadlineSMTP, deadline: float) -> None:
     code, reply = _command(conn, CONNECT, conn.ehlo, deadline)
     _note_reply(code)
     if code != 250:
         raise SmtpFailure(CONNECT, f"EHLO refused: {code} {reply}", code, reply=reply)
 
 
-def starttls(conn: smtplib.SMTP, relay: Relay, context: ssl.SSLContext, deadline: float) -> None:
-    """STARTTLS, required: a server that does not offer it fails here, never a silent downgrade."""
+def starttls(conn: DeadlineSMTP, relay: Relay, context: ssl.SSLContext | None, deadline: float) -> None:
+    """STARTTLS, required: a server that does not offer it fails here, never a silent downgrade.
+    (`context` None is smtplib's default context, which verifies; the callers pass tls_context(relay).)"""
     if not conn.has_extn("starttls"):
         raise SmtpFailure(
             TLS,
@@ -284,13 +288,12 @@ def starttls(conn: smtplib.SMTP, relay: Relay, context: ssl.SSLContext, deadline
     ehlo(conn, deadline)
 
 
-def login(conn: smtplib.SMTP, relay: Relay, deadline: float) -> None:
+def login(conn: DeadlineSMTP, relay: Relay, deadline: float) -> None:
     """AUTH with one mechanism, once. smtplib's login() would retry a refused password with the next
     mechanism: two failed logins a send, twice as fast to the account's lockout."""
-    problem = auth_problem(conn, relay)
-    if problem is not None:
-        raise SmtpFailure(AUTH, "; ".join(problem))  # we stopped: evidence "local", a setup error
     mechanism = _auth_mechanism(conn)
+    if mechanism is None:
+        raise SmtpFailure(AUTH, "; ".join(auth_problem(conn, relay)))  # we stopped: evidence "local", a setup error
     conn.user, conn.password = relay.user, relay.password  # smtplib's auth_plain() and the others read them
     try:
         _arm(conn, AUTH, deadline)
@@ -303,14 +306,12 @@ def login(conn: smtplib.SMTP, relay: Relay, deadline: float) -> None:
     _note_reply(code)
 
 
-def auth_problem(conn: smtplib.SMTP, relay: Relay) -> tuple[str, str] | None:
-    """(why this session cannot log in as the relay's user, the fix), or None when a mechanism fits.
-
-    Read from the EHLO; both the send's error and `herald-smtp doctor` say it.
+def auth_problem(conn: DeadlineSMTP, relay: Relay) -> tuple[str, str]:
+    """(why this session cannot log in as the relay's user, the fix), when the EHLO offers none of
+    AUTH_MECHANISMS (no AUTH, or only others): login stops there. Both the send's error and
+    `herald-smtp doctor` say it.
     """
     if conn.has_extn("auth"):
-        if _auth_mechanism(conn) is not None:
-            return None
         offered = " ".join(conn.esmtp_features["auth"].split())
         return (f"the server offers AUTH {offered}; herald-smtp supports {', '.join(AUTH_MECHANISMS)}",
                 "ask the provider for password login (a submission port, usually 587), or leave SMTP_USER empty "
@@ -324,12 +325,12 @@ def auth_problem(conn: smtplib.SMTP, relay: Relay) -> tuple[str, str] | None:
     return "the server does not offer AUTH, but a user is set (SMTP_USER, or the fallback URL's)", fix
 
 
-def _auth_mechanism(conn: smtplib.SMTP) -> str | None:
+def _auth_mechanism(conn: DeadlineSMTP) -> str | None:
     offered = conn.esmtp_features.get("auth", "").upper().split()
     return next((mechanism for mechanism in AUTH_MECHANISMS if mechanism in offered), None)
 
 
-def mail_from(conn: smtplib.SMTP, sender: str, deadline: float, smtputf8: bool = False) -> None:
+def mail_from(conn: DeadlineSMTP, sender: str, deadline: float, smtputf8: bool = False) -> None:
     """MAIL FROM, with the SMTPUTF8 parameter when `smtputf8`; refused before any command if the server lacks it."""
     _check_smtputf8(conn, smtputf8)
     options = ["SMTPUTF8"] if smtputf8 else []
@@ -337,17 +338,17 @@ def mail_from(conn: smtplib.SMTP, sender: str, deadline: float, smtputf8: bool =
     _check_reply(MAIL, sender, code, reply)
 
 
-def rcpt_to(conn: smtplib.SMTP, recipient: str, deadline: float) -> None:
+def rcpt_to(conn: DeadlineSMTP, recipient: str, deadline: float) -> None:
     code, reply = _command(conn, RCPT, lambda: conn.rcpt(recipient), deadline)
     _check_reply(RCPT, recipient, code, reply)
 
 
-def start_data(conn: smtplib.SMTP, deadline: float) -> None:
+def start_data(conn: DeadlineSMTP, deadline: float) -> None:
     code, reply = _command(conn, DATA, lambda: conn.docmd("DATA"), deadline)
     _check_reply(DATA, "", code, reply)
 
 
-def envelope_pipelined(conn: smtplib.SMTP, sender: str, recipient: str, deadline: float,
+def envelope_pipelined(conn: DeadlineSMTP, sender: str, recipient: str, deadline: float,
                        smtputf8: bool = False, span_attributes: dict | None = None) -> None:
     """MAIL, RCPT and DATA in one write, then their three replies, each checked against its own phase.
 
@@ -398,7 +399,7 @@ def _check_reply(phase: str, address: str, code: int, reply: str) -> None:
         raise SmtpFailure(phase, f"{_REFUSED[phase].format(address)}: {code} {reply}", code, reply=reply)
 
 
-def _check_smtputf8(conn: smtplib.SMTP, smtputf8: bool) -> None:
+def _check_smtputf8(conn: DeadlineSMTP, smtputf8: bool) -> None:
     if smtputf8 and not conn.has_extn("smtputf8"):
         raise SmtpFailure(MAIL, SMTPUTF8_NOT_OFFERED, error=SmtpUtf8NotOffered())
     # smtplib's mail() switches the command encoding to UTF-8 for SMTPUTF8 and only RSET switches it back:
@@ -406,13 +407,13 @@ def _check_smtputf8(conn: smtplib.SMTP, smtputf8: bool) -> None:
     conn.command_encoding = "ascii"
 
 
-def data(conn: smtplib.SMTP, payload: bytes, deadline: float, before_dot=None) -> tuple[int, str]:
+def data(conn: DeadlineSMTP, payload: bytes, deadline: float, before_dot=None) -> tuple[int, str]:
     """DATA, then the content (see `content`): the doctor's test mail, one step after RCPT."""
     start_data(conn, deadline)
     return content(conn, payload, deadline, before_dot)
 
 
-def content(conn: smtplib.SMTP, payload: bytes, deadline: float, before_dot=None) -> tuple[int, str]:
+def content(conn: DeadlineSMTP, payload: bytes, deadline: float, before_dot=None) -> tuple[int, str]:
     """The message and the final dot, after a 354; returns the server's reply, which may be a refusal.
 
     `before_dot()` runs when all but the final dot is sent; an exception from it leaves the DATA
@@ -425,7 +426,7 @@ def content(conn: smtplib.SMTP, payload: bytes, deadline: float, before_dot=None
     return _command(conn, AFTER_DATA, conn.getreply, deadline)
 
 
-def _send_final_dot(conn: smtplib.SMTP, deadline: float) -> None:
+def _send_final_dot(conn: DeadlineSMTP, deadline: float) -> None:
     """The commit point may have used up the budget: that is found out before a byte of the dot leaves,
     so it is still DATA (nothing transmitted, the key released). From the first byte of the final dot on,
     the server may accept the mail: a failure is an unknown outcome."""
@@ -448,7 +449,7 @@ def _send_final_dot(conn: smtplib.SMTP, deadline: float) -> None:
 _QUIT_TIMEOUT_SECONDS = 1.0
 
 
-def reset(conn: smtplib.SMTP) -> bool:
+def reset(conn: DeadlineSMTP) -> bool:
     """RSET after a refused transaction; True if the connection is fit for reuse."""
     if conn.sock is None:  # smtplib closed it already (e.g. after "500 line too long")
         return False
@@ -459,7 +460,7 @@ def reset(conn: smtplib.SMTP) -> bool:
         return False
 
 
-def close_quietly(conn: smtplib.SMTP) -> None:
+def close_quietly(conn: DeadlineSMTP) -> None:
     """QUIT, wait for its reply (at most 1 s), and close: outside a request (the doctor, shutdown).
     A mail already accepted must not turn into an error here."""
     try:
@@ -475,27 +476,35 @@ def close_quietly(conn: smtplib.SMTP) -> None:
             pass
 
 
-def close_without_waiting(conn: smtplib.SMTP) -> None:
+def close_without_waiting(conn: DeadlineSMTP) -> None:
     """QUIT without waiting for the reply, then close: what a request does, so hanging up costs it nothing."""
     try:
         if _may_quit(conn):
-            conn.sock.settimeout(_QUIT_TIMEOUT_SECONDS)
-            conn.sock.sendall(b"QUIT\r\n")
+            sock = _socket(conn)
+            sock.settimeout(_QUIT_TIMEOUT_SECONDS)
+            sock.sendall(b"QUIT\r\n")
     except OSError:
         pass
     finally:
         conn.close()
 
 
-def _may_quit(conn: smtplib.SMTP) -> bool:
+def _may_quit(conn: DeadlineSMTP) -> bool:
     # Inside DATA (after a 354, before the reply to the final dot) a QUIT would be a line of the message:
     # closing the socket alone is the hang-up, and the server discards a DATA that never ended.
     return conn.sock is not None and not getattr(conn, "inside_data", False)
 
 
-def _housekeeping(conn: smtplib.SMTP) -> None:
+def _housekeeping(conn: DeadlineSMTP) -> None:
     conn.deadline = time.monotonic() + _QUIT_TIMEOUT_SECONDS
-    conn.sock.settimeout(_QUIT_TIMEOUT_SECONDS)
+    _socket(conn).settimeout(_QUIT_TIMEOUT_SECONDS)
+
+
+def _socket(conn: DeadlineSMTP) -> socket.socket:
+    """The connection's socket; SMTPServerDisconnected (as smtplib's send() raises) once it was closed."""
+    if conn.sock is None:
+        raise smtplib.SMTPServerDisconnected("not connected")
+    return conn.sock
 
 
 def _remaining(phase: str, deadline: float) -> float:
@@ -506,11 +515,9 @@ def _remaining(phase: str, deadline: float) -> float:
     return left
 
 
-def _command(conn: smtplib.SMTP, phase: str, call, deadline: float):
+def _command(conn: DeadlineSMTP, phase: str, call, deadline: float):
     """Run one SMTP exchange; a network or protocol error becomes SmtpFailure(phase)."""
     try:
-        if conn.sock is None:
-            raise smtplib.SMTPServerDisconnected("not connected")
         _arm(conn, phase, deadline)
         result = call()
     except _ERRORS as exc:
@@ -521,9 +528,9 @@ def _command(conn: smtplib.SMTP, phase: str, call, deadline: float):
     return result
 
 
-def _arm(conn: smtplib.SMTP, phase: str, deadline: float) -> None:
+def _arm(conn: DeadlineSMTP, phase: str, deadline: float) -> None:
     conn.deadline = deadline  # every read re-arms the socket timeout to what is left
-    conn.sock.settimeout(_remaining(phase, deadline))  # for the sends
+    _socket(conn).settimeout(_remaining(phase, deadline))  # for the sends
 
 
 def _failure(phase: str, exc: BaseException, failed: str = "connection failed", refused: str = "") -> SmtpFailure:
@@ -561,6 +568,7 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return "timed out"
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"certificate verification failed: {exc.verify_message} (SMTP_TLS_CA_FILE adds a CA; SMTP_TLS_VERIFY=false disables checks)"
+        return (f"certificate verification failed: {exc.verify_message} "
+                "(SMTP_TLS_CA_FILE adds a CA; SMTP_TLS_VERIFY=false disables checks)")
     text = str(exc) or type(exc).__name__
     return " ".join(text.split())[:300]

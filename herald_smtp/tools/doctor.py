@@ -19,7 +19,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NoReturn, TypeVar
 
 from ..addresses import InvalidAddress, parse_address
 from ..config import IMPLICIT_TLS, PLAIN, STARTTLS, Relay, Settings
@@ -27,10 +27,11 @@ from ..sending.message import MailWriter, new_message_id
 from ..sending.request import SendRequest
 from ..smtp import transport
 from ..smtp.classify import is_sender_refusal
-from ..smtp.deadline import NotSmtpReply, ReplyTooLong
+from ..smtp.deadline import DeadlineSMTP, NotSmtpReply, ReplyTooLong
 from ..smtp.transport import SmtpFailure, describe_error, is_timeout
 
 OK, FAIL, SKIP = "ok", "FAIL", "skip"
+T = TypeVar("T")
 
 APP_PASSWORD_HINT = (
     "check SMTP_USER and SMTP_PASSWORD; Gmail/Google Workspace, Microsoft 365/Outlook and Yahoo reject the "
@@ -87,7 +88,7 @@ class Doctor:
         self.to = to
         self.where = self.r.name
         self.timeout = settings.smtp_timeout_seconds
-        self.conn: smtplib.SMTP | None = None
+        self._conn: DeadlineSMTP | None = None
 
     def steps(self) -> Iterator[Step]:
         try:
@@ -104,8 +105,15 @@ class Doctor:
         except _Failed as failed:
             yield failed.step
         finally:
-            if self.conn is not None:
-                transport.close_quietly(self.conn)
+            if self._conn is not None:
+                transport.close_quietly(self._conn)
+
+    @property
+    def conn(self) -> DeadlineSMTP:
+        """The session _connect opened; the steps after it run only once it has."""
+        if self._conn is None:
+            raise RuntimeError("no SMTP session: the connect step runs first")
+        return self._conn
 
     # --- probes before SMTP: is the host there at all?
 
@@ -130,7 +138,7 @@ class Doctor:
             _fail("dns", f"cannot resolve {self.r.host}: {exc.strerror}", "check SMTP_HOST and DNS")
         except UnicodeError as exc:  # a name IDNA cannot encode, e.g. an empty label
             _fail("dns", f"SMTP_HOST {self.r.host!r} is not a valid host name ({exc})", "check SMTP_HOST")
-        addresses = sorted({info[4][0] for info in infos})
+        addresses = sorted({str(info[4][0]) for info in infos})
         return Step("dns", OK, f"{self.r.host} -> {', '.join(addresses)}")
 
     def _tcp(self) -> Step:
@@ -149,7 +157,7 @@ class Doctor:
 
     # --- the transport's steps, one at a time
 
-    def _run(self, name: str, step: Callable[[float], object]):
+    def _run(self, name: str, step: Callable[[float], T]) -> T:
         """Run one transport step with its own SMTP_TIMEOUT_SECONDS; a failure becomes this step's FAIL line."""
         try:
             return step(time.monotonic() + self.timeout)
@@ -159,7 +167,8 @@ class Doctor:
     def _connect(self) -> Iterator[Step]:
         # smtplib opens TCP, the implicit-TLS handshake and reads the greeting in one call.
         name = "tls" if self.r.tls == IMPLICIT_TLS else "banner"
-        self.conn = self._run(name, lambda deadline: transport.connect(self.r, transport.tls_context(self.r), deadline))
+        self._conn = self._run(name, lambda deadline: transport.connect(self.r, transport.tls_context(self.r),
+                                                                        deadline))
         if self.r.tls == IMPLICIT_TLS:
             yield Step("tls", OK, f"implicit TLS: {_describe_tls(self.conn.sock)}")
         yield Step("banner", OK, "220 greeting received")
@@ -179,7 +188,8 @@ class Doctor:
 
     def _auth(self) -> Step:
         if not self.r.user:
-            return Step("auth", SKIP, "SMTP_USER is empty: no AUTH" if self.index == 0 else "no user in the URL: no AUTH")
+            why = "SMTP_USER is empty" if self.index == 0 else "no user in the URL"
+            return Step("auth", SKIP, f"{why}: no AUTH")
         self._run("auth", lambda deadline: transport.login(self.conn, self.r, deadline))
         return Step("auth", OK, f"logged in as {self.r.user}")
 
@@ -193,15 +203,17 @@ class Doctor:
                 _fail("rset", "RSET after MAIL FROM was refused or the connection dropped", RETRY_HINT)
             yield Step("rcpt", SKIP, "no test mail (add --to ADDRESS to send one)")
             return
-        self._run("rcpt", lambda deadline: transport.rcpt_to(self.conn, self.to, deadline))
-        yield Step("rcpt", OK, f"<{self.to}> accepted")
+        to = self.to
+        self._run("rcpt", lambda deadline: transport.rcpt_to(self.conn, to, deadline))
+        yield Step("rcpt", OK, f"<{to}> accepted")
         message_id = new_message_id(self.s)
-        request = SendRequest(to=parse_address(self.to), subject="herald-smtp doctor test mail",
+        request = SendRequest(to=parse_address(to), subject="herald-smtp doctor test mail",
                               body="This is a test mail sent by `herald-smtp doctor`. No action is needed.")
         payload = MailWriter(self.s).build(request, message_id).payload_for(self.index)
         code, reply = self._run("test mail", lambda deadline: transport.data(self.conn, payload, deadline))
         if code != 250:
-            _fail("test mail", *self._diagnose("test mail", SmtpFailure(transport.AFTER_DATA, reply, code, reply=reply)))
+            failure = SmtpFailure(transport.AFTER_DATA, reply, code, reply=reply)
+            _fail("test mail", *self._diagnose("test mail", failure))
         yield Step("test mail", OK, f"accepted: {code} {reply} (Message-ID <{message_id}>)")
 
     def _diagnose(self, step: str, failure: SmtpFailure) -> tuple[str, str]:
@@ -213,7 +225,8 @@ class Doctor:
             "error": describe_error(error) if error else failure.detail,
             "timeout": f"{self.timeout:g}", "sender": self.r.from_address, "to": self.to,
             "verify": getattr(error, "verify_message", ""),
-            "certificate_fix": _certificate_hint(error, self.r) if "certificate" in evidence else "",
+            "certificate_fix": (_certificate_hint(error, self.r) if isinstance(error, ssl.SSLCertVerificationError)
+                                else ""),  # the "certificate" evidence (see _evidence)
         }
         if step == "auth" and failure.code is None and failure.error is None:
             # The send's error says the same (transport.auth_problem): AUTH not offered, only after STARTTLS,
@@ -275,8 +288,10 @@ HINTS: tuple[tuple[tuple[str, ...] | str, str, str, str], ...] = (
     (("starttls",), "not_offered", "the server does not offer STARTTLS (SMTP_USE_STARTTLS=true)",
      "use the provider's submission port 587, or port 465 with SMTP_USE_TLS=true; set SMTP_USE_STARTTLS=false "
      "only for a server that truly has no TLS (mail goes unencrypted)"),
-    (("starttls",), "tls", "TLS handshake failed: {error}", "the server's TLS setup is broken or too old; ask the provider"),
-    (("starttls",), "reply", "STARTTLS refused: {code} {reply}", "the server offers but refuses STARTTLS; ask the provider"),
+    (("starttls",), "tls", "TLS handshake failed: {error}",
+     "the server's TLS setup is broken or too old; ask the provider"),
+    (("starttls",), "reply", "STARTTLS refused: {code} {reply}",
+     "the server offers but refuses STARTTLS; ask the provider"),
     (("starttls",), ANY, "STARTTLS failed: {error}", RETRY_HINT),
     (("auth",), "not_offered", "{auth_problem}", "{auth_fix}"),
     (("auth",), "reply", "authentication failed: {code} {reply}", APP_PASSWORD_HINT),
@@ -299,7 +314,7 @@ HINTS: tuple[tuple[tuple[str, ...] | str, str, str, str], ...] = (
 )
 
 
-def _fail(name: str, detail: str, fix: str):
+def _fail(name: str, detail: str, fix: str) -> NoReturn:
     raise _Failed(Step(name, FAIL, detail, fix))
 
 

@@ -26,9 +26,7 @@ import contextlib
 import json
 import os
 import platform
-import random
 import signal
-import statistics
 import subprocess
 import sys
 import time

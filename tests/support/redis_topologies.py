@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import redis
@@ -194,7 +195,7 @@ class RedisCluster(_Topology):
             raise RuntimeError(f"redis-cli --cluster create failed ({create.returncode}):\n"
                                f"{create.stdout[-2000:]}\n{create.stderr[-2000:]}")
         for process in self.processes:
-            _wait(lambda: self._state(process.port) == "ok", f"cluster node {process.port} reporting "
+            _wait(lambda port=process.port: self._state(port) == "ok", f"cluster node {process.port} reporting "
                   "cluster_state:ok", process)
         return self
 
@@ -252,7 +253,7 @@ class RedisSentinelSet(_Topology):
         for sentinel in self.sentinels:
             sentinel.start()
         for sentinel in self.sentinels:
-            _wait(lambda: self._sentinel_ready(sentinel), f"sentinel on port {sentinel.port} seeing the master, "
+            _wait(partial(self._sentinel_ready, sentinel), f"sentinel on port {sentinel.port} seeing the master, "
                   "its replica and the other two sentinels", sentinel)
         return self
 
