@@ -151,7 +151,8 @@ def traceback_without_messages(exc: BaseException) -> str:
             parts.append("\nThe exception above led to the one below:\n\n")
         parts.append("Traceback (most recent call last):\n")
         parts.extend(traceback.format_tb(link.__traceback__))
-        parts.append(f"{type(link).__module__}.{type(link).__qualname__} (message not logged: it may hold request data)\n")
+        name = f"{type(link).__module__}.{type(link).__qualname__}"
+        parts.append(f"{name} (message not logged: it may hold request data)\n")
     return "".join(parts)
 
 

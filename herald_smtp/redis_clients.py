@@ -1,7 +1,7 @@
 """redis-py clients for a RedisTarget: one Redis, a Sentinel master or a Redis Cluster.
 
-The idempotency store (idempotency/redis.py) and the rate limiter (sending/abuse.py) both build theirs here, from the one
-RedisTarget parsed out of REDIS_URL, so they always reach the same Redis with the same timeouts.
+The idempotency store (idempotency/redis.py) and the rate limiter (sending/abuse.py) both build theirs here,
+from the one RedisTarget parsed out of REDIS_URL, so they always reach the same Redis with the same timeouts.
 
 Time limits: a node that stops answering costs one socket timeout, never a multiple of it. redis-py's default
 Retry repeats a timed-out command three times with backoff, so every client here retries only a refused or

@@ -15,6 +15,7 @@ expected form and never the URL itself, nor any part of it: it may hold a passwo
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -130,27 +131,27 @@ def _parse(url: str, scheme: str, topology: str, tls_ca_file: str, tls_verify: b
     username, password = _credentials(userinfo)
     if "password" in query:
         password = query["password"]
-    common = dict(username=username, password=password, tls=scheme == "rediss", tls_ca_file=tls_ca_file,
-                  tls_verify=tls_verify)
+    target = functools.partial(RedisTarget, username=username, password=password, tls=scheme == "rediss",
+                               tls_ca_file=tls_ca_file, tls_verify=tls_verify)
     if topology == "unix":
         if hostlist or not parts.path:
             raise _Reason("")
-        return RedisTarget("unix", path=unquote(parts.path), db=_db(query.get("db", "0")), **common)
+        return target("unix", path=unquote(parts.path), db=_db(query.get("db", "0")))
     hosts = _hosts(hostlist, default_port=_DEFAULT_PORT if topology == "single" else None)
     if topology == "single":
         if len(hosts) != 1:
             raise _Reason("one host")
         db = query.get("db") or parts.path.strip("/") or "0"
-        return RedisTarget("single", hosts, db=_db(db), **common)
+        return target("single", hosts, db=_db(db))
     if topology == "sentinel":
         service = unquote(parts.path.strip("/"))
         if not service or "/" in service:
             raise _Reason("the service name is missing" if not service else "one service name")
-        return RedisTarget("sentinel", hosts, db=_db(query.get("db", "0")), service_name=service,
-                           sentinel_password=query.get("sentinel_password"), **common)
+        return target("sentinel", hosts, db=_db(query.get("db", "0")), service_name=service,
+                      sentinel_password=query.get("sentinel_password"))
     if parts.path.strip("/"):
         raise _Reason("a cluster has no database number or path")
-    return RedisTarget("cluster", hosts, **common)
+    return target("cluster", hosts)
 
 
 def _query(raw: str, allowed: set[str]) -> dict[str, str]:
@@ -170,7 +171,7 @@ def _credentials(userinfo: str) -> tuple[str | None, str | None]:
 
 
 def _hosts(hostlist: str, default_port: int | None) -> tuple[tuple[str, int], ...]:
-    hosts = []
+    hosts: list[tuple[str, int]] = []
     for location in hostlist.split(","):
         part = urlsplit(f"//{location.strip()}")
         try:
@@ -179,9 +180,10 @@ def _hosts(hostlist: str, default_port: int | None) -> tuple[tuple[str, int], ..
             port = 0
         if port == 0:  # urllib accepts 0, which no server listens on (and `port or default` would hide)
             raise _Reason("a port number 1-65535")
-        if not part.hostname or (port is None and default_port is None):
+        chosen = default_port if port is None else port
+        if not part.hostname or chosen is None:
             raise _Reason("host:port for every node")
-        hosts.append((part.hostname, default_port if port is None else port))
+        hosts.append((part.hostname, chosen))
     return tuple(hosts)
 
 

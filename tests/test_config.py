@@ -532,7 +532,8 @@ def test_tls_mode_and_failure_mode_are_enums_that_read_as_their_strings():
     from herald_smtp.config import IMPLICIT_TLS, PLAIN, STARTTLS, FailureMode, TlsMode
 
     assert (STARTTLS, IMPLICIT_TLS, PLAIN) == (TlsMode.STARTTLS, TlsMode.IMPLICIT, TlsMode.PLAIN)
-    settings = settings_from({"SMTP_HOST": "primary.example", "SMTP_USE_TLS": "true", "IDEMPOTENCY_FAILURE_MODE": "Closed",
+    settings = settings_from({"SMTP_HOST": "primary.example", "SMTP_USE_TLS": "true",
+                              "IDEMPOTENCY_FAILURE_MODE": "Closed",
                               "SMTP_FALLBACK_URLS": "smtp://b.example,smtp+plain://c.example"})
     assert [relay.tls for relay in settings.relays] == [TlsMode.IMPLICIT, TlsMode.STARTTLS, TlsMode.PLAIN]
     assert settings.idempotency_failure_mode is FailureMode.CLOSED

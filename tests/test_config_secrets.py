@@ -111,7 +111,7 @@ SECRET_TEXTS = ("apikey-s3cret", "smtp-s3cret", "idem-s3cret", "redis-s3cret", "
 
 def test_repr_of_settings_shows_no_secret():
     settings = settings_from(ALL_SECRETS)
-    settings.redis_target, settings.relays  # cached: they must not bring a secret into repr() either
+    _ = settings.redis_target, settings.relays  # cached: they must not bring a secret into repr() either
     shown = repr(settings)
     for secret in SECRET_TEXTS:
         assert secret not in shown, secret

@@ -98,7 +98,8 @@ def test_gunicorn_invalid_request_lines_keep_the_ip_and_the_errors_name_only(ip,
     record = logging.LogRecord("gunicorn.error", logging.WARNING, __file__, 1,
                                f"Invalid request from ip={ip}: {error}", None, None)
     assert GunicornRequestTextFilter().filter(record)
-    assert record.getMessage() == f"Invalid request from ip={ip}: {kept} (the rest is not logged: it quotes the request)"
+    expected = f"Invalid request from ip={ip}: {kept} (the rest is not logged: it quotes the request)"
+    assert record.getMessage() == expected
 
 
 # --- a refused body: the answer says what is wrong, the log does not quote the request

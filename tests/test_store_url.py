@@ -27,7 +27,8 @@ def test_empty_or_memory_url_is_the_in_process_store_and_one_worker(url):
 def test_redis_schemes_open_the_redis_store(url):
     settings = settings_from({"REDIS_URL": url, "WEB_CONCURRENCY": "3"})
     assert settings.store_is_shared and settings.workers() == 3
-    store = open_store(settings.redis_target, "p:")  # nothing is dialled here: the client is built at the first operation
+    # Nothing is dialled here: the client is built at the first operation.
+    store = open_store(settings.redis_target, "p:")
     assert isinstance(store, RedisStore) and store.name == "redis"
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from dotenv import dotenv_values
 
@@ -84,7 +84,7 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv_path: str | N
 
 
 def settings_from(source: Mapping[str, str]) -> Settings:
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}
     for name, (field_name, parse) in _VARIABLES.items():
         raw = source.get(name)
         if raw is None or raw.strip() == "":

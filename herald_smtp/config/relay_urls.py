@@ -69,16 +69,16 @@ def _relay_parameters(query: str) -> dict:
     if unknown or len(names) != len(set(names)):
         raise ValueError(f"query parameters may be {', '.join(_RELAY_PARAMETERS)}, each once")
     given = dict(pairs)
-    values = {"from_address": _relay_from(given.get("from", "")),
-              "from_name": parsers.display_name(given.get("from_name", "")),
-              "tls_verify": parsers.boolean(given["tls_verify"]) if "tls_verify" in given else None,
-              "ca_file": given["ca_file"].strip() if "ca_file" in given else None}
-    if values["ca_file"]:
+    ca_file = given["ca_file"].strip() if "ca_file" in given else None
+    if ca_file:
         try:
-            parsers.check_ca_file(values["ca_file"])
+            parsers.check_ca_file(ca_file)
         except ValueError as exc:
             raise ValueError(f"ca_file: {exc}") from None
-    return values
+    return {"from_address": _relay_from(given.get("from", "")),
+            "from_name": parsers.display_name(given.get("from_name", "")),
+            "tls_verify": parsers.boolean(given["tls_verify"]) if "tls_verify" in given else None,
+            "ca_file": ca_file}
 
 
 def _relay_from(raw: str) -> str:

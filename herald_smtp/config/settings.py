@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from functools import cached_property
-from typing import Callable
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from ..addresses import Mailbox, parse_address
@@ -94,13 +94,13 @@ def _set_or_unset(value: object) -> str:
     return "set" if value else "unset"
 
 
-def secret(default: object = "", shown: Callable[[object], object] = _set_or_unset):
+def secret(default: object = "", shown: Callable[[Any], object] = _set_or_unset):
     """A Settings field holding a secret: left out of repr(), and on the startup line only as `shown` makes it
     (set/unset unless told otherwise). Declared with the field, so a new secret cannot be forgotten in a list."""
     return field(default=default, repr=False, metadata={_SECRET: True, _SHOWN: shown})
 
 
-def shown_as(shown: Callable[[object], object] | None, default: object):
+def shown_as(shown: Callable[[Any], object] | None, default: object):
     """A field the startup line shows through `shown` (None: not at all, something else describes it)."""
     return field(default=default, metadata={_SHOWN: shown})
 

@@ -14,9 +14,8 @@ from .base import Store
 from .memory import MemoryStore
 from .redis import RedisStore
 
-# topology (None: no REDIS_URL, or memory://) -> the store for it.
-_FACTORIES: dict[str | None, Callable[[RedisTarget | None, str], Store]] = {
-    None: lambda target, prefix: MemoryStore(),
+# A Redis topology -> the store for it (no target at all: the in-process store).
+_FACTORIES: dict[str, Callable[[RedisTarget, str], Store]] = {
     "single": RedisStore.from_target,
     "unix": RedisStore.from_target,
     "sentinel": RedisStore.from_target,
@@ -27,4 +26,6 @@ _FACTORIES: dict[str | None, Callable[[RedisTarget | None, str], Store]] = {
 def open_store(target: RedisTarget | None, prefix: str) -> Store:
     """The store for a parsed REDIS_URL (Settings.redis_target). Nothing is dialled here: a Redis client is
     built at the first operation."""
-    return _FACTORIES[target.topology if target else None](target, prefix)
+    if target is None:
+        return MemoryStore()
+    return _FACTORIES[target.topology](target, prefix)

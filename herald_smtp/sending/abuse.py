@@ -36,7 +36,7 @@ from limits.storage import MemoryStorage, RedisClusterStorage, RedisStorage, Sto
 from limits.strategies import MovingWindowRateLimiter
 
 from ..addresses import Mailbox
-from ..config import Rate, Settings
+from ..config import FailureMode, Rate, Settings
 from .. import redis_clients
 from ..metrics import Metrics
 from ..outcomes import Outcome, Result
@@ -155,7 +155,7 @@ class AbuseLimits:
     def _store_down(self, exc: Exception) -> Result | None:
         self.metrics.rate_limit_store_errors.inc()
         cause = f"rate limit store (Redis) unavailable: {type(exc).__name__}: {exc}"
-        if self.settings.idempotency_failure_mode == "closed":
+        if self.settings.idempotency_failure_mode == FailureMode.CLOSED:
             log.error("rate limit store unavailable; refusing to send (IDEMPOTENCY_FAILURE_MODE=closed)",
                       extra={"cause": cause})
             return Result(Outcome.STORE_UNAVAILABLE, f"{cause}; not sending (closed mode)")

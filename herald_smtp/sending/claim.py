@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from .. import tracing
-from ..config import Settings
+from ..config import FailureMode, Settings
 from ..idempotency.base import Claim, Record, Store, StoreUnavailable
 from ..metrics import Metrics
 from ..outcomes import Answer, Outcome, Result, answer_for
@@ -159,7 +159,7 @@ class KeyGuard:
         # the reservation's token, so record() frees or finishes the key in whichever state it is.
         self.metrics.store_errors.labels("commit").inc()
         tracing.fail("idempotency store unavailable at the commit point")
-        if self.settings.idempotency_failure_mode == "closed":
+        if self.settings.idempotency_failure_mode == FailureMode.CLOSED:
             log.error("idempotency store unavailable at the commit point; not sending "
                       "(IDEMPOTENCY_FAILURE_MODE=closed)", extra={"cause": str(exc)})
             return Result(Outcome.STORE_UNAVAILABLE, f"{exc}; not sending (closed mode), nothing was transmitted")
@@ -237,7 +237,7 @@ class KeyGuard:
         return record
 
     def _store_down(self, exc: StoreUnavailable) -> Turn:
-        if self.settings.idempotency_failure_mode == "closed":
+        if self.settings.idempotency_failure_mode == FailureMode.CLOSED:
             log.error("idempotency store unavailable; refusing to send (IDEMPOTENCY_FAILURE_MODE=closed)",
                       extra={"cause": str(exc)})
             return Refused(Result(Outcome.STORE_UNAVAILABLE, f"{exc}; not sending (closed mode)"))

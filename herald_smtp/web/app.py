@@ -10,7 +10,10 @@ import re
 import time
 import uuid
 
+from typing import cast
+
 from flask import Flask, g, request
+from flask.json.provider import DefaultJSONProvider
 
 from .. import tracing
 from ..config import Settings, load_settings
@@ -34,8 +37,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None, clo
     app.response_class = HeraldResponse
     # Werkzeug enforces this while reading the body, chunked uploads included.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    app.json.ensure_ascii = False
-    app.json.sort_keys = False
+    json = cast(DefaultJSONProvider, app.json)  # Flask's own provider: these are its settings
+    json.ensure_ascii = False
+    json.sort_keys = False
     metrics = Metrics(settings.metrics_dir)
     metrics.smtp_timeout.set(settings.smtp_timeout_seconds)
     mailer = Mailer(settings, metrics, clock=clock)

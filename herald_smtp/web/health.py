@@ -23,8 +23,9 @@ import logging
 
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
-from ..config import SERVICE_NAME
+from ..config import SERVICE_NAME, FailureMode
 from ..idempotency.base import StoreUnavailable
+from ..smtp.breaker import OPEN
 from .services import services
 
 log = logging.getLogger("herald_smtp.health")
@@ -35,8 +36,8 @@ bp = Blueprint("health", __name__)
 _DRAINING = "herald_smtp.draining"
 
 _STORE_DOWN = {
-    "open": "store unreachable; sends go out without idempotency (IDEMPOTENCY_FAILURE_MODE=open)",
-    "closed": "store unreachable; sends are refused (IDEMPOTENCY_FAILURE_MODE=closed)",
+    FailureMode.OPEN: "store unreachable; sends go out without idempotency (IDEMPOTENCY_FAILURE_MODE=open)",
+    FailureMode.CLOSED: "store unreachable; sends are refused (IDEMPOTENCY_FAILURE_MODE=closed)",
 }
 
 
@@ -72,7 +73,7 @@ def readyz():
     failed = {name for name, check in checks.items() if not check["ok"]}
     if not failed:
         status = "ready"
-    elif failed == {"store"} and s.settings.idempotency_failure_mode == "open":
+    elif failed == {"store"} and s.settings.idempotency_failure_mode == FailureMode.OPEN:
         status = "degraded"
     else:
         status = "not_ready"
@@ -113,10 +114,10 @@ def _circuit_check(s) -> dict:
         state = sender.breaker.state
         # The gauge moves on sends; a quiet pod's cooldown ends by time alone, so refresh it here.
         s.metrics.set_circuit_state(sender.name, state)
-        shown = f"open, retry in {sender.breaker.retry_after()}s" if state == "open" else state
+        shown = f"open, retry in {sender.breaker.retry_after()}s" if state == OPEN else state
         states.append((sender.name, state, shown))
     detail = ", ".join(f"{name} {shown}" for name, _, shown in states)
-    if all(state == "open" for _, state, _ in states):
+    if all(state == OPEN for _, state, _ in states):
         return {"ok": False, "detail": f"open after repeated SMTP connection failures: {detail}"}
     return {"ok": True, "detail": detail}
 

@@ -15,6 +15,7 @@ recipient and the code).
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 from flask import Flask, Response, jsonify, request
 from gunicorn.http.errors import ParseException
@@ -38,7 +39,7 @@ class HeraldResponse(Response):
 
 
 def render(answer: Answer) -> HeraldResponse:
-    response = jsonify(answer.body)
+    response = cast(HeraldResponse, jsonify(answer.body))  # the app's response_class (create_app)
     response.status_code = answer.status
     response.error_code = answer.error_code
     if answer.replayed:
@@ -65,7 +66,7 @@ def _invalid_request(exc: InvalidRequest):
 
 
 def _http_error(exc: HTTPException):
-    outcome = _HTTP_OUTCOMES.get(exc.code)
+    outcome = _HTTP_OUTCOMES.get(exc.code or 500)
     if outcome is None:
         outcome = Outcome.INTERNAL_ERROR if (exc.code or 500) >= 500 else Outcome.INVALID_REQUEST
     result = Result(outcome, "request body too large" if exc.code == 413 else (exc.description or exc.name))
