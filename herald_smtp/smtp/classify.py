@@ -164,9 +164,10 @@ def retried_in_request(phase: str, evidence: str, outcome: Outcome) -> bool:
     """Transient failures are retried only while nothing of the message was committed.
 
     Not a rate or policy refusal: the relay would refuse the retry too, and every refusal adds to
-    its error count for the session (Postfix slows down, then hangs up, past its error limits).
+    its error count for the session (Postfix slows down, then hangs up, past its error limits). Not a
+    late commit either: the budget is spent, and the key is already committed.
     """
-    return outcome is Outcome.SMTP_TRANSIENT and phase != AFTER_DATA and evidence != "rate"
+    return outcome is Outcome.SMTP_TRANSIENT and phase != AFTER_DATA and evidence not in ("rate", "late_commit")
 
 
 def counts_for_breaker(phase: str, evidence: str) -> bool:
