@@ -51,6 +51,13 @@ class Metrics:
                                  ["from", "to"], registry=r)
         self.retries = Counter("herald_smtp_smtp_retries", "SMTP attempts retried after a transient failure",
                                registry=r)
+        # OAuth 2.0 SMTP AUTH (smtp/tokens.py). result: ok, refused (the endpoint refused our client or grant: a
+        # setup error), unavailable (unreachable, timed out, 5xx).
+        self.token_fetches = Counter("herald_smtp_oauth_token_fetches", "OAuth token requests by relay and result",
+                                     ["relay", "result"], registry=r)
+        self.token_age = Histogram("herald_smtp_oauth_token_age_seconds",
+                                   "Age of the OAuth access token when a connection logs in with it, by relay",
+                                   ["relay"], buckets=(1, 10, 60, 300, 900, 1800, 3600, 7200), registry=r)
         # livemax: the worst state among live workers (0 closed, 1 half-open, 2 open).
         self.circuit_state = Gauge("herald_smtp_smtp_circuit_state",
                                    "SMTP circuit breaker per relay: 0 closed, 1 half-open, 2 open (worst live worker)",

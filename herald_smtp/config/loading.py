@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping
 from dotenv import dotenv_values
 
 from ..timing import minimum_ttl_seconds, reservation_hold_seconds
-from . import parsers
+from . import oauth, parsers
 from .relay_urls import relay_urls
 from .settings import FailureMode, Settings
 
@@ -40,6 +40,14 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "SMTP_MAX_MESSAGES_PER_CONNECTION": ("smtp_max_messages_per_connection", parsers.integer(1, 10000)),
     "SMTP_CIRCUIT_THRESHOLD": ("smtp_circuit_threshold", parsers.integer(1, 1000)),
     "SMTP_CIRCUIT_COOLDOWN_SECONDS": ("smtp_circuit_cooldown_seconds", parsers.seconds(0)),
+    "SMTP_OAUTH_TOKEN_URL": ("smtp_oauth_token_url", oauth.token_url),
+    "SMTP_OAUTH_CLIENT_ID": ("smtp_oauth_client_id", oauth.credential),
+    "SMTP_OAUTH_CLIENT_SECRET": ("smtp_oauth_client_secret", oauth.credential),
+    "SMTP_OAUTH_SCOPE": ("smtp_oauth_scope", oauth.scope),
+    "SMTP_OAUTH_REFRESH_TOKEN": ("smtp_oauth_refresh_token", oauth.credential),
+    "SMTP_OAUTH_PROVIDER": ("smtp_oauth_provider", parsers.choice(*oauth.PRESETS)),
+    "SMTP_OAUTH_TENANT": ("smtp_oauth_tenant", oauth.tenant),
+    "SMTP_AUTH_MECHANISM": ("smtp_auth_mechanism", parsers.member(oauth.AuthMechanism)),
     "SMTP_FALLBACK_URLS": ("smtp_fallbacks", relay_urls),
     "REDIS_URL": ("redis_url", parsers.redis_url),
     "REDIS_KEY_PREFIX": ("redis_key_prefix", parsers.text),
@@ -116,9 +124,31 @@ def _check_combinations(settings: Settings) -> None:
     _check_ca_file("SMTP_TLS_CA_FILE", settings.smtp_tls_ca_file)
     if settings.smtp_password and not settings.smtp_user:
         raise ConfigError("SMTP_USER: expected a user name when SMTP_PASSWORD is set")
+    _check_oauth(settings)
     _check_ttl(settings)
     _check_redis_tls(settings)
     _check_tracing(settings)
+
+
+def _check_oauth(settings: Settings) -> None:
+    try:
+        client = settings.smtp_oauth
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None  # oauth_client names the variable, never a secret's value
+    mechanism = settings.smtp_auth_mechanism
+    if client is None:
+        if mechanism in oauth.OAUTH_MECHANISMS:
+            raise ConfigError(f"SMTP_AUTH_MECHANISM: expected plain, login or auto without OAuth ({mechanism} needs "
+                              "SMTP_OAUTH_TOKEN_URL or SMTP_OAUTH_PROVIDER)")
+        return
+    if settings.smtp_password:
+        raise ConfigError("SMTP_PASSWORD, SMTP_OAUTH_TOKEN_URL: expected one of them: OAuth replaces the password "
+                          "(unset SMTP_PASSWORD, or the SMTP_OAUTH_* variables)")
+    if not settings.smtp_user:
+        raise ConfigError("SMTP_USER: expected the mailbox the OAuth token acts for (the user= of XOAUTH2)")
+    if mechanism in oauth.PASSWORD_MECHANISMS:
+        raise ConfigError(f"SMTP_AUTH_MECHANISM: expected xoauth2, oauthbearer or auto with OAuth ({mechanism} "
+                          "sends a password)")
 
 
 def _check_ttl(settings: Settings) -> None:

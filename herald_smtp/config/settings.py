@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from ..addresses import Mailbox, parse_address
 from ..network import host_port
 from ..redis_target import RedisTarget, backend_for, parse_redis_url
+from .oauth import AuthMechanism, OAuthClient, oauth_client
 
 SERVICE_NAME = "herald-smtp"
 
@@ -71,15 +72,26 @@ class Relay:
     # None in a parsed URL: inherit SMTP_TLS_VERIFY / SMTP_TLS_CA_FILE (Settings.relays fills them in).
     tls_verify: bool | None = True
     ca_file: str | None = ""
+    oauth: OAuthClient | None = None  # log in with a bearer token (XOAUTH2/OAUTHBEARER) instead of the password
+    mechanism: AuthMechanism = AuthMechanism.AUTO
 
     @property
     def name(self) -> str:
         """host:port, as logs, metrics (the `relay` label) and /readyz name the relay."""
         return host_port(self.host, self.port)
 
+    @property
+    def logs_in(self) -> bool:
+        return bool(self.user)
+
     def redacted(self) -> dict:
-        return {"relay": self.name, "tls": self.tls, "user": self.user,
-                "password": "set" if self.password else "unset", "from": self.from_address}
+        shown: dict = {"relay": self.name, "tls": self.tls, "user": self.user, "from": self.from_address,
+                       "auth_mechanism": self.mechanism}
+        if self.oauth is not None:
+            shown["oauth"] = self.oauth.redacted()
+        else:
+            shown["password"] = "set" if self.password else "unset"
+        return shown
 
 
 # Field metadata: how the startup line shows a value (Settings.redacted), and whether it is a secret.
@@ -94,7 +106,7 @@ def _set_or_unset(value: object) -> str:
     return "set" if value else "unset"
 
 
-def secret(default: object = "", shown: Callable[[Any], object] = _set_or_unset):
+def secret(default: object = "", shown: Callable[[Any], object] | None = _set_or_unset):
     """A Settings field holding a secret: left out of repr(), and on the startup line only as `shown` makes it
     (set/unset unless told otherwise). Declared with the field, so a new secret cannot be forgotten in a list."""
     return field(default=default, repr=False, metadata={_SECRET: True, _SHOWN: shown})
@@ -163,6 +175,15 @@ class Settings:
     smtp_max_messages_per_connection: int = 100
     smtp_circuit_threshold: int = 5
     smtp_circuit_cooldown_seconds: float = 30.0
+    # OAuth 2.0 instead of SMTP_PASSWORD (config/oauth.py); the startup line shows the relay's `oauth` block.
+    smtp_oauth_token_url: str = secret(shown=None)
+    smtp_oauth_client_id: str = shown_as(None, "")
+    smtp_oauth_client_secret: str = secret(shown=None)
+    smtp_oauth_scope: str = shown_as(None, "")
+    smtp_oauth_refresh_token: str = secret(shown=None)
+    smtp_oauth_provider: str = ""
+    smtp_oauth_tenant: str = ""
+    smtp_auth_mechanism: AuthMechanism = AuthMechanism.AUTO
     # SMTP_FALLBACK_URLS, in order; see `relays` (the startup line's list). Relay.password is out of repr().
     smtp_fallbacks: tuple[Relay, ...] = shown_as(None, ())
     redis_url: str = secret(shown=_redact_redis_url)  # may hold passwords
@@ -212,12 +233,25 @@ class Settings:
         return parse_redis_url(self.redis_url, self.redis_tls_ca_file, self.redis_tls_verify)
 
     @cached_property
+    def smtp_oauth(self) -> OAuthClient | None:
+        """The primary relay's OAuth client (validated at load time); None: it logs in with SMTP_PASSWORD, if any."""
+        if not any((self.smtp_oauth_token_url, self.smtp_oauth_provider, self.smtp_oauth_client_id,
+                    self.smtp_oauth_client_secret, self.smtp_oauth_scope, self.smtp_oauth_refresh_token,
+                    self.smtp_oauth_tenant)):
+            return None
+        return oauth_client(token_url=self.smtp_oauth_token_url, client_id=self.smtp_oauth_client_id,
+                            client_secret=self.smtp_oauth_client_secret, scope=self.smtp_oauth_scope,
+                            refresh_token=self.smtp_oauth_refresh_token, provider=self.smtp_oauth_provider,
+                            tenant=self.smtp_oauth_tenant)
+
+    @cached_property
     def relays(self) -> tuple[Relay, ...]:
         """The primary relay (from the SMTP_* settings), then the fallbacks with what they inherit."""
         tls = (TlsMode.IMPLICIT if self.smtp_use_tls else TlsMode.STARTTLS if self.smtp_use_starttls
                else TlsMode.PLAIN)
         primary = Relay(self.smtp_host, self.smtp_port, tls, self.smtp_user, self.smtp_password, self.smtp_from,
-                        self.smtp_from_name, self.smtp_tls_verify, self.smtp_tls_ca_file)
+                        self.smtp_from_name, self.smtp_tls_verify, self.smtp_tls_ca_file, self.smtp_oauth,
+                        self.smtp_auth_mechanism)
         return (primary,) + tuple(replace(
             relay,
             from_address=relay.from_address or self.smtp_from,

@@ -16,12 +16,13 @@ from typing import NamedTuple
 
 from ..outcomes import Outcome, Result
 from .deadline import NotSmtpReply, ReplyTooLong
+from .tokens import TokenError
 from .transport import (AFTER_DATA, AUTH, CONNECT, DATA, MAIL, RCPT, TLS, BudgetSpentBeforeDot, SmtpFailure,
                         SmtpUtf8NotOffered)
 
 PHASES = (CONNECT, TLS, AUTH, MAIL, RCPT, DATA, AFTER_DATA)
-EVIDENCE = ("network", "local", "not_smtp", "too_long", "no_smtputf8", "late_commit", "2xx", "421", "4xx",
-            "4xx_sender", "rate", "530", "5xx", "5xx_sender")
+EVIDENCE = ("network", "local", "not_smtp", "too_long", "no_smtputf8", "late_commit", "oauth_refused",
+            "oauth_unavailable", "2xx", "421", "4xx", "4xx_sender", "rate", "530", "5xx", "5xx_sender")
 _SENDER_REFUSAL = re.compile(r"(?i)sender address rejected|relay access denied|relaying denied|"
                              r"relay not permitted|not allowed to relay|sender not allowed")
 # A rate limit in a reply's text: Postfix's anvil limits ("too much mail from", "too many recipients from",
@@ -73,6 +74,8 @@ RULES: tuple[Rule, ...] = tuple(Rule(*row) for row in (
     ((RCPT,), "4xx", Outcome.SMTP_TRANSIENT, STAYS, "450 4.2.0 mailbox busy, 451 4.7.1 greylisted, 452 4.2.2 mailbox full"),
     ((MAIL, RCPT), "rate", Outcome.SMTP_TRANSIENT, FAILS_OVER, "450 4.7.1 Error: too much mail from 192.0.2.1 (a Postfix rate limit), 421 4.7.0 too many messages, 450 4.7.1 Client host rejected"),
     ((CONNECT, TLS, AUTH), "5xx", Outcome.SMTP_SETUP, FAILS_OVER, "554 greeting, 535 bad credentials"),
+    ((AUTH,), "oauth_refused", Outcome.SMTP_SETUP, FAILS_OVER, "the token endpoint refused the client or grant: invalid_client, unauthorized_client, invalid_grant, invalid_scope"),
+    ((AUTH,), "oauth_unavailable", Outcome.SMTP_TRANSIENT, FAILS_OVER, "the token endpoint unreachable, timed out, or answering 5xx"),
     ((CONNECT, TLS, AUTH), "local", Outcome.SMTP_SETUP, FAILS_OVER, "STARTTLS not offered, certificate not trusted, AUTH not offered, SMTP_HOST not a host name"),
     (_BEFORE_DATA_END, "not_smtp", Outcome.SMTP_SETUP, FAILS_OVER, "an SSH or HTTP server on the SMTP port"),
     (_BEFORE_DATA_END, "530", Outcome.SMTP_SETUP, FAILS_OVER, "530 5.7.0 Authentication required, 530 Must issue a STARTTLS command first"),
@@ -100,6 +103,8 @@ def evidence_of(failure: SmtpFailure) -> str:
         return "no_smtputf8"
     if isinstance(error, BudgetSpentBeforeDot):
         return "late_commit"
+    if isinstance(error, TokenError):
+        return "oauth_refused" if error.setup else "oauth_unavailable"
     if error is None or isinstance(error, ValueError):  # ValueError: e.g. an SMTP_HOST IDNA cannot encode
         return "local"
     if isinstance(error, NotSmtpReply):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from ..config import Relay, Settings
 from ..metrics import Metrics
 from . import transport
+from .tokens import TokenSource
 from .deadline import DeadlineSMTP
 
 
@@ -32,11 +33,14 @@ class PooledConnection:
 
 class ConnectionPool:
     def __init__(self, relay: Relay, settings: Settings, context: ssl.SSLContext | None, metrics: Metrics,
-                 clock=time.monotonic):
+                 clock=time.monotonic, tokens: TokenSource | None = None):
         self.relay = relay
         self.settings = settings  # the pool limits, the same for every relay
         self.context = context
         self.metrics = metrics
+        # OAuth: a new connection logs in with a fresh-enough token; pooled ones keep the session they have
+        # while the server accepts it, whatever their token's age.
+        self.tokens = tokens
         self._clock = clock
         self._lock = threading.Lock()
         self._idle: list[PooledConnection] = []
@@ -60,7 +64,7 @@ class ConnectionPool:
         return pooled
 
     def open(self, deadline: float, span_attributes: dict | None = None) -> PooledConnection:
-        conn = transport.open_connection(self.relay, self.context, deadline, span_attributes)
+        conn = transport.open_connection(self.relay, self.context, deadline, span_attributes, self.tokens)
         self.metrics.connections_opened.labels(self.relay.name).inc()
         return PooledConnection(conn, last_used=self._clock())
 

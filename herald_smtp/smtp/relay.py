@@ -45,6 +45,7 @@ from . import transport
 from .breaker import CLOSED, OPEN, CircuitBreaker
 from .classify import classify_failure, classify_reply, spoils_session
 from .pool import ConnectionPool, PooledConnection
+from .tokens import TokenSource
 from .transport import MAIL, SmtpFailure, SmtpUtf8NotOffered
 
 log = logging.getLogger("herald_smtp.mailer")
@@ -89,7 +90,9 @@ class RelaySender:
         self.metrics = metrics
         # `clock` drives only the breaker's cooldown and the pool's idle ageing; SMTP
         # deadlines stay on time.monotonic, as sockets time out in real time.
-        self.pool = ConnectionPool(relay, settings, transport.tls_context(relay), metrics, clock=clock)
+        self.tokens = TokenSource(relay.oauth, relay.name, metrics) if relay.oauth is not None else None
+        self.pool = ConnectionPool(relay, settings, transport.tls_context(relay), metrics, clock=clock,
+                                   tokens=self.tokens)
         self.breaker = CircuitBreaker(settings.smtp_circuit_threshold, settings.smtp_circuit_cooldown_seconds,
                                       on_change=self._show_state, clock=clock, name=relay.name)
         metrics.add_relay(relay.name)

@@ -54,12 +54,16 @@ from dataclasses import dataclass
 from .. import tracing
 from ..addresses import mask_addresses
 from ..config import IMPLICIT_TLS, PLAIN, STARTTLS, Relay
+from ..config.oauth import AuthMechanism
 from . import deadline as bounded
 from .deadline import DeadlineSMTP, NotSmtpReply
+from .tokens import AccessToken, TokenError, TokenSource
 
 # The AUTH mechanisms we use, in order of preference (smtplib implements each). One is tried per
 # connection: a refusal is the answer, never a second try of the same password with another mechanism.
 AUTH_MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5")
+# With OAuth: XOAUTH2 (Microsoft 365, Google) first, else OAUTHBEARER (RFC 7628).
+OAUTH_MECHANISMS = ("XOAUTH2", "OAUTHBEARER")
 _ERRORS = (OSError, smtplib.SMTPException)  # what smtplib and sockets raise; _failure maps them
 
 # Transaction phases, in order. AFTER_DATA starts once the final dot is sent:
@@ -118,11 +122,11 @@ def tls_context(relay: Relay) -> ssl.SSLContext | None:
 
 
 def open_connection(relay: Relay, context: ssl.SSLContext | None, deadline: float,
-                    span_attributes: dict | None = None) -> DeadlineSMTP:
+                    span_attributes: dict | None = None, tokens: TokenSource | None = None) -> DeadlineSMTP:
     """Connect, secure and authenticate; the caller owns (and closes) the result.
 
     `deadline` (time.monotonic) bounds the whole exchange, not each read. `span_attributes`
-    go on each phase's span (tracing on only).
+    go on each phase's span (tracing on only). `tokens`: the relay's OAuth tokens, when it has OAuth.
     """
     with _phase(CONNECT, span_attributes):
         conn = connect(relay, context, deadline, span_attributes)
@@ -137,7 +141,7 @@ def open_connection(relay: Relay, context: ssl.SSLContext | None, deadline: floa
                 starttls(conn, relay, context, deadline)
         if relay.user:
             with _phase(AUTH, span_attributes):
-                login(conn, relay, deadline)
+                login(conn, relay, deadline, tokens)
     except BaseException:
         close_without_waiting(conn)
         raise
@@ -288,32 +292,83 @@ def starttls(conn: DeadlineSMTP, relay: Relay, context: ssl.SSLContext | None, d
     ehlo(conn, deadline)
 
 
-def login(conn: DeadlineSMTP, relay: Relay, deadline: float) -> None:
-    """AUTH with one mechanism, once. smtplib's login() would retry a refused password with the next
-    mechanism: two failed logins a send, twice as fast to the account's lockout."""
-    mechanism = _auth_mechanism(conn)
+def login(conn: DeadlineSMTP, relay: Relay, deadline: float, tokens: TokenSource | None = None) -> None:
+    """AUTH with one mechanism. A password is tried once: smtplib's login() would retry a refused one with
+    the next mechanism, two failed logins a send and twice as fast to the account's lockout. A bearer
+    token the server refuses is fetched anew and tried once more (it may have been revoked or expired
+    early); a second refusal is the answer."""
+    mechanism = auth_mechanism(conn, relay)
     if mechanism is None:
         raise SmtpFailure(AUTH, "; ".join(auth_problem(conn, relay)))  # we stopped: evidence "local", a setup error
-    conn.user, conn.password = relay.user, relay.password  # smtplib's auth_plain() and the others read them
+    if relay.oauth is None:
+        conn.user, conn.password = relay.user, relay.password  # smtplib's auth_plain() and the others read them
+        _authenticate(conn, mechanism, getattr(conn, "auth_" + mechanism.lower().replace("-", "_")), deadline,
+                      " (check SMTP_USER and SMTP_PASSWORD, or the fallback URL's user and password)")
+        return
+    if tokens is None:
+        raise ValueError(f"{relay.name} logs in with OAuth but was given no token source")
+    token = _token(tokens, deadline)
+    try:
+        _authenticate(conn, mechanism, _bearer(mechanism, relay.user, token.value), deadline)
+        return
+    except SmtpFailure as refused:
+        if refused.code is None or refused.code < 500:
+            raise
+    token = _token(tokens, deadline, refused=token)
+    _authenticate(conn, mechanism, _bearer(mechanism, relay.user, token.value), deadline,
+                  " (a fresh OAuth token was refused too: check that the mailbox SMTP_USER allows SMTP AUTH and "
+                  "that the application may send as it)")
+
+
+def _token(tokens: TokenSource, deadline: float, refused: AccessToken | None = None) -> AccessToken:
+    try:
+        return tokens.get(deadline, refused)
+    except TokenError as error:
+        raise SmtpFailure(AUTH, f"no OAuth token: {error.detail}", error=error) from None
+
+
+def _bearer(mechanism: str, user: str, token: str):
+    """The authobject smtplib.auth() calls: the initial response, then "" to a 334 challenge (which carries the
+    server's JSON error, before its 535)."""
+    if mechanism == "XOAUTH2":
+        initial = f"user={user}\x01auth=Bearer {token}\x01\x01"
+    else:  # OAUTHBEARER, RFC 7628
+        initial = f"n,a={user},\x01auth=Bearer {token}\x01\x01"
+
+    def respond(challenge: bytes | None = None) -> str:
+        return initial if challenge is None else ""
+
+    return respond
+
+
+def _authenticate(conn: DeadlineSMTP, mechanism: str, authobject, deadline: float, hint: str = "") -> None:
     try:
         _arm(conn, AUTH, deadline)
-        code, _ = conn.auth(mechanism, getattr(conn, "auth_" + mechanism.lower().replace("-", "_")))
+        code, _ = conn.auth(mechanism, authobject)
     except _ERRORS as exc:
         failure = _failure(AUTH, exc, "authentication failed", refused="authentication failed: ")
         if isinstance(exc, smtplib.SMTPAuthenticationError) and exc.smtp_code >= 500:
-            failure.detail += " (check SMTP_USER and SMTP_PASSWORD, or the fallback URL's user and password)"
+            failure.detail += hint
         raise failure from None
     _note_reply(code)
 
 
 def auth_problem(conn: DeadlineSMTP, relay: Relay) -> tuple[str, str]:
-    """(why this session cannot log in as the relay's user, the fix), when the EHLO offers none of
-    AUTH_MECHANISMS (no AUTH, or only others): login stops there. Both the send's error and
+    """(why this session cannot log in as the relay's user, the fix), when the EHLO offers none of the
+    mechanisms the relay may use (no AUTH, or only others): login stops there. Both the send's error and
     `herald-smtp doctor` say it.
     """
+    wanted = ", ".join(wanted_mechanisms(relay))
     if conn.has_extn("auth"):
         offered = " ".join(conn.esmtp_features["auth"].split())
-        return (f"the server offers AUTH {offered}; herald-smtp supports {', '.join(AUTH_MECHANISMS)}",
+        if relay.mechanism != AuthMechanism.AUTO:
+            return (f"the server offers AUTH {offered}, not {wanted} (SMTP_AUTH_MECHANISM={relay.mechanism})",
+                    "set SMTP_AUTH_MECHANISM=auto, or one the server offers")
+        if relay.oauth is not None:
+            return (f"the server offers AUTH {offered}; OAuth needs XOAUTH2 or OAUTHBEARER",
+                    "use the provider's OAuth-capable submission host (smtp.office365.com, smtp.gmail.com), or a "
+                    "password instead of the SMTP_OAUTH_* variables")
+        return (f"the server offers AUTH {offered}; herald-smtp supports {wanted}",
                 "ask the provider for password login (a submission port, usually 587), or leave SMTP_USER empty "
                 "if this server relays without login")
     if relay.tls == PLAIN and conn.has_extn("starttls"):  # e.g. Postfix's smtpd_tls_auth_only
@@ -325,9 +380,17 @@ def auth_problem(conn: DeadlineSMTP, relay: Relay) -> tuple[str, str]:
     return "the server does not offer AUTH, but a user is set (SMTP_USER, or the fallback URL's)", fix
 
 
-def _auth_mechanism(conn: DeadlineSMTP) -> str | None:
+def wanted_mechanisms(relay: Relay) -> tuple[str, ...]:
+    """The AUTH mechanisms this relay may use, in order of preference."""
+    if relay.mechanism != AuthMechanism.AUTO:
+        return (relay.mechanism.upper(),)
+    return OAUTH_MECHANISMS if relay.oauth is not None else AUTH_MECHANISMS
+
+
+def auth_mechanism(conn: DeadlineSMTP, relay: Relay) -> str | None:
+    """The mechanism this session logs in with: the first wanted one the server offers."""
     offered = conn.esmtp_features.get("auth", "").upper().split()
-    return next((mechanism for mechanism in AUTH_MECHANISMS if mechanism in offered), None)
+    return next((mechanism for mechanism in wanted_mechanisms(relay) if mechanism in offered), None)
 
 
 def mail_from(conn: DeadlineSMTP, sender: str, deadline: float, smtputf8: bool = False) -> None:

@@ -23,11 +23,13 @@ from typing import Callable, Iterator, NoReturn, TypeVar
 
 from ..addresses import InvalidAddress, parse_address
 from ..config import IMPLICIT_TLS, PLAIN, STARTTLS, Relay, Settings
+from ..metrics import Metrics
 from ..sending.message import MailWriter, new_message_id
 from ..sending.request import SendRequest
 from ..smtp import transport
 from ..smtp.classify import is_sender_refusal
 from ..smtp.deadline import DeadlineSMTP, NotSmtpReply, ReplyTooLong
+from ..smtp.tokens import TokenSource
 from ..smtp.transport import SmtpFailure, describe_error, is_timeout
 
 OK, FAIL, SKIP = "ok", "FAIL", "skip"
@@ -190,8 +192,10 @@ class Doctor:
         if not self.r.user:
             why = "SMTP_USER is empty" if self.index == 0 else "no user in the URL"
             return Step("auth", SKIP, f"{why}: no AUTH")
-        self._run("auth", lambda deadline: transport.login(self.conn, self.r, deadline))
-        return Step("auth", OK, f"logged in as {self.r.user}")
+        tokens = TokenSource(self.r.oauth, self.r.name, Metrics()) if self.r.oauth is not None else None
+        self._run("auth", lambda deadline: transport.login(self.conn, self.r, deadline, tokens))
+        how = f" with {transport.auth_mechanism(self.conn, self.r)}" if self.r.oauth is not None else ""
+        return Step("auth", OK, f"logged in as {self.r.user}{how}")
 
     def _mail_from(self) -> Step:
         self._run("mail from", lambda deadline: transport.mail_from(self.conn, self.r.from_address, deadline))
