@@ -7,12 +7,20 @@ not (no SMTPUTF8 in the EHLO, non-ASCII commands refused). It offers
 PIPELINING (RFC 2920), as real servers do; pipelining=False leaves it out of
 the EHLO, which makes clients talk one command at a time. Anything that cannot
 start raises RuntimeError saying what is missing; nothing here skips a test.
+
+OAuth (issue #22): oauth=<OAuthTestServer> adds XOAUTH2 and OAUTHBEARER
+(RFC 7628) logins whose bearer token is checked against that token server, with
+Google's and Microsoft's refusal flow (a 334 carrying a JSON error, the
+client's empty line, then a 535). auth_mechanisms chooses what the EHLO offers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import email.policy
+import json
 import socket
 import ssl
 import tempfile
@@ -22,11 +30,21 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.parser import BytesParser, Parser
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, AuthResult
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult
 
 from .net import LOCALHOST, free_port
+
+if TYPE_CHECKING:
+    from .oauth_server import OAuthTestServer
+
+# Every AUTH mechanism this server can offer; PASSWORD_MECHANISMS are aiosmtpd's own.
+PASSWORD_MECHANISMS = ("LOGIN", "PLAIN")
+OAUTH_MECHANISMS = ("XOAUTH2", "OAUTHBEARER")
+GOOGLE_REFUSAL = "535 5.7.8 Username and Password not accepted"
+MICROSOFT_REFUSAL = "535 5.7.3 Authentication unsuccessful"
 
 @dataclass
 class Received:
@@ -51,6 +69,43 @@ def _parse(envelope) -> Received:
         message = BytesParser(policy=email.policy.default).parsebytes(raw)
     return Received(envelope.mail_from, list(envelope.rcpt_tos), raw, message, list(envelope.mail_options),
                     list(envelope.rcpt_options), envelope.smtp_utf8)
+
+
+@dataclass
+class OAuthLogin:
+    """One XOAUTH2 / OAUTHBEARER login as the server saw it. The token is kept for valid() checks, never shown."""
+
+    mechanism: str
+    user: str
+    token: str = field(repr=False)
+    accepted: bool
+
+
+def parse_xoauth2(response: bytes) -> tuple[str, str] | None:
+    """(user, token) from "user=U\x01auth=Bearer T\x01\x01"; None if it is not that."""
+    parts = response.decode("utf-8", "replace").split("\x01")
+    if len(parts) < 3 or parts[-2:] != ["", ""]:
+        return None
+    pairs = dict(part.partition("=")[::2] for part in parts[:-2])
+    return _user_and_token(pairs.get("user"), pairs.get("auth"))
+
+
+def parse_oauthbearer(response: bytes) -> tuple[str, str] | None:
+    """(user, token) from RFC 7628's "n,a=U,\x01auth=Bearer T\x01\x01" (host= and port= pairs allowed)."""
+    header, sep, rest = response.decode("utf-8", "replace").partition("\x01")
+    fields = header.split(",")
+    if not sep or len(fields) != 3 or not fields[1].startswith("a=") or not rest.endswith("\x01\x01"):
+        return None
+    user = fields[1][2:].replace("=2C", ",").replace("=3D", "=")  # RFC 5801 saslname escapes
+    pairs = dict(part.partition("=")[::2] for part in rest[:-2].split("\x01") if part)
+    return _user_and_token(user, pairs.get("auth"))
+
+
+def _user_and_token(user: str | None, auth: str | None) -> tuple[str, str] | None:
+    scheme, _, token = (auth or "").partition(" ")
+    if not user or scheme.lower() != "bearer" or not token:
+        return None
+    return user, token
 
 
 # Where a fault can be injected, in the order a session meets them.
@@ -86,7 +141,7 @@ class _FaultyHandler:
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         # auth_required=True in aiosmtpd warns on every connection when TLS is
         # not required, so the "must authenticate first" rule lives here.
-        if self.owner.auth and not session.authenticated:
+        if (self.owner.auth or self.owner.oauth) and not session.authenticated:
             return "530 5.7.0 Authentication required"
         reply = await self.owner._apply_fault("mail", server)
         if reply:
@@ -131,6 +186,13 @@ class _TrackedSMTP(SMTP):
     def connection_lost(self, error):
         self._owner._live.discard(self)
         super().connection_lost(error)
+
+    # aiosmtpd collects auth_<NAME> methods as AUTH mechanisms; it calls them as method(self, args).
+    async def auth_XOAUTH2(self, _, args: list[str]) -> AuthResult:
+        return await self._owner._oauth_login(self, "XOAUTH2", args)
+
+    async def auth_OAUTHBEARER(self, _, args: list[str]) -> AuthResult:
+        return await self._owner._oauth_login(self, "OAUTHBEARER", args)
 
     # Every MAIL, RCPT and RSET as it arrived, before any check: "nothing was sent" can be seen.
     async def smtp_MAIL(self, arg):
@@ -188,7 +250,13 @@ class SmtpTestServer:
     (default True) offers SMTPUTF8 in the EHLO; False leaves it out and refuses
     non-ASCII commands, as a server without RFC 6531 does. pipelining (default
     True) offers PIPELINING.
+    OAuth: oauth (an OAuthTestServer whose valid() decides XOAUTH2/OAUTHBEARER
+    logins), oauth_scope (the scope a token must carry, also named in the
+    refusal's JSON), oauth_refusal (the final 535; GOOGLE_REFUSAL or
+    MICROSOFT_REFUSAL), auth_mechanisms (what the EHLO's AUTH line offers;
+    default: LOGIN and PLAIN, plus XOAUTH2 and OAUTHBEARER with oauth).
     Observations: messages, dropped, connections, auth_attempts, auth_failures,
+    auth_mechanisms_used, oauth_logins (presented_tokens),
     commands ((verb, argument) of every MAIL, RCPT and RSET received),
     pipelined_groups (what arrived with each MAIL).
     """
@@ -204,9 +272,18 @@ class SmtpTestServer:
         cert_names: tuple[str, ...] = ("localhost", LOCALHOST),
         smtputf8: bool = True,
         pipelining: bool = True,
+        oauth: "OAuthTestServer | None" = None,
+        auth_mechanisms: tuple[str, ...] | None = None,
+        oauth_scope: str | None = None,
+        oauth_refusal: str = GOOGLE_REFUSAL,
     ):
         if starttls and implicit_tls:
             raise ValueError("choose starttls or implicit_tls, not both")
+        unknown = set(auth_mechanisms or ()) - set(PASSWORD_MECHANISMS + OAUTH_MECHANISMS)
+        if unknown:
+            raise ValueError(f"unknown AUTH mechanisms {sorted(unknown)}")
+        if oauth is None and set(auth_mechanisms or ()) & set(OAUTH_MECHANISMS):
+            raise ValueError("XOAUTH2/OAUTHBEARER need oauth=<OAuthTestServer> to check the tokens")
         self.host = LOCALHOST
         self.port = free_port()
         self.starttls = starttls
@@ -216,6 +293,10 @@ class SmtpTestServer:
         self.cert_names = cert_names
         self.smtputf8 = smtputf8
         self.pipelining = pipelining
+        self.oauth = oauth
+        self.auth_mechanisms = auth_mechanisms
+        self.oauth_scope = oauth_scope
+        self.oauth_refusal = oauth_refusal
         self.ca_file: str | None = None
         self._server_ctx: ssl.SSLContext | None = None
         self._tmp_certdir: tempfile.TemporaryDirectory | None = None
@@ -231,6 +312,8 @@ class SmtpTestServer:
         self.connections = 0
         self.auth_attempts = 0
         self.auth_failures = 0
+        self.auth_mechanisms_used: list[str] = []
+        self._oauth_logins: list[OAuthLogin] = []
         self.reset_faults()
 
     # -- setup
@@ -279,14 +362,24 @@ class SmtpTestServer:
             # aiosmtpd 1.4.6 probes readiness through TLS itself (unverified
             # client context), so ssl_context works with Controller.start().
             kwargs["ssl_context"] = self._server_ctx
-        if self.auth:
+        if self.auth or self.oauth:
             # aiosmtpd only counts STARTTLS as TLS, so with implicit TLS (or no
             # TLS, for tests) AUTH must be allowed "without" TLS to be offered.
             kwargs.update(authenticator=self._authenticate, auth_require_tls=self.starttls)
+        offered = set(self._offered_mechanisms())
+        kwargs["auth_exclude_mechanism"] = [m for m in PASSWORD_MECHANISMS + OAUTH_MECHANISMS if m not in offered]
         return kwargs
 
+    def _offered_mechanisms(self) -> tuple[str, ...]:
+        if self.auth_mechanisms is not None:
+            return self.auth_mechanisms
+        return PASSWORD_MECHANISMS + (OAUTH_MECHANISMS if self.oauth else ())
+
     def _authenticate(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
-        self.auth_attempts += 1
+        self._count_attempt(mechanism)
+        if self.auth is None:  # an OAuth-only server offered PLAIN/LOGIN by choice
+            self.auth_failures += 1
+            return AuthResult(success=False, handled=False)
         user, password = self.auth
         ok = auth_data.login == user.encode() and auth_data.password == password.encode()
         if not ok:
@@ -294,6 +387,42 @@ class SmtpTestServer:
         # handled=False makes aiosmtpd send "535 5.7.8"; its default
         # (handled=True) sends nothing and the client hangs.
         return AuthResult(success=ok, handled=False)
+
+    def _count_attempt(self, mechanism: str) -> None:
+        with self._lock:
+            self.auth_attempts += 1
+            self.auth_mechanisms_used.append(mechanism)
+
+    async def _oauth_login(self, session: SMTP, mechanism: str, args: list[str]) -> AuthResult:
+        """An XOAUTH2 / OAUTHBEARER exchange: the token checked against the OAuth test server."""
+        self._count_attempt(mechanism)
+        response = await _initial_response(session, args)
+        parsed = None
+        if response is not None:
+            parsed = (parse_xoauth2 if mechanism == "XOAUTH2" else parse_oauthbearer)(response)
+            if parsed is None:
+                await session.push(f"501 5.5.2 Malformed {mechanism} response")
+        if parsed is None:
+            self.auth_failures += 1
+            return AuthResult(success=False, handled=True)
+        user, token = parsed
+        assert self.oauth is not None
+        accepted = self.oauth.valid(token, user=user, scope=self.oauth_scope)
+        with self._lock:
+            self._oauth_logins.append(OAuthLogin(mechanism, user, token, accepted))
+        if accepted:
+            return AuthResult(success=True, auth_data=user)  # aiosmtpd answers 235 2.7.0
+        self.auth_failures += 1
+        return await self._refuse_token(session, mechanism)
+
+    async def _refuse_token(self, session: SMTP, mechanism: str) -> AuthResult:
+        # As Gmail and Exchange Online do: the error as a 334 challenge, the client's (empty) answer, a 535.
+        status = "401" if mechanism == "XOAUTH2" else "invalid_token"
+        scope = self.oauth_scope or "https://mail.google.com/"
+        answer = await session.challenge_auth(json.dumps({"status": status, "schemes": "bearer", "scope": scope}))
+        if answer is MISSING:  # "*" or bad base64: aiosmtpd has answered 501 already
+            return AuthResult(success=False, handled=True)
+        return AuthResult(success=False, handled=False, message=self.oauth_refusal)
 
     # -- lifecycle
 
@@ -427,6 +556,17 @@ class SmtpTestServer:
             self._lock.notify_all()
 
     @property
+    def oauth_logins(self) -> list[OAuthLogin]:
+        """Every XOAUTH2 / OAUTHBEARER login that carried a well-formed token, in order."""
+        with self._lock:
+            return list(self._oauth_logins)
+
+    @property
+    def presented_tokens(self) -> list[str]:
+        """The bearer tokens presented, in order (check them with the OAuth server's valid())."""
+        return [login.token for login in self.oauth_logins]
+
+    @property
     def messages(self) -> list[Received]:
         """A snapshot of the mails accepted with 250 after DATA."""
         with self._lock:
@@ -473,3 +613,15 @@ class SmtpTestServer:
             self._dropped.clear()
             self._commands.clear()
             self._groups.clear()
+
+
+async def _initial_response(session: SMTP, args: list[str]) -> bytes | None:
+    """The client's decoded SASL response: sent with AUTH, or asked for with an empty 334. None: answered 501."""
+    if len(args) == 1:
+        answer = await session.challenge_auth("")
+        return None if answer is MISSING else answer
+    try:
+        return base64.b64decode(args[1], validate=True)
+    except binascii.Error:
+        await session.push("501 5.5.2 Can't decode base64")
+        return None
