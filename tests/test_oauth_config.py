@@ -95,3 +95,31 @@ def test_the_startup_line_names_grant_host_client_scope_and_mechanism_never_a_se
     for secret in SECRETS:
         assert secret not in shown
         assert secret not in repr(settings) and secret not in repr(settings.relays)
+
+
+FALLBACK = ("smtp://noreply%40contoso.com:client-s3cret-value@smtp.office365.com?oauth_provider=microsoft"
+            "&oauth_tenant=contoso.com&oauth_client_id=0f1e2d3c-app")
+
+
+def test_a_fallback_url_with_oauth_parameters_logs_in_with_tokens_and_its_password_is_the_client_secret():
+    relay = settings_from(BASE | {"SMTP_PASSWORD": "pw", "SMTP_FALLBACK_URLS": FALLBACK}).relays[1]
+    assert relay.oauth is not None and relay.password == ""
+    assert relay.oauth.client_secret == "client-s3cret-value" and relay.user == "noreply@contoso.com"
+    assert relay.oauth.token_url == "https://login.microsoftonline.com/contoso.com/oauth2/v2.0/token"
+    assert "client-s3cret-value" not in repr(relay) + json.dumps(relay.redacted(), default=str)
+
+
+@pytest.mark.parametrize("entry, expected", [
+    (FALLBACK.replace("&oauth_tenant=contoso.com", ""), "oauth_tenant: expected the tenant"),
+    (FALLBACK.replace(":client-s3cret-value", ""), "the password: expected the OAuth client's"),
+    (FALLBACK.replace("noreply%40contoso.com:client-s3cret-value@", ""), "OAuth needs the mailbox"),
+    (FALLBACK + "&auth=plain", "auth: xoauth2, oauthbearer or auto with OAuth"),
+    (FALLBACK + "&oauth_token_url=http%3A%2F%2Flogin.example%2Ft", "https://"),
+    ("smtp://u:pw@relay.example?auth=xoauth2", "auth: plain, login or auto without the oauth_ parameters"),
+])
+def test_a_fallback_urls_oauth_mistakes_are_named_without_quoting_it(entry, expected):
+    with pytest.raises(ConfigError) as refused:
+        settings_from(BASE | {"SMTP_PASSWORD": "pw", "SMTP_FALLBACK_URLS": entry})
+    message = str(refused.value)
+    assert message.startswith("SMTP_FALLBACK_URLS: expected entry 1") and expected in message
+    assert "s3cret" not in message

@@ -12,9 +12,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from urllib.parse import quote, urlencode
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
+from herald_smtp import tracing
 from herald_smtp.config import settings_from
 from herald_smtp.tools.doctor import run_doctor
 from tests.support.client import assert_error, send, smtp_env
@@ -205,3 +211,40 @@ def test_a_slow_token_endpoint_counts_against_the_request_budget(service, relay,
                         "timed out")
     assert time.monotonic() - started < 3  # the 1 s budget (plus housekeeping), not the endpoint's 5 s
     assert body["retryable"] is True and relay.messages == []
+
+
+def test_the_token_fetch_is_a_span_without_secrets(service, relay, oauth):
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.use(provider)
+    try:
+        client = service()
+        oauth.fail("invalid_client", times=1)
+        assert send(client, {"to": "a@example.com"}).status_code == 500
+        assert send(client, {"to": "a@example.com"}).status_code == 200
+    finally:
+        tracing.use(None)
+        provider.shutdown()
+    fetches = [s for s in exporter.get_finished_spans() if s.name == "oauth.token"]
+    assert [s.status.status_code for s in fetches] == [StatusCode.ERROR, StatusCode.UNSET]
+    assert fetches[0].attributes["herald.oauth.grant"] == "client_credentials"
+    assert "invalid_client" in (fetches[0].status.description or "")
+    everything = repr([(s.name, dict(s.attributes or {}), s.status.description, [e.attributes for e in s.events])
+                       for s in exporter.get_finished_spans()])
+    assert_no_secret(everything, oauth, relay)
+
+
+def test_a_fallback_relay_logs_in_with_oauth(server_factory, make_client, relay, oauth, caplog):
+    down = server_factory()
+    down.stop()  # the primary refuses connections: the mail goes to the fallback, which takes tokens only
+    query = urlencode({"oauth_token_url": oauth.token_url, "oauth_client_id": CLIENT_ID, "oauth_scope": SCOPE,
+                       "ca_file": relay.ca_file})
+    entry = f"smtp://{quote(MAILBOX, safe='')}:{quote(CLIENT_SECRET, safe='')}@{relay.host}:{relay.port}?{query}"
+    env = smtp_env(down) | {"SMTP_FALLBACK_URLS": entry}
+    response = send(make_client(settings_from(env)), {"to": "a@example.com"})
+    assert response.status_code == 200, response.get_json()
+    assert [(login.mechanism, login.user, login.accepted) for login in relay.oauth_logins] == [
+        ("XOAUTH2", MAILBOX, True)]
+    assert oauth.fetches == 1 and len(relay.wait_for(1)) == 1
+    assert_no_secret(caplog.text, oauth, relay)

@@ -26,6 +26,7 @@ from typing import Callable
 import requests
 from authlib.integrations.requests_client import OAuth2Session, OAuthError
 
+from .. import tracing
 from ..config.oauth import OAuthClient
 from ..metrics import Metrics
 
@@ -130,7 +131,12 @@ class TokenSource:
         client = self.client if self._refresh_token == self.client.refresh_token else _with_refresh(
             self.client, self._refresh_token)
         try:
-            answer = self._fetch(client, self.relay, left)
+            with tracing.span("oauth.token", self._span_attributes(client)):
+                try:
+                    answer = self._fetch(client, self.relay, left)
+                except TokenError as error:
+                    tracing.fail(error.detail)
+                    raise
         except TokenError as error:
             self.metrics.token_fetches.labels(self.relay, "refused" if error.setup else "unavailable").inc()
             log.error("oauth token fetch failed", extra={"relay": self.relay, "token_host": client.token_host,
@@ -147,6 +153,14 @@ class TokenSource:
         log.info("oauth token fetched", extra={"relay": self.relay, "token_host": client.token_host,
                                                "grant": client.grant, "expires_in": lifetime})
         return AccessToken(str(answer["access_token"]), now, now + lifetime)
+
+
+    def _span_attributes(self, client: OAuthClient) -> dict | None:
+        """What the token fetch's span carries: the relay, grant and token host, never a secret."""
+        if not tracing.active():
+            return None
+        return {"herald.smtp.relay": self.relay, "herald.oauth.grant": client.grant,
+                "herald.oauth.token_host": client.token_host}
 
 
 def _with_refresh(client: OAuthClient, refresh_token: str) -> OAuthClient:
