@@ -248,3 +248,12 @@ def test_a_fallback_relay_logs_in_with_oauth(server_factory, make_client, relay,
         ("XOAUTH2", MAILBOX, True)]
     assert oauth.fetches == 1 and len(relay.wait_for(1)) == 1
     assert_no_secret(caplog.text, oauth, relay)
+
+
+def test_a_pooled_connection_keeps_sending_after_its_token_expired(service, relay, oauth):
+    oauth.token_lifetime = 1
+    client = service()
+    assert send(client, {"to": "a@example.com"}).status_code == 200
+    time.sleep(1.3)  # the token that logged this connection in has expired; the session has not
+    assert send(client, {"to": "b@example.com"}).status_code == 200
+    assert oauth.fetches == 1 and len(relay.oauth_logins) == 1 and relay.connections == 1
