@@ -128,7 +128,8 @@ def test_a_second_refusal_is_a_setup_error_with_nothing_transmitted(server_facto
     client = make_client(settings_from(oauth_env(strict, oauth)))
     body = assert_error(send(client, {"to": "a@example.com", "idempotency_key": "k-refused"}), 500, "send_failed",
                         "535")
-    assert body["retryable"] is False and "fresh OAuth token was refused too" in body["error_message"]
+    # Microsoft's 535 5.7.3: the provider table names the Exchange Online service principal step.
+    assert body["retryable"] is False and "New-ServicePrincipal" in body["error_message"]
     assert [login.accepted for login in strict.oauth_logins] == [False, False]  # one retry, not more
     assert oauth.fetches == 2
     assert strict.messages == [] and not any(verb == "MAIL" for verb, _ in strict.commands)
@@ -143,6 +144,8 @@ def test_a_refusal_from_the_token_endpoint_is_a_setup_error_naming_it(service, r
     payload = {"to": "a@example.com", "idempotency_key": f"k-{error}"}
     body = assert_error(send(service(), payload), 500, "send_failed", error)
     assert body["retryable"] is False and description in body["error_message"]
+    if error == "invalid_client":  # Entra's AADSTS7000215: the provider table names the fix
+        assert "(fix: " in body["error_message"] and "Value" in body["error_message"]
     assert oauth.fetches == 1  # a setup error is not retried
     assert relay.oauth_logins == [] and relay.messages == []
     line = next(r for r in caplog.records if r.getMessage() == "oauth token fetch failed")

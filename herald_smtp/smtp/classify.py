@@ -16,13 +16,14 @@ from typing import NamedTuple
 
 from ..outcomes import Outcome, Result
 from .deadline import NotSmtpReply, ReplyTooLong
+from .provider_replies import lookup
 from .tokens import TokenError
 from .transport import (AFTER_DATA, AUTH, CONNECT, DATA, MAIL, RCPT, TLS, BudgetSpentBeforeDot, SmtpFailure,
                         SmtpUtf8NotOffered)
 
 PHASES = (CONNECT, TLS, AUTH, MAIL, RCPT, DATA, AFTER_DATA)
 EVIDENCE = ("network", "local", "not_smtp", "too_long", "no_smtputf8", "late_commit", "oauth_refused",
-            "oauth_unavailable", "2xx", "421", "4xx", "4xx_sender", "rate", "530", "5xx", "5xx_sender")
+            "oauth_unavailable", "2xx", "421", "4xx", "4xx_sender", "rate", "530", "5xx", "5xx_sender", "5xx_setup")
 _SENDER_REFUSAL = re.compile(r"(?i)sender address rejected|relay access denied|relaying denied|"
                              r"relay not permitted|not allowed to relay|sender not allowed")
 # A rate limit in a reply's text: Postfix's anvil limits ("too much mail from", "too many recipients from",
@@ -63,6 +64,7 @@ RULES: tuple[Rule, ...] = tuple(Rule(*row) for row in (
     ((AFTER_DATA,), "network", Outcome.SMTP_UNKNOWN, STAYS, "connection lost after the final dot, before the reply"),
     ((AFTER_DATA,), "421", Outcome.SMTP_TRANSIENT, STAYS, "421 after the final dot: not accepted; never retried in-request"),
     ((AFTER_DATA,), "4xx", Outcome.SMTP_TRANSIENT, STAYS, "451 after the final dot: not accepted; never retried in-request"),
+    ((AFTER_DATA,), "5xx_setup", Outcome.SMTP_SETUP, STAYS, "554 Message rejected: Email address is not verified (Amazon SES), 550 The from address does not match a verified Sender Identity (SendGrid)"),
     ((AFTER_DATA,), "5xx", Outcome.SMTP_PERMANENT, STAYS, "554 5.7.1 rejected as spam"),
     ((AFTER_DATA,), "not_smtp", Outcome.SMTP_UNKNOWN, STAYS, "garbage instead of a reply to the final dot"),
     ((AFTER_DATA,), "too_long", Outcome.SMTP_UNKNOWN, STAYS, "250 and 9,000 characters after the final dot: unreadable, maybe accepted"),
@@ -79,6 +81,7 @@ RULES: tuple[Rule, ...] = tuple(Rule(*row) for row in (
     ((CONNECT, TLS, AUTH), "local", Outcome.SMTP_SETUP, FAILS_OVER, "STARTTLS not offered, certificate not trusted, AUTH not offered, SMTP_HOST not a host name"),
     (_BEFORE_DATA_END, "not_smtp", Outcome.SMTP_SETUP, FAILS_OVER, "an SSH or HTTP server on the SMTP port"),
     (_BEFORE_DATA_END, "530", Outcome.SMTP_SETUP, FAILS_OVER, "530 5.7.0 Authentication required, 530 Must issue a STARTTLS command first"),
+    (_BEFORE_DATA_END, "5xx_setup", Outcome.SMTP_SETUP, FAILS_OVER, "550 5.7.30 Basic authentication is not supported for Client Submission (Microsoft 365), 554 Message rejected: Email address is not verified (Amazon SES, at MAIL FROM or RCPT TO)"),
     ((RCPT,), "5xx", Outcome.RECIPIENT_REJECTED, STAYS, "550 5.1.1 no such user"),
     ((RCPT,), "5xx_sender", Outcome.SMTP_PERMANENT, FAILS_OVER, "553 5.7.1 Sender address rejected; 554 5.7.1 Relay access denied"),
     ((MAIL, DATA), "5xx", Outcome.SMTP_PERMANENT, FAILS_OVER, "553 sender not allowed, 554 DATA refused"),
@@ -91,6 +94,8 @@ def evidence_of(failure: SmtpFailure) -> str:
     if failure.code is not None:
         if failure.code == 530:  # authentication or STARTTLS required: our setup, whatever the phase
             return "530"
+        if is_provider_setup_refusal(failure.code, failure.reply):
+            return "5xx_setup"
         if failure.phase in (MAIL, RCPT) and is_rate_refusal(failure.code, failure.reply):
             return "rate"
         if failure.code == 421:  # "closing the transmission channel": the relay, whatever the phase
@@ -114,6 +119,14 @@ def evidence_of(failure: SmtpFailure) -> str:
     if isinstance(error, ssl.SSLError) and not isinstance(error, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
         return "local"
     return "network"
+
+
+def is_provider_setup_refusal(code: int, reply: str) -> bool:
+    """A 5xx whose text is a big provider's own wording for a setup problem (provider_replies.py): our
+    credentials, an AUTH method turned off, a sender identity not verified. Never about the recipient,
+    and a 5xx, even to the final dot, means the mail was refused: the operator fixes it, the key sends.
+    """
+    return code >= 500 and lookup(reply) is not None
 
 
 def is_sender_refusal(reply: str) -> bool:
@@ -198,8 +211,10 @@ def classify_failure(failure: SmtpFailure) -> Verdict:
     evidence = evidence_of(failure)
     outcome = outcome_for(failure.phase, evidence)
     rate = evidence == "rate"
+    message = (_with_fix(f"SMTP {failure.phase} refused: {failure.code} {failure.reply}", failure.reply)
+               if evidence == "5xx_setup" else _message(failure, outcome, rate))
     return Verdict(
-        Result(outcome, _message(failure, outcome, rate), smtp_code=failure.code, phase=failure.phase,
+        Result(outcome, message, smtp_code=failure.code, phase=failure.phase,
                retry_after=(retry_after_in(failure.reply) or DEFAULT_RATE_RETRY_AFTER_SECONDS) if rate else None),
         retry=retried_in_request(failure.phase, evidence, outcome),
         connection_failure=counts_for_breaker(failure.phase, evidence),
@@ -219,10 +234,22 @@ def spoils_session(failure: SmtpFailure) -> bool:
 
 def classify_reply(code: int, reply: str, message_id: str) -> Result:
     """The server's answer to the end of DATA."""
-    outcome = outcome_for(AFTER_DATA, f"{code // 100}xx")
+    setup = is_provider_setup_refusal(code, reply)
+    outcome = outcome_for(AFTER_DATA, "5xx_setup" if setup else f"{code // 100}xx")
     if outcome is Outcome.SENT:
         return Result(outcome, message_id=message_id, smtp_code=code, phase=AFTER_DATA)
-    return Result(outcome, f"SMTP server refused the message: {code} {reply}", smtp_code=code, phase=AFTER_DATA)
+    return Result(outcome, _with_fix(f"SMTP server refused the message: {code} {reply}", reply), smtp_code=code,
+                  phase=AFTER_DATA)
+
+
+def _with_fix(message: str, reply: str) -> str:
+    """The message, then what a provider's reply means and its fix: the fix `herald-smtp doctor` names too.
+
+    A 5xx_setup message is built from the reply, not the failure's detail: AUTH's detail ends with a generic
+    "check SMTP_USER and SMTP_PASSWORD", which the provider's own fix replaces (wrong for Microsoft's 5.7.30).
+    """
+    row = lookup(reply)
+    return f"{message}; {row.problem} (fix: {row.fix})" if row else message
 
 
 def _message(failure: SmtpFailure, outcome: Outcome, rate: bool = False) -> str:

@@ -29,6 +29,7 @@ from authlib.integrations.requests_client import OAuth2Session, OAuthError
 from .. import tracing
 from ..config.oauth import OAuthClient
 from ..metrics import Metrics
+from .provider_replies import hint_for
 
 log = logging.getLogger("herald_smtp.oauth")
 
@@ -188,8 +189,12 @@ def fetch_token(client: OAuthClient, relay: str, timeout: float) -> dict:
     except OAuthError as error:
         description = " ".join(str(error.description or "").split())[:_DESCRIPTION_CHARS]
         detail = f"the token endpoint {client.token_host} refused the {client.grant} grant: {error.error}"
-        raise TokenError(detail + (f" ({description})" if description else ""), setup=True,
-                         oauth_error=str(error.error)) from None
+        if description:
+            detail += f" ({description})"
+        hint = hint_for(f"{error.error}: {description}")  # Entra's AADSTS codes, Google's invalid_grant
+        if hint:
+            detail += f"; {hint}"
+        raise TokenError(detail, setup=True, oauth_error=str(error.error)) from None
     except requests.HTTPError as error:
         status = error.response.status_code if error.response is not None else "?"
         raise TokenError(f"the token endpoint {client.token_host} answered HTTP {status}", setup=False) from None

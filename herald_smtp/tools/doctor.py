@@ -27,8 +27,9 @@ from ..metrics import Metrics
 from ..sending.message import MailWriter, new_message_id
 from ..sending.request import SendRequest
 from ..smtp import transport
-from ..smtp.classify import is_sender_refusal
+from ..smtp.classify import is_provider_setup_refusal, is_sender_refusal
 from ..smtp.deadline import DeadlineSMTP, NotSmtpReply, ReplyTooLong
+from ..smtp.provider_replies import lookup
 from ..smtp.tokens import TokenSource
 from ..smtp.transport import SmtpFailure, describe_error, is_timeout
 
@@ -224,6 +225,7 @@ class Doctor:
         """(what happened, the fix) for a failed step: the first rule of HINTS that matches."""
         evidence = _evidence(failure)
         error = failure.error
+        provider = lookup(failure.reply) if "provider" in evidence else None
         facts = {
             "code": failure.code, "reply": failure.reply, "detail": failure.detail,
             "error": describe_error(error) if error else failure.detail,
@@ -231,6 +233,8 @@ class Doctor:
             "verify": getattr(error, "verify_message", ""),
             "certificate_fix": (_certificate_hint(error, self.r) if isinstance(error, ssl.SSLCertVerificationError)
                                 else ""),  # the "certificate" evidence (see _evidence)
+            # the "provider" evidence: the send_failed message names the same fix (classify's 5xx_setup)
+            "problem": provider.problem if provider else "", "provider_fix": provider.fix if provider else "",
         }
         if step == "auth" and failure.code is None and failure.error is None:
             # The send's error says the same (transport.auth_problem): AUTH not offered, only after STARTTLS,
@@ -251,6 +255,8 @@ def _evidence(failure: SmtpFailure) -> set[str]:
             tags |= {"530", "530_starttls"} if "starttls" in reply.lower() else {"530"}
         if is_sender_refusal(reply):
             tags.add("sender_refusal")
+        if is_provider_setup_refusal(code, reply):
+            tags.add("provider")
         return tags
     if error is None:
         return {"not_offered"}  # we stopped: STARTTLS or AUTH not offered
@@ -280,6 +286,8 @@ HINTS: tuple[tuple[tuple[str, ...] | str, str, str, str], ...] = (
                                   "(587 STARTTLS, 465 implicit TLS, 25 relay)"),
     (ANY, "too_long", "{detail}", "a reply line longer than SMTP allows (512 bytes): a broken server or a proxy "
                                   "in between; ask the provider"),
+    # A big provider's own wording for a setup problem (smtp/provider_replies.py), in any step.
+    (ANY, "provider", "{problem}: {code} {reply}", "{provider_fix}"),
     (("tls",), "tls", "TLS handshake failed: {error}", PLAIN_FIRST_PORT_HINT),
     (("tls",), "timeout", "no TLS handshake or greeting within {timeout}s", PLAIN_FIRST_PORT_HINT),
     (("tls",), ANY, "TLS connection failed: {error}", PLAIN_FIRST_PORT_HINT),
