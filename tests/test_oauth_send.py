@@ -260,3 +260,22 @@ def test_a_pooled_connection_keeps_sending_after_its_token_expired(service, rela
     time.sleep(1.3)  # the token that logged this connection in has expired; the session has not
     assert send(client, {"to": "b@example.com"}).status_code == 200
     assert oauth.fetches == 1 and len(relay.oauth_logins) == 1 and relay.connections == 1
+
+
+def test_the_doctor_names_the_grant_lifetime_and_scope_never_the_token(relay, oauth):
+    lines: list[str] = []
+    assert run_doctor(settings_from(oauth_env(relay, oauth)), None, out=lines.append) == 0, lines
+    [token] = [line for line in lines if line.split()[1:2] == ["token"]]
+    assert token.startswith("ok") and "client_credentials grant from 127.0.0.1" in token
+    assert "a token for 5 s" in token and SCOPE in token
+    assert lines.index(token) < next(i for i, line in enumerate(lines) if line.split()[1:2] == ["auth"])
+    assert_no_secret("\n".join(lines), oauth, relay)
+
+
+def test_the_doctor_fails_at_the_token_step_with_the_endpoints_refusal_and_its_fix(relay, oauth):
+    oauth.fail("invalid_client", times=5)
+    lines: list[str] = []
+    assert run_doctor(settings_from(oauth_env(relay, oauth)), None, out=lines.append) == 1
+    assert lines[-1].startswith("FAIL token") and "invalid_client" in lines[-1] and "AADSTS7000215" in lines[-1]
+    assert "-> fix: check SMTP_OAUTH_CLIENT_ID" in lines[-1]
+    assert relay.oauth_logins == []  # it stopped before AUTH

@@ -23,6 +23,7 @@ from typing import Callable, Iterator, NoReturn, TypeVar
 
 from ..addresses import InvalidAddress, parse_address
 from ..config import IMPLICIT_TLS, PLAIN, STARTTLS, Relay, Settings
+from ..config.oauth import OAuthClient
 from ..metrics import Metrics
 from ..sending.message import MailWriter, new_message_id
 from ..sending.request import SendRequest
@@ -30,7 +31,7 @@ from ..smtp import transport
 from ..smtp.classify import is_provider_setup_refusal, is_sender_refusal
 from ..smtp.deadline import DeadlineSMTP, NotSmtpReply, ReplyTooLong
 from ..smtp.provider_replies import lookup
-from ..smtp.tokens import TokenSource
+from ..smtp.tokens import TokenError, TokenSource, fetch_token
 from ..smtp.transport import SmtpFailure, describe_error, is_timeout
 
 OK, FAIL, SKIP = "ok", "FAIL", "skip"
@@ -92,6 +93,10 @@ class Doctor:
         self.where = self.r.name
         self.timeout = settings.smtp_timeout_seconds
         self._conn: DeadlineSMTP | None = None
+        # The token step fetches the relay's token (noting the endpoint's answer); the auth step logs in with it.
+        self._token_answers: list[dict] = []
+        self._tokens = (TokenSource(self.r.oauth, self.r.name, Metrics(), fetch=self._fetch_token)
+                        if self.r.oauth is not None else None)
 
     def steps(self) -> Iterator[Step]:
         try:
@@ -102,6 +107,8 @@ class Doctor:
             yield self._ehlo()
             if self.r.tls == STARTTLS:
                 yield self._starttls()
+            if self.r.oauth is not None and self.r.user:
+                yield self._token()
             yield self._auth()
             yield self._mail_from()
             yield from self._recipient_and_test_mail()
@@ -193,10 +200,31 @@ class Doctor:
         if not self.r.user:
             why = "SMTP_USER is empty" if self.index == 0 else "no user in the URL"
             return Step("auth", SKIP, f"{why}: no AUTH")
-        tokens = TokenSource(self.r.oauth, self.r.name, Metrics()) if self.r.oauth is not None else None
-        self._run("auth", lambda deadline: transport.login(self.conn, self.r, deadline, tokens))
-        how = f" with {transport.auth_mechanism(self.conn, self.r)}" if self.r.oauth is not None else ""
-        return Step("auth", OK, f"logged in as {self.r.user}{how}")
+        self._run("auth", lambda deadline: transport.login(self.conn, self.r, deadline, self._tokens))
+        return Step("auth", OK, f"logged in as {self.r.user} with {transport.auth_mechanism(self.conn, self.r)}")
+
+    def _token(self) -> Step:
+        """The token the auth step will use: the grant, the endpoint's answer, the lifetime and scope (never the
+        token itself)."""
+        client, tokens = self.r.oauth, self._tokens
+        if client is None or tokens is None:
+            raise RuntimeError("the token step runs only for a relay with OAuth")
+        try:
+            tokens.get(time.monotonic() + self.timeout)
+        except TokenError as error:
+            fix = ("check SMTP_OAUTH_CLIENT_ID, SMTP_OAUTH_CLIENT_SECRET (or SMTP_OAUTH_REFRESH_TOKEN) and "
+                   "SMTP_OAUTH_SCOPE against the app registration" if error.setup else
+                   f"check that this host reaches {client.token_host} on port 443; {RETRY_HINT}")
+            _fail("token", error.detail, fix)
+        answer = self._token_answers[-1] if self._token_answers else {}
+        scope = answer.get("scope") or client.scope or "(none named)"
+        return Step("token", OK, f"{client.grant} grant from {client.token_host}: a token for "
+                                 f"{answer.get('expires_in', '?')} s, scope {scope}")
+
+    def _fetch_token(self, client: OAuthClient, relay: str, timeout: float) -> dict:
+        answer = fetch_token(client, relay, timeout)
+        self._token_answers.append({name: answer.get(name) for name in ("expires_in", "scope")})
+        return answer
 
     def _mail_from(self) -> Step:
         self._run("mail from", lambda deadline: transport.mail_from(self.conn, self.r.from_address, deadline))
