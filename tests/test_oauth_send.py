@@ -279,3 +279,11 @@ def test_the_doctor_fails_at_the_token_step_with_the_endpoints_refusal_and_its_f
     assert lines[-1].startswith("FAIL token") and "invalid_client" in lines[-1] and "AADSTS7000215" in lines[-1]
     assert "-> fix: check SMTP_OAUTH_CLIENT_ID" in lines[-1]
     assert relay.oauth_logins == []  # it stopped before AUTH
+
+
+def test_a_forced_mechanism_the_server_does_not_offer_names_both(server_factory, make_client, oauth):
+    server = server_factory(starttls=True, oauth=oauth, auth_mechanisms=("XOAUTH2",), oauth_scope=SCOPE)
+    client = make_client(settings_from(oauth_env(server, oauth, SMTP_AUTH_MECHANISM="oauthbearer")))
+    body = assert_error(send(client, {"to": "a@example.com"}), 500, "send_failed", "not OAUTHBEARER")
+    assert "XOAUTH2" in body["error_message"] and body["retryable"] is False
+    assert server.oauth_logins == [] and oauth.fetches == 0

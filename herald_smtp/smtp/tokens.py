@@ -23,9 +23,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import requests
-from authlib.integrations.requests_client import OAuth2Session, OAuthError
-
 from .. import tracing
 from ..config.oauth import OAuthClient
 from ..metrics import Metrics
@@ -178,6 +175,10 @@ def _lifetime(expires_in: object) -> float:
 
 def fetch_token(client: OAuthClient, relay: str, timeout: float) -> dict:
     """One request to the token endpoint (Authlib), within `timeout` seconds; the endpoint's JSON answer."""
+    # Imported here: a worker whose relays log in with a password (most) never loads Authlib and requests.
+    import requests
+    from authlib.integrations.requests_client import OAuth2Session, OAuthError
+
     session = OAuth2Session(client.client_id, client.client_secret or None, scope=client.scope or None,
                             token_endpoint_auth_method="client_secret_post")
     try:
