@@ -18,6 +18,7 @@ from herald_smtp.idempotency.base import Record
 from herald_smtp.idempotency.redis import RedisStore
 from tests.support.client import assert_error, send, smtp_env
 from tests.support.redis_proxy import RedisReplyProxy
+from tests.test_commit_point import _wait_for_committing
 
 KEY_PREFIX = "herald-smtp:idempotency:"
 COMMIT = b'"committing":true'  # only the commit's arguments carry this
@@ -164,12 +165,3 @@ def test_at_the_shortest_ttl_a_duplicate_during_a_slow_final_dot_sends_nothing(m
     assert replay.get_json()["message_id"] == first["r"].get_json()["message_id"]
     assert final_dots(smtp) == 1
 
-
-def _wait_for_committing(redis_client, key: str, timeout: float = 5.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        raw = redis_client.get(KEY_PREFIX + key)
-        if raw and json.loads(raw).get("committing"):
-            return json.loads(raw)
-        time.sleep(0.01)
-    raise AssertionError(f"{key} never reached its commit point")
