@@ -82,6 +82,8 @@ class Result:
     retry_after: int | None = None
     limit: str | None = None  # rate_limited: which limit refused it (RATE_LIMIT_PER_RECIPIENT or RATE_LIMIT_GLOBAL)
     relay: str | None = None  # host:port of the relay that gave this answer (None: decided before any relay)
+    reply: str | None = None  # sent: the relay's reply text to the final dot
+    relay_queue_id: str | None = None  # sent: the relay's queue id in that reply, when it names one
 
     @property
     def ok(self) -> bool:
@@ -93,7 +95,10 @@ class Result:
 
     def body(self) -> dict:
         if self.ok:
-            return {"ok": True, "message_id": self.message_id, "provider": "smtp"}
+            body: dict = {"ok": True, "message_id": self.message_id, "provider": "smtp"}
+            if self.relay_queue_id:
+                body["relay_queue_id"] = self.relay_queue_id
+            return body
         return {
             "ok": False,
             "error_code": self.outcome.error_code,

@@ -9,6 +9,9 @@ A key moves through three states:
   done        the final status and body, kept for IDEMPOTENCY_TTL_SECONDS.
 Only the token's holder may commit, finish or release, so an owner whose
 reservation expired and was taken over cannot overwrite the newer one.
+
+The same store keeps each accepted mail's status record (sending/status.py),
+keyed by its message_id: finish() writes it in the final record's round trip.
 """
 
 from __future__ import annotations
@@ -57,6 +60,15 @@ class Claim:
         return self.token is not None
 
 
+@dataclass(frozen=True)
+class StatusWrite:
+    """A message's status record (JSON-able) to keep for `ttl_seconds`."""
+
+    message_id: str
+    record: dict
+    ttl_seconds: int
+
+
 class Store(Protocol):
     name: str
 
@@ -67,14 +79,21 @@ class Store(Protocol):
         """Replace our reservation with the committing `record`; the claim to go on with, or None if
         the reservation is no longer ours."""
 
-    def finish(self, claim: Claim, record: Record, ttl_seconds: int) -> bool:
-        """Replace our reservation with the final record; False if it is no longer ours."""
+    def finish(self, claim: Claim, record: Record, ttl_seconds: int, status: StatusWrite | None = None) -> bool:
+        """Replace our reservation with the final record (and write `status` in the same round trip); False if
+        the key is no longer ours (the status is written all the same: the mail was accepted)."""
 
     def release(self, claim: Claim) -> bool:
         """Delete our reservation so a retry can send; False if it is no longer ours."""
 
     def get(self, key: str) -> Record | None:
         """What `key` holds now, or None."""
+
+    def put_status(self, status: StatusWrite) -> None:
+        """Keep a message's status record (a send without an idempotency key)."""
+
+    def get_status(self, message_id: str) -> dict | None:
+        """The message's status record, or None when unknown or expired."""
 
     def ping(self) -> None:
         """Raise StoreUnavailable if the store cannot answer."""

@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .base import Claim, Record
+from .base import Claim, Record, StatusWrite
 
 # Expired entries are dropped on access and by a sweep every this many writes,
 # so memory stays bounded by the keys of the last TTL.
@@ -33,6 +33,7 @@ class MemoryStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
+        self._statuses: dict[str, tuple[dict, float]] = {}  # message_id -> (status record, expires_at)
         self._writes = 0
 
     def reserve(self, key: str, fingerprint: str, hold_seconds: float) -> Claim:
@@ -51,8 +52,10 @@ class MemoryStore:
             self._put(claim.key, _Entry(record, claim.token, self._clock() + ttl_seconds))
             return claim
 
-    def finish(self, claim: Claim, record: Record, ttl_seconds: int) -> bool:
+    def finish(self, claim: Claim, record: Record, ttl_seconds: int, status: StatusWrite | None = None) -> bool:
         with self._lock:
+            if status is not None:
+                self._put_status(status)
             if not self._owns(claim):
                 return False
             self._put(claim.key, _Entry(record, None, self._clock() + ttl_seconds))
@@ -70,8 +73,24 @@ class MemoryStore:
             entry = self._live(key)
         return None if entry is None else entry.record
 
+    def put_status(self, status: StatusWrite) -> None:
+        with self._lock:
+            self._put_status(status)
+
+    def get_status(self, message_id: str) -> dict | None:
+        with self._lock:
+            found = self._statuses.get(message_id)
+            if found is None or found[1] <= self._clock():
+                self._statuses.pop(message_id, None)
+                return None
+            return found[0]
+
     def ping(self) -> None:
         return None
+
+    def _put_status(self, status: StatusWrite) -> None:
+        self._statuses[status.message_id] = (status.record, self._clock() + status.ttl_seconds)
+        self._wrote()
 
     def _owns(self, claim: Claim) -> bool:
         entry = self._live(claim.key)
@@ -88,8 +107,13 @@ class MemoryStore:
 
     def _put(self, key: str, entry: _Entry) -> None:
         self._entries[key] = entry
+        self._wrote()
+
+    def _wrote(self) -> None:
         self._writes += 1
         if self._writes % _SWEEP_EVERY == 0:
             now = self._clock()
             for k in [k for k, e in self._entries.items() if e.expires_at <= now]:
                 del self._entries[k]
+            for k in [k for k, (_, expires_at) in self._statuses.items() if expires_at <= now]:
+                del self._statuses[k]

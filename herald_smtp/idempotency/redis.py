@@ -32,7 +32,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from .. import redis_clients
-from .base import Claim, Record, StoreUnavailable
+from .base import Claim, Record, StatusWrite, StoreUnavailable
 from ..redis_target import RedisTarget, parse_redis_url
 
 # Take the key, or read who has it: one round trip for a replay or a duplicate, not SET NX then GET
@@ -62,7 +62,7 @@ end
 
 # Compare-and-set: replace a record holding our token (reservation or committing record) and set its
 # TTL. A key already holding the new value is a retried call that Redis ran: done, not "lost".
-_REPLACE = _TOKEN_OF + """
+_REPLACE_BODY = """
 local current = redis.call('GET', KEYS[1])
 if current == ARGV[2] then
   return 1
@@ -73,6 +73,13 @@ if token_of(current) == ARGV[1] then
 end
 return 0
 """
+_REPLACE = _TOKEN_OF + _REPLACE_BODY
+
+# finish() with the message's status record (KEYS[2]) in the same round trip. Not on a Cluster, where the two
+# keys live in different slots: there the status is a command of its own.
+_FINISH_WITH_STATUS = _TOKEN_OF + """
+redis.call('SETEX', KEYS[2], ARGV[5], ARGV[4])
+""" + _REPLACE_BODY
 
 # Compare-and-delete on the token: frees the key whether the owner got as far as committing or not, which
 # matters when a commit ran in Redis but its reply never arrived.
@@ -92,6 +99,10 @@ def _encode(record: Record, token: str = "") -> str:
         data["token"] = token
     if record.committing and not record.done:
         data.update(committing=True, hold_until=record.hold_until)
+    return _json(data)
+
+
+def _json(data: dict) -> str:
     return json.dumps(data, separators=(",", ":"))
 
 
@@ -125,6 +136,7 @@ class _Bound:
     reserve: Callable
     replace: Callable
     release: Callable
+    finish_with_status: Callable | None  # None on a Cluster
 
 
 class RedisStore:
@@ -139,6 +151,7 @@ class RedisStore:
             connect = functools.partial(_same, client)
         self._connect = connect
         self._prefix = prefix + "idempotency:"
+        self._status_prefix = prefix + "message:"
         self._lock = threading.Lock()
         self._bound: _Bound | None = None
 
@@ -163,7 +176,9 @@ class RedisStore:
                 if self._bound is None:
                     client = self._connect()
                     self._bound = _Bound(client, client.register_script(_RESERVE),
-                                         client.register_script(_REPLACE), client.register_script(_RELEASE))
+                                         client.register_script(_REPLACE), client.register_script(_RELEASE),
+                                         None if isinstance(client, RedisCluster)
+                                         else client.register_script(_FINISH_WITH_STATUS))
         return self._bound
 
     def _reserve(self, keys, args):
@@ -188,8 +203,18 @@ class RedisStore:
         # either state, even when the commit ran in Redis and its reply was lost.
         return claim if self._replace_with(claim, _encode(record, str(claim.token)), ttl_seconds) else None
 
-    def finish(self, claim: Claim, record: Record, ttl_seconds: int) -> bool:
-        return self._replace_with(claim, _encode(record), ttl_seconds)
+    def finish(self, claim: Claim, record: Record, ttl_seconds: int, status: StatusWrite | None = None) -> bool:
+        final = _encode(record)
+        if status is None:
+            return self._replace_with(claim, final, ttl_seconds)
+        folded = self._scripts().finish_with_status
+        if folded is None:  # a Cluster: two slots, two commands
+            self.put_status(status)
+            return self._replace_with(claim, final, ttl_seconds)
+        keys = [self._prefix + claim.key, self._status_prefix + status.message_id]
+        args = [claim.token, final, int(ttl_seconds), _json(status.record), int(status.ttl_seconds)]
+        with _translate_errors():
+            return bool(folded(keys=keys, args=args))
 
     def release(self, claim: Claim) -> bool:
         with _translate_errors():
@@ -198,6 +223,16 @@ class RedisStore:
     def _replace_with(self, claim: Claim, value: str, ttl_seconds: int) -> bool:
         with _translate_errors():
             return bool(self._replace(keys=[self._prefix + claim.key], args=[claim.token, value, int(ttl_seconds)]))
+
+    def put_status(self, status: StatusWrite) -> None:
+        with _translate_errors():
+            self._redis.set(self._status_prefix + status.message_id, _json(status.record),
+                            ex=int(status.ttl_seconds))
+
+    def get_status(self, message_id: str) -> dict | None:
+        with _translate_errors():
+            value = self._redis.get(self._status_prefix + message_id)
+        return None if value is None else json.loads(value)
 
     def get(self, key: str) -> Record | None:
         with _translate_errors():

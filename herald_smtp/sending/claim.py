@@ -32,7 +32,7 @@ from enum import Enum
 
 from .. import tracing
 from ..config import FailureMode, Settings
-from ..idempotency.base import Claim, Record, Store, StoreUnavailable
+from ..idempotency.base import Claim, Record, StatusWrite, Store, StoreUnavailable
 from ..metrics import Metrics
 from ..outcomes import Answer, Outcome, Result, answer_for
 
@@ -168,17 +168,29 @@ class KeyGuard:
         owned.stage = Stage.COMMITTED
         return None
 
-    def record(self, owned: Owned, result: Result, answer: Answer | None) -> None:
+    def record(self, owned: Owned, result: Result, answer: Answer | None, status: StatusWrite | None = None) -> None:
+        """Keep the answer or release the key, as outcomes.py says; `status` (an accepted mail's) goes in the
+        same round trip."""
         if owned.stage is Stage.LOST:
-            return  # the key is another request's now
+            return  # the key is another request's now (and nothing was sent: there is no status)
         with tracing.span("idempotency.record", _FINISH if result.outcome.keep else _RELEASE):
-            self._record(owned, result, answer)
+            self._record(owned, result, answer, status)
 
-    def _record(self, owned: Owned, result: Result, answer: Answer | None) -> None:
+    def keep_status(self, status: StatusWrite) -> None:
+        """A status record on its own (a send without an idempotency key). A store failure costs the record, not
+        the answer: the mail was accepted."""
+        try:
+            self.store.put_status(status)
+        except StoreUnavailable as exc:
+            self.metrics.store_errors.labels("status").inc()
+            log.error("could not keep the message status in the store",
+                      extra={"cause": str(exc), "message_id": status.message_id})
+
+    def _record(self, owned: Owned, result: Result, answer: Answer | None, status: StatusWrite | None) -> None:
         claim = owned.claim
         for attempt in range(_RECORD_ATTEMPTS):
             try:
-                stored = self._write_outcome(owned, result, answer)
+                stored = self._write_outcome(owned, result, answer, status)
                 break
             except StoreUnavailable as exc:
                 self.metrics.store_errors.labels("record").inc()
@@ -198,11 +210,11 @@ class KeyGuard:
             log.error("idempotency reservation expired before the send finished; outcome not recorded",
                       extra={"idempotency_key": claim.key, "outcome": result.outcome.value})
 
-    def _write_outcome(self, owned: Owned, result: Result, answer: Answer | None) -> bool:
+    def _write_outcome(self, owned: Owned, result: Result, answer: Answer | None, status: StatusWrite | None) -> bool:
         if result.outcome.keep:
             answer = answer or answer_for(result)
             record = Record(owned.fingerprint, answer.status, answer.body)
-            return self.store.finish(owned.claim, record, self.settings.idempotency_ttl_seconds)
+            return self.store.finish(owned.claim, record, self.settings.idempotency_ttl_seconds, status)
         return self.store.release(owned.claim)
 
     def _decide(self, key: str, record: Record, fingerprint: str) -> Turn:

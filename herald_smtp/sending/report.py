@@ -21,7 +21,7 @@ def report(result: Result, to: str | None, seconds: float = 0.0) -> None:
                                 "herald.smtp.reply_code": result.smtp_code})
     if result.ok:
         log.info("send ok", extra={"message_id": result.message_id, "to": masked, "relay": result.relay,
-                                   "duration_ms": duration_ms})
+                                   "relay_queue_id": result.relay_queue_id, "duration_ms": duration_ms})
         return
     fields = {
         "error_code": result.outcome.error_code,

@@ -18,7 +18,7 @@ import time
 
 from .. import tracing
 from ..config import Settings
-from ..idempotency.base import Store
+from ..idempotency.base import StatusWrite, Store
 from ..metrics import Metrics
 from ..outcomes import Answer, Outcome, Result, answer_for
 from ..smtp.mailer import Mailer, SendAborted
@@ -29,6 +29,7 @@ from .fingerprint import fingerprint
 from .message import MailWriter, new_message_id
 from .report import report
 from .request import SendRequest
+from .status import accepted
 
 
 # On the request span of a replay: the stored answer is given again, nothing is sent.
@@ -94,9 +95,19 @@ class SendService:
         self.metrics.send_duration.labels(result.outcome.value, result.relay or "").observe(seconds)
         report(result, str(request.to), seconds)
         answer = answer_for(result)
+        status = self._status(result, str(request.to))
         if owned is not None:
-            self.guard.record(owned, result, answer)
+            self.guard.record(owned, result, answer, status)
+        elif status is not None:
+            self.guard.keep_status(status)
         return answer
+
+    def _status(self, result: Result, to: str) -> StatusWrite | None:
+        """The status record of a mail the relay accepted (sending/status.py); None for any other outcome."""
+        if not result.ok or result.message_id is None:
+            return None
+        return StatusWrite(result.message_id, accepted(result, to, time.time()),
+                           self.settings.message_status_ttl_seconds)
 
     def _release_after_bug(self, owned: Owned | None) -> None:
         # A bug of ours. Before the commit point nothing can have been delivered: free the key so

@@ -1,4 +1,4 @@
-"""The `herald-smtp` command: serve | sink | doctor."""
+"""The `herald-smtp` command: serve | sink | doctor | status."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("serve", help="run the HTTP service under gunicorn (settings from the environment and .env)")
     doctor = commands.add_parser("doctor", help="check the SMTP setup step by step and name the fix")
     doctor.add_argument("--to", metavar="ADDRESS", help="also send a test mail to ADDRESS")
+    status = commands.add_parser("status", help="print what the relay said about a mail (GET /v1/messages/ID)")
+    status.add_argument("message_id", metavar="MESSAGE_ID")
     sink = commands.add_parser("sink", help="run a local SMTP server that stores each mail as a .eml file")
     sink.add_argument("--host", default="127.0.0.1")
     sink.add_argument("--port", type=int, default=2525)
@@ -32,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         from .doctor import run_doctor
 
         return run_doctor(settings, args.to)
+    if args.command == "status":
+        from .status import run_status
+
+        return run_status(settings, args.message_id)
     from .sink import run_sink
 
     return run_sink(args.host, args.port, args.dir)
