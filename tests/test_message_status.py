@@ -4,12 +4,15 @@ store as the idempotency records, written in the final record's round trip; GET 
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from herald_smtp.config import settings_from
 from herald_smtp.idempotency.memory import MemoryStore
 from herald_smtp.tools.status import run_status
 from tests.support.client import API_KEY, assert_error, send, smtp_env
+from tests.support.scripted_server import ScriptedServer
 
 STATUS_PREFIX = "herald-smtp:message:"
 
@@ -121,3 +124,24 @@ def test_the_status_command_prints_the_record(make_client, redis_env):
 
 def smtp_env_without_redis(env: dict[str, str]) -> dict[str, str]:
     return {name: value for name, value in env.items() if name != "REDIS_URL"}
+
+
+def test_the_relays_queue_id_is_in_the_answer_the_log_and_the_status(make_client, caplog):
+    with ScriptedServer(script={"dot": [b"250 2.0.0 Ok: queued as 4XyZ1234AbC\r\n"]}) as relay:
+        env = {"SMTP_HOST": relay.host, "SMTP_PORT": str(relay.port), "SMTP_FROM": "noreply@herald.test",
+               "SMTP_USE_STARTTLS": "false"}
+        client = make_client(settings_from(env))
+        caplog.set_level(logging.INFO)
+        response = send(client, {"to": "a@example.com"})
+    body = response.get_json()
+    assert response.status_code == 200 and body["relay_queue_id"] == "4XyZ1234AbC"
+    line = next(r for r in caplog.records if r.getMessage() == "send ok")
+    assert line.relay_queue_id == "4XyZ1234AbC"  # type: ignore[attr-defined]
+    record = client.get(f"/v1/messages/{body['message_id']}").get_json()
+    assert record["relay_queue_id"] == "4XyZ1234AbC"
+    assert record["reply"] == {"code": 250, "enhanced_code": "2.0.0", "text": "2.0.0 Ok: queued as 4XyZ1234AbC"}
+
+
+def test_without_a_queue_id_the_answer_has_no_such_field(client, smtp):
+    body = send(client, {"to": "a@example.com"}).get_json()
+    assert body["ok"] is True and "relay_queue_id" not in body

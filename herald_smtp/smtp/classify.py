@@ -17,6 +17,7 @@ from typing import NamedTuple
 from ..outcomes import Outcome, Result
 from .deadline import NotSmtpReply, ReplyTooLong
 from .provider_replies import lookup
+from .queue_ids import queue_id_in
 from .tokens import TokenError
 from .transport import (AFTER_DATA, AUTH, CONNECT, DATA, MAIL, RCPT, TLS, BudgetSpentBeforeDot, SmtpFailure,
                         SmtpUtf8NotOffered)
@@ -237,7 +238,8 @@ def classify_reply(code: int, reply: str, message_id: str) -> Result:
     setup = is_provider_setup_refusal(code, reply)
     outcome = outcome_for(AFTER_DATA, "5xx_setup" if setup else f"{code // 100}xx")
     if outcome is Outcome.SENT:
-        return Result(outcome, message_id=message_id, smtp_code=code, phase=AFTER_DATA)
+        return Result(outcome, message_id=message_id, smtp_code=code, phase=AFTER_DATA, reply=reply,
+                      relay_queue_id=queue_id_in(reply))
     return Result(outcome, _with_fix(f"SMTP server refused the message: {code} {reply}", reply), smtp_code=code,
                   phase=AFTER_DATA)
 
