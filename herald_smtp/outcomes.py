@@ -40,6 +40,8 @@ class Outcome(Enum):
     INVALID_REQUEST = ("invalid_request", "invalid_request", 400, False, False)
     PAYLOAD_TOO_LARGE = ("payload_too_large", "invalid_request", 413, False, False)
     INVALID_DESTINATION = ("invalid_destination", "invalid_destination", 400, False, False)
+    # The recipient is on the suppression list (sending/suppression.py): refused at once, no SMTP.
+    SUPPRESSED = ("suppressed", "invalid_destination", 400, False, False)
     NOT_FOUND = ("not_found", "not_found", 404, False, False)
     METHOD_NOT_ALLOWED = ("method_not_allowed", "method_not_allowed", 405, False, False)
     IDEMPOTENCY_CONFLICT = ("idempotency_conflict", "idempotency_conflict", 409, False, False)

@@ -58,6 +58,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "IDEMPOTENCY_WAIT_SECONDS": ("idempotency_wait_seconds", parsers.seconds(0)),
     "IDEMPOTENCY_FAILURE_MODE": ("idempotency_failure_mode", parsers.member(FailureMode)),
     "MESSAGE_STATUS_TTL_SECONDS": ("message_status_ttl_seconds", parsers.integer(60, 30 * 24 * 3600)),
+    "SUPPRESSION_TTL_SECONDS": ("suppression_ttl_seconds", parsers.integer(0, 365 * 24 * 3600)),
     "MAX_REQUEST_BYTES": ("max_request_bytes", parsers.integer(1024, 10 * 1024 * 1024)),  # one-time codes, not files
     "RATE_LIMIT_PER_RECIPIENT": ("rate_limit_per_recipient", parsers.rate),
     "RATE_LIMIT_GLOBAL": ("rate_limit_global", parsers.rate),

@@ -195,6 +195,7 @@ class Settings:
     idempotency_wait_seconds: float = 10.0
     idempotency_failure_mode: FailureMode = FailureMode.OPEN
     message_status_ttl_seconds: int = 7 * 24 * 3600  # how long GET /v1/messages/{id} knows an accepted mail
+    suppression_ttl_seconds: int = 7 * 24 * 3600  # how long a permanently refused recipient is refused at once; 0: off
     max_request_bytes: int = 65536
     # Abuse limits (sending/abuse.py): None is off; () allows every recipient domain.
     rate_limit_per_recipient: Rate | None = shown_as(_rate_or_off, None)

@@ -54,6 +54,8 @@ class Claim:
     key: str
     token: object | None = None
     existing: Record | None = None
+    suppression: dict | None = None  # the recipient's suppression entry, when reserve() was asked to look
+
 
     @property
     def owned(self) -> bool:
@@ -72,8 +74,9 @@ class StatusWrite:
 class Store(Protocol):
     name: str
 
-    def reserve(self, key: str, fingerprint: str, hold_seconds: float) -> Claim:
-        """Atomically reserve `key` if absent; else return what is there."""
+    def reserve(self, key: str, fingerprint: str, hold_seconds: float, suppression: str | None = None) -> Claim:
+        """Atomically reserve `key` if absent; else return what is there. With `suppression` (a suppression
+        key), the recipient's suppression entry comes back in the same round trip."""
 
     def commit(self, claim: Claim, record: Record, ttl_seconds: int) -> Claim | None:
         """Replace our reservation with the committing `record`; the claim to go on with, or None if
@@ -94,6 +97,18 @@ class Store(Protocol):
 
     def get_status(self, message_id: str) -> dict | None:
         """The message's status record, or None when unknown or expired."""
+
+    def get_suppression(self, key: str) -> dict | None:
+        """The suppression entry under `key` (sending/suppression.py), or None."""
+
+    def suppress(self, key: str, entry: dict, ttl_seconds: int) -> None:
+        """Suppress a recipient for `ttl_seconds`."""
+
+    def unsuppress(self, key: str) -> bool:
+        """Lift a suppression; False when there was none."""
+
+    def suppressions(self, limit: int) -> list[dict]:
+        """Up to `limit` suppression entries (for `herald-smtp suppression list`)."""
 
     def ping(self) -> None:
         """Raise StoreUnavailable if the store cannot answer."""

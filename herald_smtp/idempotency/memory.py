@@ -17,6 +17,7 @@ from .base import Claim, Record, StatusWrite
 # Expired entries are dropped on access and by a sweep every this many writes,
 # so memory stays bounded by the keys of the last TTL.
 _SWEEP_EVERY = 1000
+_MESSAGE, _SUPPRESSION = "message:", "suppression:"
 
 
 @dataclass(frozen=True)
@@ -33,17 +34,19 @@ class MemoryStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
-        self._statuses: dict[str, tuple[dict, float]] = {}  # message_id -> (status record, expires_at)
+        # Message statuses ("message:" + message_id) and suppressions ("suppression:" + key): (value, expires_at).
+        self._records: dict[str, tuple[dict, float]] = {}
         self._writes = 0
 
-    def reserve(self, key: str, fingerprint: str, hold_seconds: float) -> Claim:
+    def reserve(self, key: str, fingerprint: str, hold_seconds: float, suppression: str | None = None) -> Claim:
         with self._lock:
+            suppressed = self._get_record(_SUPPRESSION + suppression) if suppression else None
             entry = self._live(key)
             if entry is not None:
-                return Claim(key, existing=entry.record)
+                return Claim(key, existing=entry.record, suppression=suppressed)
             token = object()
             self._put(key, _Entry(Record(fingerprint), token, self._clock() + hold_seconds))
-            return Claim(key, token=token)
+            return Claim(key, token=token, suppression=suppressed)
 
     def commit(self, claim: Claim, record: Record, ttl_seconds: int) -> Claim | None:
         with self._lock:
@@ -55,7 +58,7 @@ class MemoryStore:
     def finish(self, claim: Claim, record: Record, ttl_seconds: int, status: StatusWrite | None = None) -> bool:
         with self._lock:
             if status is not None:
-                self._put_status(status)
+                self._put_record(_MESSAGE + status.message_id, status.record, status.ttl_seconds)
             if not self._owns(claim):
                 return False
             self._put(claim.key, _Entry(record, None, self._clock() + ttl_seconds))
@@ -75,22 +78,44 @@ class MemoryStore:
 
     def put_status(self, status: StatusWrite) -> None:
         with self._lock:
-            self._put_status(status)
+            self._put_record(_MESSAGE + status.message_id, status.record, status.ttl_seconds)
 
     def get_status(self, message_id: str) -> dict | None:
         with self._lock:
-            found = self._statuses.get(message_id)
-            if found is None or found[1] <= self._clock():
-                self._statuses.pop(message_id, None)
-                return None
-            return found[0]
+            return self._get_record(_MESSAGE + message_id)
+
+    def get_suppression(self, key: str) -> dict | None:
+        with self._lock:
+            return self._get_record(_SUPPRESSION + key)
+
+    def suppress(self, key: str, entry: dict, ttl_seconds: int) -> None:
+        with self._lock:
+            self._put_record(_SUPPRESSION + key, entry, ttl_seconds)
+
+    def unsuppress(self, key: str) -> bool:
+        with self._lock:
+            return self._get_record(_SUPPRESSION + key) is not None and bool(
+                self._records.pop(_SUPPRESSION + key, None))
+
+    def suppressions(self, limit: int) -> list[dict]:
+        with self._lock:
+            keys = [k for k in self._records if k.startswith(_SUPPRESSION)]
+            found = (self._get_record(k) for k in keys)
+            return [entry for entry in found if entry is not None][:limit]
 
     def ping(self) -> None:
         return None
 
-    def _put_status(self, status: StatusWrite) -> None:
-        self._statuses[status.message_id] = (status.record, self._clock() + status.ttl_seconds)
+    def _put_record(self, key: str, value: dict, ttl_seconds: int) -> None:
+        self._records[key] = (value, self._clock() + ttl_seconds)
         self._wrote()
+
+    def _get_record(self, key: str) -> dict | None:
+        found = self._records.get(key)
+        if found is None or found[1] <= self._clock():
+            self._records.pop(key, None)
+            return None
+        return found[0]
 
     def _owns(self, claim: Claim) -> bool:
         entry = self._live(claim.key)
@@ -115,5 +140,5 @@ class MemoryStore:
             now = self._clock()
             for k in [k for k, e in self._entries.items() if e.expires_at <= now]:
                 del self._entries[k]
-            for k in [k for k, (_, expires_at) in self._statuses.items() if expires_at <= now]:
-                del self._statuses[k]
+            for k in [k for k, (_, expires_at) in self._records.items() if expires_at <= now]:
+                del self._records[k]

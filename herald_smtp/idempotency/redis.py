@@ -50,6 +50,19 @@ end
 return existing
 """
 
+# reserve() that also reads the recipient's suppression entry (KEYS[2]) in the same round trip: {what the
+# reserve returns, the entry}. Not on a Cluster, where the two keys live in different slots.
+_RESERVE_AND_LOOK = """
+local suppression = redis.call('GET', KEYS[2])
+local existing = redis.call('GET', KEYS[1])
+if not existing then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+elseif existing == ARGV[1] then
+  existing = false
+end
+return {existing, suppression}
+"""
+
 # The owner's token inside a record that is not done (reservation or committing record), or nil.
 _TOKEN_OF = """
 local function token_of(value)
@@ -137,6 +150,14 @@ class _Bound:
     replace: Callable
     release: Callable
     finish_with_status: Callable | None  # None on a Cluster
+    reserve_and_look: Callable | None  # None on a Cluster
+
+
+def _two_key_scripts(client: RedisClient) -> tuple[Callable | None, Callable | None]:
+    """finish_with_status and reserve_and_look: on a single Redis only (a Cluster has them as two commands)."""
+    if isinstance(client, RedisCluster):
+        return None, None
+    return client.register_script(_FINISH_WITH_STATUS), client.register_script(_RESERVE_AND_LOOK)
 
 
 class RedisStore:
@@ -152,6 +173,7 @@ class RedisStore:
         self._connect = connect
         self._prefix = prefix + "idempotency:"
         self._status_prefix = prefix + "message:"
+        self._suppression_prefix = prefix + "suppression:"
         self._lock = threading.Lock()
         self._bound: _Bound | None = None
 
@@ -177,8 +199,7 @@ class RedisStore:
                     client = self._connect()
                     self._bound = _Bound(client, client.register_script(_RESERVE),
                                          client.register_script(_REPLACE), client.register_script(_RELEASE),
-                                         None if isinstance(client, RedisCluster)
-                                         else client.register_script(_FINISH_WITH_STATUS))
+                                         *_two_key_scripts(client))
         return self._bound
 
     def _reserve(self, keys, args):
@@ -190,13 +211,25 @@ class RedisStore:
     def _release(self, keys, args):
         return self._scripts().release(keys=keys, args=args)
 
-    def reserve(self, key: str, fingerprint: str, hold_seconds: float) -> Claim:
+    def reserve(self, key: str, fingerprint: str, hold_seconds: float, suppression: str | None = None) -> Claim:
         token = secrets.token_hex(16)
         reservation = _encode(Record(fingerprint), token)
-        hold_ms = max(1, int(hold_seconds * 1000))
+        args = [reservation, max(1, int(hold_seconds * 1000))]
+        suppressed: str | bytes | None = None
         with _translate_errors():
-            existing = self._reserve(keys=[self._prefix + key], args=[reservation, hold_ms])
-        return Claim(key, token=token) if existing is None else Claim(key, existing=_decode(existing))
+            look = self._scripts().reserve_and_look
+            if suppression is None:
+                existing = self._reserve(keys=[self._prefix + key], args=args)
+            elif look is None:  # a Cluster: two slots, two commands
+                suppressed = self._redis.get(self._suppression_prefix + suppression)
+                existing = self._reserve(keys=[self._prefix + key], args=args)
+            else:
+                existing, suppressed = look(keys=[self._prefix + key, self._suppression_prefix + suppression],
+                                            args=args)
+        entry = None if suppressed is None else json.loads(suppressed)
+        if existing is None:
+            return Claim(key, token=token, suppression=entry)
+        return Claim(key, existing=_decode(existing), suppression=entry)
 
     def commit(self, claim: Claim, record: Record, ttl_seconds: int) -> Claim | None:
         # The committing record keeps the reservation's token: one token frees or finishes the key in
@@ -233,6 +266,30 @@ class RedisStore:
         with _translate_errors():
             value = self._redis.get(self._status_prefix + message_id)
         return None if value is None else json.loads(value)
+
+    def get_suppression(self, key: str) -> dict | None:
+        with _translate_errors():
+            value = self._redis.get(self._suppression_prefix + key)
+        return None if value is None else json.loads(value)
+
+    def suppress(self, key: str, entry: dict, ttl_seconds: int) -> None:
+        with _translate_errors():
+            self._redis.set(self._suppression_prefix + key, _json(entry), ex=int(ttl_seconds))
+
+    def unsuppress(self, key: str) -> bool:
+        with _translate_errors():
+            return bool(self._redis.delete(self._suppression_prefix + key))
+
+    def suppressions(self, limit: int) -> list[dict]:
+        found: list[dict] = []
+        with _translate_errors():
+            for name in self._redis.scan_iter(match=self._suppression_prefix + "*", count=500):
+                value = self._redis.get(name)
+                if value is not None:
+                    found.append(json.loads(value))
+                if len(found) >= limit:
+                    break
+        return found
 
     def get(self, key: str) -> Record | None:
         with _translate_errors():

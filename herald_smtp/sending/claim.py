@@ -96,18 +96,20 @@ class KeyGuard:
         self.store = store
         self.metrics = metrics
 
-    def claim(self, key: str, fingerprint: str, hold_seconds: float) -> Turn:
+    def claim(self, key: str, fingerprint: str, hold_seconds: float, suppression: str | None = None) -> Turn:
+        """`suppression`: the recipient's suppression key, looked up in the reservation's round trip (the Owned
+        claim carries the entry)."""
         with tracing.span("idempotency.claim", _CLAIM):
-            turn = self._claim(key, fingerprint, hold_seconds)
+            turn = self._claim(key, fingerprint, hold_seconds, suppression)
             if tracing.active():
                 tracing.set_attributes({"herald.idempotency.turn": _turn_name(turn)})
             return turn
 
-    def _claim(self, key: str, fingerprint: str, hold_seconds: float) -> Turn:
+    def _claim(self, key: str, fingerprint: str, hold_seconds: float, suppression: str | None) -> Turn:
         deadline = time.monotonic() + self.settings.idempotency_wait_seconds
         while True:
             try:
-                claim = self.store.reserve(key, fingerprint, hold_seconds)
+                claim = self.store.reserve(key, fingerprint, hold_seconds, suppression)
             except StoreUnavailable as exc:
                 self.metrics.store_errors.labels("reserve").inc()
                 tracing.fail("idempotency store unavailable at reserve")

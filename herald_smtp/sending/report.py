@@ -6,7 +6,7 @@ import logging
 
 from .. import tracing
 from ..addresses import mask_addresses, mask_email
-from ..outcomes import Result
+from ..outcomes import Outcome, Result
 
 log = logging.getLogger("herald_smtp.send")
 
@@ -35,4 +35,4 @@ def report(result: Result, to: str | None, seconds: float = 0.0) -> None:
     }
     if result.limit:
         fields["limit"] = result.limit
-    log.warning("send_failed", extra=fields)
+    log.warning("send suppressed" if result.outcome is Outcome.SUPPRESSED else "send_failed", extra=fields)

@@ -30,6 +30,7 @@ from .message import MailWriter, new_message_id
 from .report import report
 from .request import SendRequest
 from .status import accepted
+from .suppression import SuppressionList
 
 
 # On the request span of a replay: the stored answer is given again, nothing is sent.
@@ -42,6 +43,7 @@ class SendService:
         self.mailer = mailer
         self.metrics = metrics
         self.guard = KeyGuard(settings, store, metrics)
+        self.suppressions = SuppressionList(settings, store, metrics)
         self.abuse = AbuseLimits(settings, metrics)
         self.writer = MailWriter(settings)
 
@@ -53,10 +55,15 @@ class SendService:
             return self._refuse(request, Result(Outcome.SMTP_NOT_CONFIGURED, "SMTP not configured"))
         budget = send_budget(self.settings, request.timeout_seconds)
         if request.idempotency_key is None:
+            suppressed = self.suppressions.lookup(request.to)
+            if suppressed is not None:
+                return self._refuse(request, self.suppressions.refusal(suppressed))
             return self._admit_and_send(request, budget)
         turn = self.guard.claim(request.idempotency_key, fingerprint(request, self.settings.idempotency_secret),
-                                reservation_hold_seconds(budget))
+                                reservation_hold_seconds(budget), self.suppressions.key(request.to))
         match turn:
+            case Owned() if turn.claim.suppression is not None:
+                return self._refuse(request, self.suppressions.refusal(turn.claim.suppression), turn)  # releases
             case Owned():
                 return self._admit_and_send(request, budget, turn)
             case Replay(answer):
@@ -95,6 +102,7 @@ class SendService:
         self.metrics.send_duration.labels(result.outcome.value, result.relay or "").observe(seconds)
         report(result, str(request.to), seconds)
         answer = answer_for(result)
+        self.suppressions.record(result, request.to, message_id)
         status = self._status(result, str(request.to))
         if owned is not None:
             self.guard.record(owned, result, answer, status)

@@ -1,4 +1,4 @@
-"""The `herald-smtp` command: serve | sink | doctor | status."""
+"""The `herald-smtp` command: serve | sink | doctor | status | suppression."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     doctor.add_argument("--to", metavar="ADDRESS", help="also send a test mail to ADDRESS")
     status = commands.add_parser("status", help="print what the relay said about a mail (GET /v1/messages/ID)")
     status.add_argument("message_id", metavar="MESSAGE_ID")
+    suppression = commands.add_parser("suppression", help="show, remove or list suppressed recipients")
+    suppression.add_argument("action", choices=("show", "remove", "list"))
+    suppression.add_argument("address", nargs="?", metavar="ADDRESS")
     sink = commands.add_parser("sink", help="run a local SMTP server that stores each mail as a .eml file")
     sink.add_argument("--host", default="127.0.0.1")
     sink.add_argument("--port", type=int, default=2525)
@@ -34,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         from .doctor import run_doctor
 
         return run_doctor(settings, args.to)
+    if args.command == "suppression":
+        from .suppression import run_suppression
+
+        if args.action != "list" and not args.address:
+            parser.error(f"suppression {args.action} needs an ADDRESS")
+        return run_suppression(settings, args.action, args.address)
     if args.command == "status":
         from .status import run_status
 

@@ -22,7 +22,7 @@ from ..idempotency.store import open_store
 from ..metrics import Metrics
 from ..sending.service import SendService
 from ..smtp.mailer import Mailer
-from . import auth, health, messages, send
+from . import auth, health, messages, send, suppressions
 from .responses import HeraldResponse, register_error_handlers
 from .services import EXTENSION, Services, services
 
@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None, clo
     app.register_blueprint(auth.bp)
     app.register_blueprint(send.bp)
     app.register_blueprint(messages.bp)
+    app.register_blueprint(suppressions.bp)
     app.register_blueprint(health.bp)
     tracing.instrument_app(app)  # nothing while tracing is off
     return app
