@@ -72,14 +72,16 @@ class SendService:
             case Refused(result):
                 return self._refuse(request, result)
             case Unguarded():
-                return self._admit_and_send(request, budget)
+                # The store just failed: no status record either (another store timeout would only delay the answer).
+                return self._admit_and_send(request, budget, store_up=False)
         raise AssertionError(f"unexpected claim turn {turn!r}")
 
     def close(self) -> None:
         """At worker exit: QUIT the pooled SMTP connections."""
         self.mailer.close()
 
-    def _admit_and_send(self, request: SendRequest, budget: float, owned: Owned | None = None) -> Answer:
+    def _admit_and_send(self, request: SendRequest, budget: float, owned: Owned | None = None,
+                        store_up: bool = True) -> Answer:
         try:
             refusal = self.abuse.admit(request.to)
         except Exception:
@@ -87,9 +89,9 @@ class SendService:
             raise
         if refusal is not None:
             return self._refuse(request, refusal, owned)
-        return self._send(request, budget, owned)
+        return self._send(request, budget, owned, store_up)
 
-    def _send(self, request: SendRequest, budget: float, owned: Owned | None = None) -> Answer:
+    def _send(self, request: SendRequest, budget: float, owned: Owned | None, store_up: bool) -> Answer:
         started = time.monotonic()
         try:
             message_id = new_message_id(self.settings)
@@ -106,7 +108,7 @@ class SendService:
         status = self._status(result, str(request.to))
         if owned is not None:
             self.guard.record(owned, result, answer, status)
-        elif status is not None:
+        elif status is not None and store_up:
             self.guard.keep_status(status)
         return answer
 
