@@ -18,7 +18,7 @@ import time
 
 from .. import tracing
 from ..config import Settings
-from ..idempotency.base import StatusWrite, Store
+from ..idempotency.base import StatusWrite, Store, StoreUnavailable
 from ..metrics import Metrics
 from ..outcomes import Answer, Outcome, Result, answer_for
 from ..smtp.mailer import Mailer, SendAborted
@@ -55,7 +55,10 @@ class SendService:
             return self._refuse(request, Result(Outcome.SMTP_NOT_CONFIGURED, "SMTP not configured"))
         budget = send_budget(self.settings, request.timeout_seconds)
         if request.idempotency_key is None:
-            suppressed = self.suppressions.lookup(request.to)
+            try:
+                suppressed = self.suppressions.lookup(request.to)
+            except StoreUnavailable:
+                return self._admit_and_send(request, budget, store_up=False)
             if suppressed is not None:
                 return self._refuse(request, self.suppressions.refusal(suppressed))
             return self._admit_and_send(request, budget)
@@ -104,11 +107,12 @@ class SendService:
         self.metrics.send_duration.labels(result.outcome.value, result.relay or "").observe(seconds)
         report(result, str(request.to), seconds)
         answer = answer_for(result)
-        self.suppressions.record(result, request.to, message_id)
-        status = self._status(result, str(request.to))
+        if store_up:  # a store that just failed is not asked again in this request
+            self.suppressions.record(result, request.to, message_id)
+        status = self._status(result, str(request.to)) if store_up else None
         if owned is not None:
             self.guard.record(owned, result, answer, status)
-        elif status is not None and store_up:
+        elif status is not None:
             self.guard.keep_status(status)
         return answer
 

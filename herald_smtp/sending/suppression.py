@@ -78,7 +78,8 @@ class SuppressionList:
         return key_for(to, self.secret) if self.ttl_seconds else None
 
     def lookup(self, to: Mailbox) -> dict | None:
-        """The recipient's entry, for a send that reserves no key. A store failure suppresses nothing."""
+        """The recipient's entry, for a send that reserves no key. A store failure is raised: the caller sends
+        without the list (and without touching the failed store again)."""
         if not self.ttl_seconds:
             return None
         try:
@@ -86,7 +87,7 @@ class SuppressionList:
         except StoreUnavailable as exc:
             self.metrics.store_errors.labels("suppression").inc()
             log.error("suppression lookup failed; sending without it", extra={"cause": str(exc)})
-            return None
+            raise
 
     def refusal(self, suppressed: dict) -> Result:
         self.metrics.suppressions.labels("refused").inc()
