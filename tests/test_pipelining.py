@@ -87,8 +87,11 @@ def test_recipient_refused_is_invalid_destination_and_no_content_is_sent(client,
     assert server.messages == [] and server.dropped == []
     assert _verbs(server) == ["MAIL", "RCPT", "RSET"]  # one attempt: a refused recipient is not retried
     server.reject_rcpt = set()
-    assert send(client, {"to": TO}).status_code == 200
-    assert server.connections == 1
+    # A 5.1.1 suppresses the recipient (sending/suppression.py): answered at once, without SMTP.
+    assert_error(send(client, {"to": TO}), 400, "invalid_destination", "suppressed since")
+    assert _verbs(server) == ["MAIL", "RCPT", "RSET"]
+    assert send(client, {"to": "other@example.com"}).status_code == 200
+    assert server.connections == 1  # the session survived the refusal (RSET)
 
 
 def test_transient_rcpt_reply_is_retried_and_the_mail_sent_once(client, server):
