@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import secrets
 import threading
 from contextlib import contextmanager
@@ -34,6 +35,8 @@ from redis.cluster import RedisCluster
 from .. import redis_clients
 from .base import Claim, Record, StatusWrite, StoreUnavailable
 from ..redis_target import RedisTarget, parse_redis_url
+
+log = logging.getLogger("herald_smtp.store")
 
 # Take the key, or read who has it: one round trip for a replay or a duplicate, not SET NX then GET
 # (and no "expired in between" to loop on). Finding our own reservation means this call is redis-py's
@@ -215,18 +218,18 @@ class RedisStore:
         token = secrets.token_hex(16)
         reservation = _encode(Record(fingerprint), token)
         args = [reservation, max(1, int(hold_seconds * 1000))]
-        suppressed: str | bytes | None = None
-        with _translate_errors():
-            look = self._scripts().reserve_and_look
-            if suppression is None:
-                existing = self._reserve(keys=[self._prefix + key], args=args)
-            elif look is None:  # a Cluster: two slots, two commands
-                suppressed = self._redis.get(self._suppression_prefix + suppression)
-                existing = self._reserve(keys=[self._prefix + key], args=args)
-            else:
+        look = self._scripts().reserve_and_look
+        entry: dict | None = None
+        if suppression is not None and look is not None:
+            with _translate_errors():
                 existing, suppressed = look(keys=[self._prefix + key, self._suppression_prefix + suppression],
                                             args=args)
-        entry = None if suppressed is None else json.loads(suppressed)
+            entry = None if suppressed is None else json.loads(suppressed)
+        else:
+            with _translate_errors():
+                existing = self._reserve(keys=[self._prefix + key], args=args)
+            if suppression is not None:  # a Cluster: the entry lives in another slot, maybe on another node
+                entry = self._on_another_node(lambda: self.get_suppression(suppression), "suppression lookup")
         if existing is None:
             return Claim(key, token=token, suppression=entry)
         return Claim(key, existing=_decode(existing), suppression=entry)
@@ -241,13 +244,25 @@ class RedisStore:
         if status is None:
             return self._replace_with(claim, final, ttl_seconds)
         folded = self._scripts().finish_with_status
-        if folded is None:  # a Cluster: two slots, two commands
-            self.put_status(status)
-            return self._replace_with(claim, final, ttl_seconds)
+        if folded is None:  # a Cluster: two slots, two commands; the final record first, it is what protects the key
+            finished = self._replace_with(claim, final, ttl_seconds)
+            self._on_another_node(lambda: self.put_status(status), "message status write")
+            return finished
         keys = [self._prefix + claim.key, self._status_prefix + status.message_id]
         args = [claim.token, final, int(ttl_seconds), _json(status.record), int(status.ttl_seconds)]
         with _translate_errors():
             return bool(folded(keys=keys, args=args))
+
+    @staticmethod
+    def _on_another_node(call: Callable, what: str):
+        """On a Cluster, the status and suppression keys may live on another node than the key's: a failure there
+        must not fail the reservation or the final record, which are the guarantee. Logged, then None."""
+        try:
+            return call()
+        except StoreUnavailable as exc:
+            log.warning(f"{what} failed on another Redis Cluster node; going on without it",
+                        extra={"cause": str(exc)})
+            return None
 
     def release(self, claim: Claim) -> bool:
         with _translate_errors():
