@@ -14,7 +14,9 @@ and a fixed description; an unexpected error's traceback is logged by
 traceback_without_messages(), frames and classes only. gunicorn's own
 `Invalid request from ip=...: <error>` line (a body the app never read, parsed
 by gunicorn to skip it on a kept-alive connection) is cut by
-GunicornRequestTextFilter to the error's leading words.
+GunicornRequestTextFilter to the error's leading words, and the same filter
+masks the address in the path of gunicorn's access line for
+`/v1/suppressions/{address}` (`/v1/suppressions/j***@example.com`).
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ import logging
 import logging.config
 import re
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from datetime import datetime, timezone
+from urllib.parse import unquote
 
 from pythonjsonlogger.json import JsonFormatter
 
 from . import tracing
+from .addresses import mask_email
 from .config import SERVICE_NAME, Settings
 from .timing import DEADLINE_SLACK_SECONDS, HERALD_CLIENT_TIMEOUT_SECONDS, worst_case_answer_seconds
 
@@ -40,6 +44,10 @@ ACCESS_LOGGER = "gunicorn.access"
 _GUNICORN_INVALID_REQUEST = re.compile(r"(Invalid request from ip=\S*?): (.*)", re.DOTALL)
 # Where a parser's message starts quoting what it was given: `: b'...'`, `'...'`, `(... '...')`, `[...]`.
 _QUOTING = re.compile(r"""[:'"(\[]""")
+# A recipient in a path (GET/DELETE /v1/suppressions/{address}), in clear or percent-encoded, up to the query.
+_ADDRESS_IN_PATH = re.compile(r"(/v1/suppressions/)([^\s?#]+)")
+# The access-log atoms that carry the path: the request line and the path alone.
+_PATH_ATOMS = ("r", "U")
 # The gunicorn access-log atom of the X-Request-ID response header that web/app.py sets.
 _ACCESS_REQUEST_ID_ATOM = "{x-request-id}o"
 
@@ -93,7 +101,7 @@ def leading_words(message: str) -> str:
 
 
 class GunicornRequestTextFilter(logging.Filter):
-    """Cuts the request's bytes out of gunicorn's `Invalid request from ip=...` line.
+    """Cuts the request's bytes out of gunicorn's `Invalid request from ip=...` line, and masks a path's address.
 
     gunicorn logs str() of its parser's exception, which quotes what it refused: a bad chunk-size line can
     be a whole JSON body, recipient and code included. The line keeps the ip and the error's leading words
@@ -101,6 +109,9 @@ class GunicornRequestTextFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == ACCESS_LOGGER and isinstance(record.args, MutableMapping):
+            _mask_path_addresses(record.args)
+            return True
         if record.name != "gunicorn.error" or not isinstance(record.msg, str):
             return True
         match = _GUNICORN_INVALID_REQUEST.match(record.getMessage())
@@ -108,6 +119,14 @@ class GunicornRequestTextFilter(logging.Filter):
             what = leading_words(match.group(2)) or "malformed request"
             record.msg, record.args = f"{match.group(1)}: {what} (the rest is not logged: it quotes the request)", ()
         return True
+
+
+def _mask_path_addresses(atoms: MutableMapping) -> None:
+    # The request line is request data too: a recipient in the path would be logged in clear.
+    for name in _PATH_ATOMS:
+        value = atoms.get(name)
+        if isinstance(value, str) and "/v1/suppressions/" in value:
+            atoms[name] = _ADDRESS_IN_PATH.sub(lambda m: m[1] + mask_email(unquote(m[2])), value)
 
 
 def _access_request_id(record: logging.LogRecord) -> str | None:

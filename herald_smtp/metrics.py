@@ -42,7 +42,8 @@ class Metrics:
                                                "IDEMPOTENCY_FAILURE_MODE)", registry=r)
         self.suppressions = Counter("herald_smtp_suppressions",
                                     "Suppression list events: added (a recipient refused permanently), refused (a "
-                                    "send to a suppressed recipient, answered without SMTP)", ["event"], registry=r)
+                                    "send to a suppressed recipient, answered without SMTP), lifted (DELETE)",
+                                    ["event"], registry=r)
         # relay: host:port of the SMTP relay (the primary or a SMTP_FALLBACK_URLS entry).
         self.connections_opened = Counter("herald_smtp_smtp_connections_opened", "New SMTP connections, by relay",
                                           ["relay"], registry=r)

@@ -10,7 +10,8 @@ conftest, with an API key configured.
 - The fuzz run: schemathesis reads docs/openapi.yaml and drives every operation
   with positive and negative data (examples, coverage and fuzzing phases), then
   its state machine follows the `ReplaySend` link of a 200 to send the same
-  request again. Every response must be documented: status, content type, body
+  request again, and the `MessageStatus` link to read the mail's status record
+  (200, `accepted`). Every response must be documented: status, content type, body
   schema and headers; never a 5xx; negative data must be refused; a 405 must
   carry `Allow`; without the API key the send must be refused. Bounded by
   MAX_EXAMPLES per operation and per state machine run, MAX_STEPS per scenario
@@ -22,6 +23,7 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
+from urllib.parse import unquote
 
 import hypothesis
 import pytest
@@ -192,6 +194,18 @@ CONFIG = schemathesis.Config.from_dict({
         # Valid data is accepted: 200, or 409 when a generated key was already used with another payload.
         "positive_data_acceptance": {"expected-statuses": [200, 409]},
     },
+    "operations": [{
+        # A well-formed message_id that no send answered is unknown: 404 is the right answer to valid data.
+        "include-operation-id": "messageStatus",
+        "checks": {"positive_data_acceptance": {"expected-statuses": [200, 404]}},
+    }, {
+        # A string the schema allows may still be no address (400), and is rarely suppressed (404).
+        "include-operation-id": "getSuppression",
+        "checks": {"positive_data_acceptance": {"expected-statuses": [200, 400, 404]}},
+    }, {
+        "include-operation-id": "liftSuppression",
+        "checks": {"positive_data_acceptance": {"expected-statuses": [204, 400, 404]}},
+    }],
     # The stateful phase replays sends, so it draws valid data; the phases above have the negative data.
     "phases": {"stateful": {"max-steps": MAX_STEPS, "generation": {"mode": "positive"}}},
 })
@@ -234,7 +248,7 @@ def message_of(case) -> str | None:
 
 def test_the_state_machine_replays_a_send_through_its_link_and_sends_nothing_more(herald, _smtp_session):
     SCHEMA.config.update(base_url=herald.url)
-    replays, conflicts = [], []
+    replays, conflicts, statuses = [], [], []
 
     class ReplayingMachine(SCHEMA.as_state_machine()):
         def setup(self):
@@ -262,6 +276,13 @@ def test_the_state_machine_replays_a_send_through_its_link_and_sends_nothing_mor
                     assert response.json()["error_code"] == "idempotency_conflict"
                     conflicts.append(key)
                 assert len(_smtp_session.messages) == mails, "a replay or a conflict sent a mail"
+            if (parent is not None and "MessageStatus" in input.transition.id
+                    and unquote((case.path_parameters or {}).get("message_id", "")) == parent[2]["message_id"]):
+                # The status of a mail this run sent (when the link was applied): that very record, accepted.
+                assert response.status_code == 200, response.text
+                assert response.json()["message_id"] == parent[2]["message_id"]
+                assert response.json()["status"] == "accepted"
+                statuses.append(parent[2]["message_id"])
             if response.status_code == 200 and case.operation.label == "POST /v1/send":
                 self._sent[case.id] = (key, message_of(case), response.json())
             return output
@@ -270,3 +291,4 @@ def test_the_state_machine_replays_a_send_through_its_link_and_sends_nothing_mor
         max_examples=MAX_EXAMPLES, stateful_step_count=MAX_STEPS, deadline=None, database=None, derandomize=True,
         phases=[hypothesis.Phase.generate], suppress_health_check=list(hypothesis.HealthCheck)))
     assert replays, "the state machine never replayed a keyed send through the ReplaySend link"
+    assert statuses, "the state machine never read a sent mail's status through the MessageStatus link"

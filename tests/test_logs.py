@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import urllib.error
 import urllib.request
 from datetime import datetime, timedelta, timezone
 
@@ -41,6 +42,11 @@ def service_log(tmp_path_factory, _smtp_session) -> tuple[list[dict], dict[str, 
         answered["generated"] = headers["X-Request-ID"]
         with urllib.request.urlopen(service.url + "/healthz", timeout=5) as response:
             answered["healthz"] = response.headers["X-Request-ID"]
+        for path in ("li.wei@example.com", "li.wei%40example.com", "zh@b%C3%BCcher.example"):  # not suppressed: 404
+            lookup = urllib.request.Request(service.url + "/v1/suppressions/" + path, headers={"X-API-Key": API_KEY})
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(lookup, timeout=5)
+            assert refused.value.code == 404
     lines = [json.loads(line) for line in service.log_text().splitlines() if line.strip()]
     return lines, answered
 
@@ -60,6 +66,16 @@ def test_gunicorn_access_lines_carry_the_request_id_answered(service_log):
     # The id is a field now, not part of the text.
     for line in access_lines(lines):
         assert "request_id=" not in line["message"] and line["request_id"] not in line["message"]
+
+
+def test_the_access_line_masks_the_address_in_a_suppression_path(service_log):
+    lines, _ = service_log
+    paths = [line["message"] for line in access_lines(lines) if "/v1/suppressions/" in line["message"]]
+    assert len(paths) == 3, paths
+    text = "\n".join(paths)
+    assert "li.wei" not in text and "zh@" not in text and "%40" not in text, text
+    assert text.count("/v1/suppressions/l***@example.com HTTP/1.1\" 404") == 2, text
+    assert "/v1/suppressions/z***@" in text, text
 
 
 def test_the_app_and_gunicorn_lines_of_one_request_share_its_id(service_log):

@@ -35,6 +35,7 @@ from herald_smtp.idempotency.memory import MemoryStore
 from herald_smtp.outcomes import Outcome
 from tests.support.client import API_KEY, fingerprint_of, smtp_env, with_changes
 from tests.support.net import free_port
+from tests.support.scripted_server import ScriptedServer
 
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 GENERIC = ("*", "*")  # the operation key of `x-generic-responses`
@@ -165,6 +166,16 @@ def documented_operations() -> set[tuple[str, str]]:
     return {(path, method) for path, item in DOC["paths"].items() for method in item if method in methods}
 
 
+def documented_path(path: str) -> str | None:
+    """The document's path template that `path` is an instance of (`/v1/messages/{message_id}`), if any."""
+    for template in DOC["paths"]:
+        # A parameter may span slashes, as Flask's <path:...> converter reads it.
+        parts = re.split(r"(\{[^}]+\})", template)
+        if re.fullmatch("".join(".+" if part.startswith("{") else re.escape(part) for part in parts), path):
+            return template
+    return None
+
+
 def error_codes(response: dict) -> list[str | None]:
     """The error codes a documented response can carry; [None] for a non-error response."""
     return list(response.get("x-error-codes", {})) or [None]
@@ -198,7 +209,8 @@ class Contract:
 
     def check(self, response, method: str, path: str) -> None:
         method = method.lower()
-        op_key = (path, method) if path in DOC["paths"] and method in DOC["paths"][path] else GENERIC
+        template = documented_path(path)
+        op_key = (template, method) if template is not None and method in DOC["paths"][template] else GENERIC
         text = response.get_data(as_text=True)
         where = f"{method.upper()} {path} -> {response.status_code} {text[:300]!r}"
         responses = operation_responses(op_key)
@@ -206,10 +218,13 @@ class Contract:
             f"{where}: status {response.status_code} is not documented for {op_key} in {DOC_PATH.name}"
         documented = resolve(responses[str(response.status_code)])
 
-        content = documented["content"]
-        assert response.mimetype in content, f"{where}: content type {response.mimetype} not documented"
+        content = documented.get("content")
         code = None
-        if response.mimetype == "application/json":
+        if content is None:  # a response without content (204)
+            assert text == "", f"{where}: a body where the document has none"
+        elif response.mimetype not in content:
+            raise AssertionError(f"{where}: content type {response.mimetype} not documented")
+        elif response.mimetype == "application/json":
             body = response.get_json()
             errors = schema_errors(strict(content["application/json"]["schema"]), body)
             assert not errors, f"{where}: body does not match the documented schema: {errors}"
@@ -271,7 +286,7 @@ def test_each_response_lists_its_error_codes_once_in_x_error_codes_and_in_the_sc
                  for status, r in operation_responses(op).items()]
     for op, status, response in responses:
         response = resolve(response)
-        schema = response["content"].get("application/json", {}).get("schema", {})
+        schema = response.get("content", {}).get("application/json", {}).get("schema", {})
         enum = schema.get("properties", {}).get("error_code", {}).get("enum")
         if "x-error-codes" in response:
             assert enum == list(response["x-error-codes"]), (op, status)
@@ -570,6 +585,82 @@ def test_metrics_matches_the_document(contract, client, smtp):
     contract.assert_all_produced({("/metrics", "get")})
 
 
+def test_message_status_matches_the_document(contract, client, settings, make_client, smtp, redis_url):
+    c = contract
+    # 200 after a real send: a relay whose reply names no queue id (the nulls of the record).
+    sent = c.send(client, {"to": "alice@example.com", "params": {"code": "424242"}})
+    assert sent.status_code == 200 and "relay_queue_id" not in sent.get_json()
+    message_id = sent.get_json()["message_id"]
+    plain = c.request(client, "get", f"/v1/messages/{message_id}")
+    assert plain.status_code == 200
+    assert plain.get_json()["status"] == "accepted" and plain.get_json()["relay_queue_id"] is None
+
+    # 200 through Redis, from a relay that names its queue id: in the send's answer and in the record.
+    with ScriptedServer(script={"dot": [b"250 2.0.0 Ok: queued as 4XyZ1234AbC\r\n"]}) as relay:
+        queued = make_client(settings_from({"SMTP_HOST": relay.host, "SMTP_PORT": str(relay.port),
+                                            "SMTP_FROM": "noreply@herald.test", "SMTP_USE_STARTTLS": "false",
+                                            "REDIS_URL": redis_url}))
+        answer = c.send(queued, {"to": "bob@example.com"})
+    assert answer.status_code == 200 and answer.get_json()["relay_queue_id"] == "4XyZ1234AbC"
+    record = c.request(queued, "get", f"/v1/messages/{answer.get_json()['message_id']}").get_json()
+    assert record["relay_queue_id"] == "4XyZ1234AbC" and record["reply"]["enhanced_code"] == "2.0.0"
+
+    # 404: a well-formed id nobody sent, and an id herald-smtp never writes.
+    assert c.request(client, "get", "/v1/messages/" + "0" * 32 + "@example.com").status_code == 404
+    assert c.request(client, "get", "/v1/messages/not-ours").status_code == 404
+
+    # 401: a key is configured and the request has none, or a wrong one.
+    keyed = make_client(with_changes(settings, api_keys=(API_KEY,)))
+    assert c.request(keyed, "get", f"/v1/messages/{message_id}").status_code == 401
+    assert c.request(keyed, "get", f"/v1/messages/{message_id}", headers={"X-API-Key": "wrong"}).status_code == 401
+
+    # 503: the store cannot answer (in open mode too: there is nowhere else to read the record).
+    dead = make_client(with_changes(settings, redis_url=_dead_redis_url()))
+    store_down = c.request(dead, "get", f"/v1/messages/{message_id}")
+    assert store_down.status_code == 503 and store_down.headers["Retry-After"].isdigit()
+
+    c.assert_all_produced({("/v1/messages/{message_id}", "get")})
+
+
+def test_suppressions_match_the_document(contract, client, settings, make_client, smtp, redis_url):
+    c = contract
+    on_redis = make_client(with_changes(settings, redis_url=redis_url))
+    # A real suppression: the relay refuses the recipient with 550 5.1.1, the next send is refused at once.
+    smtp.inject("rcpt", reply="550 5.1.1 <jhon@gmial.com>: Recipient address rejected: User unknown", times=1)
+    assert c.send(on_redis, {"to": "jhon@gmial.com"}).status_code == 400
+    tried = len(smtp.commands)
+    suppressed = c.send(on_redis, {"to": "jhon@gmial.com", "idempotency_key": "oa-suppressed"})
+    assert suppressed.status_code == 400 and "suppressed since" in suppressed.get_json()["error_message"]
+    assert len(smtp.commands) == tried  # no SMTP traffic
+
+    # 200 with the entry, any case; 204 when lifted; then 404 for both.
+    path = "/v1/suppressions/Jhon@GMIAL.com"
+    entry = c.request(on_redis, "get", path)
+    assert entry.status_code == 200
+    assert entry.get_json()["recipient"] == "j***@gmial.com" and entry.get_json()["reason"]["code"] == 550
+    lifted = c.request(on_redis, "delete", path)
+    assert lifted.status_code == 204 and lifted.get_data() == b""
+    assert c.request(on_redis, "get", path).status_code == 404
+    assert c.request(on_redis, "delete", path).status_code == 404
+
+    # 400: not an address.
+    assert c.request(on_redis, "get", "/v1/suppressions/not-an-address").status_code == 400
+    assert c.request(on_redis, "delete", "/v1/suppressions/a@b..com").status_code == 400
+
+    # 401: a key is configured and the request has none, or a wrong one.
+    keyed = make_client(with_changes(settings, api_keys=(API_KEY,)))
+    assert c.request(keyed, "get", path).status_code == 401
+    assert c.request(keyed, "delete", path, headers={"X-API-Key": "wrong"}).status_code == 401
+
+    # 503: the store cannot answer (in open mode too: there is nowhere else to read the list).
+    dead = make_client(with_changes(settings, redis_url=_dead_redis_url()))
+    for method in ("get", "delete"):
+        store_down = c.request(dead, method, path)
+        assert store_down.status_code == 503 and store_down.headers["Retry-After"].isdigit()
+
+    c.assert_all_produced({("/v1/suppressions/{address}", "get"), ("/v1/suppressions/{address}", "delete")})
+
+
 # Which test above proves each documented operation against the app.
 CONTRACT_TESTS = {
     ("/v1/send", "post"): test_send_healthz_and_generic_answers_match_the_document,
@@ -577,6 +668,9 @@ CONTRACT_TESTS = {
     GENERIC: test_send_healthz_and_generic_answers_match_the_document,
     ("/readyz", "get"): test_readyz_matches_the_document,
     ("/metrics", "get"): test_metrics_matches_the_document,
+    ("/v1/messages/{message_id}", "get"): test_message_status_matches_the_document,
+    ("/v1/suppressions/{address}", "get"): test_suppressions_match_the_document,
+    ("/v1/suppressions/{address}", "delete"): test_suppressions_match_the_document,
 }
 
 

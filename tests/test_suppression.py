@@ -129,3 +129,16 @@ def test_the_suppression_command_shows_lists_and_removes(suppressed):
     assert run_suppression(settings, "remove", "li.wei@example.com", out=lines.append) == 0
     assert run_suppression(settings, "show", "li.wei@example.com", out=lines.append) == 1
     assert lines[-1] == "l***@example.com: not suppressed"
+
+
+def test_an_international_address_is_shown_and_lifted_like_any_other(suppressed, smtp):
+    # The send accepts an IDN domain (sent in its xn-- form), so the relay can suppress it: support must be able
+    # to see and lift it by the address the user typed, through the API and the command alike.
+    client, env = suppressed
+    smtp.inject("rcpt", reply="550 5.1.1 no such user", times=1)
+    assert send(client, {"to": "li@bücher.example"}, headers=KEY).status_code == 400
+    assert client.get("/v1/suppressions/li@bücher.example", headers=KEY).status_code == 200
+    lines: list[str] = []
+    assert run_suppression(settings_from(env), "show", "LI@BÜCHER.example", out=lines.append) == 0, lines
+    assert client.delete("/v1/suppressions/li@b%C3%BCcher.example", headers=KEY).status_code == 204
+    assert send(client, {"to": "li@bücher.example"}, headers=KEY).status_code == 200

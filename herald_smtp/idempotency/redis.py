@@ -11,8 +11,10 @@ command once after a reset connection, and Redis may have run the first):
 reserve recognises its own reservation, commit and finish a value already
 written.
 
-Cluster-safe: every operation touches exactly one key, and each script names
-it in KEYS[1], so a Redis Cluster routes it to the key's slot. The client
+Cluster-safe: every script names its keys in KEYS, so a Redis Cluster routes
+it to their slot; the one that touches two keys (finish with the message's
+status record) is used on a single Redis only, and a Cluster writes the status
+with a command of its own. The client
 (herald_smtp/redis_clients.py) is built at the first operation: a cluster client dials
 its nodes when it is built, and a cluster that is down at startup must cost a
 StoreUnavailable (and IDEMPOTENCY_FAILURE_MODE), not a worker that cannot boot.

@@ -44,7 +44,7 @@ def _list(store: Store, out: Callable[[str], None]) -> int:
 
 def _one(store: Store, settings: Settings, action: str, address: str, out: Callable[[str], None]) -> int:
     try:
-        key = key_for(parse_address(address), settings.idempotency_secret)
+        key = key_for(parse_address(address, international=True), settings.idempotency_secret)
     except InvalidAddress:
         out(f"{mask_email(address)}: not a valid email address")
         return 1

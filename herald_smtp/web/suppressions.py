@@ -59,7 +59,7 @@ def remove(address: str):
 
 def _key(address: str) -> str | Result:
     try:
-        mailbox = parse_address(address)
+        mailbox = parse_address(address, international=True)  # as the send reads `to`
     except InvalidAddress:
         return Result(Outcome.INVALID_DESTINATION, "not a valid email address")
     return key_for(mailbox, services().settings.idempotency_secret)
