@@ -220,7 +220,8 @@ class RedisStore:
         token = secrets.token_hex(16)
         reservation = _encode(Record(fingerprint), token)
         args = [reservation, max(1, int(hold_seconds * 1000))]
-        look = self._scripts().reserve_and_look
+        with _translate_errors():  # the first operation builds the client: a Cluster client dials its nodes
+            look = self._scripts().reserve_and_look
         entry: dict | None = None
         if suppression is not None and look is not None:
             with _translate_errors():
@@ -245,7 +246,8 @@ class RedisStore:
         final = _encode(record)
         if status is None:
             return self._replace_with(claim, final, ttl_seconds)
-        folded = self._scripts().finish_with_status
+        with _translate_errors():
+            folded = self._scripts().finish_with_status
         if folded is None:  # a Cluster: two slots, two commands; the final record first, it is what protects the key
             finished = self._replace_with(claim, final, ttl_seconds)
             self._on_another_node(lambda: self.put_status(status), "message status write")
