@@ -1,11 +1,14 @@
 """The send use case: one SendRequest in, one Answer out, at most one mail per idempotency key.
 
-    SendRequest -> [allowed domain?] -> [SMTP configured?] -> claim the key -> [rate limits]
-                -> build and send the mail -> record -> Answer
+    SendRequest -> [allowed domain?] -> [SMTP configured?] -> claim the key (+ [suppressed?]) -> [rate limits]
+                -> build and send the mail -> [suppress a recipient refused for good] -> record (+ status)
+                -> Answer
 
 This module decides *when* to send; claim.py guards the key; abuse.py holds
-the allowlist and the rate limits; the mailer decides *how* to send;
-outcomes.py decides what each result means for the caller and for the record.
+the allowlist and the rate limits; suppression.py the list of recipients
+refused for good; status.py what is kept of an accepted mail; the mailer
+decides *how* to send; outcomes.py decides what each result means for the
+caller and for the record.
 The rate limits are taken only by a request that is about to send (we own the
 key, there is none, or the store is down and we send unguarded): a replay is
 never counted, and a denial releases the reservation like any refusal the
@@ -55,13 +58,7 @@ class SendService:
             return self._refuse(request, Result(Outcome.SMTP_NOT_CONFIGURED, "SMTP not configured"))
         budget = send_budget(self.settings, request.timeout_seconds)
         if request.idempotency_key is None:
-            try:
-                suppressed = self.suppressions.lookup(request.to)
-            except StoreUnavailable:
-                return self._admit_and_send(request, budget, store_up=False)
-            if suppressed is not None:
-                return self._refuse(request, self.suppressions.refusal(suppressed))
-            return self._admit_and_send(request, budget)
+            return self._without_key(request, budget)
         turn = self.guard.claim(request.idempotency_key, fingerprint(request, self.settings.idempotency_secret),
                                 reservation_hold_seconds(budget), self.suppressions.key(request.to))
         match turn:
@@ -82,6 +79,16 @@ class SendService:
     def close(self) -> None:
         """At worker exit: QUIT the pooled SMTP connections."""
         self.mailer.close()
+
+    def _without_key(self, request: SendRequest, budget: float) -> Answer:
+        """No idempotency key to claim: the suppression list is asked on its own."""
+        try:
+            suppressed = self.suppressions.lookup(request.to)
+        except StoreUnavailable:
+            return self._admit_and_send(request, budget, store_up=False)
+        if suppressed is not None:
+            return self._refuse(request, self.suppressions.refusal(suppressed))
+        return self._admit_and_send(request, budget)
 
     def _admit_and_send(self, request: SendRequest, budget: float, owned: Owned | None = None,
                         store_up: bool = True) -> Answer:
