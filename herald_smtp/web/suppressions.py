@@ -8,6 +8,7 @@ key like every blueprint but health (auth.py).
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 from flask import Blueprint
 
@@ -27,34 +28,40 @@ _PATH = "/v1/suppressions/<path:address>"
 
 @bp.get(_PATH, provide_automatic_options=False)
 def show(address: str):
-    key = _key(address)
-    if isinstance(key, Result):
-        return render_result(key)
-    try:
-        entry = services().store.get_suppression(key)
-    except StoreUnavailable as exc:
-        return _store_down(exc)
+    return _on_entry(address, _show)
+
+
+@bp.delete(_PATH, provide_automatic_options=False)
+def remove(address: str):
+    return _on_entry(address, _remove)
+
+
+def _show(address: str, key: str):
+    entry = services().store.get_suppression(key)
     if entry is None:
         return render_result(_not_suppressed(address))
     return render(Answer(200, entry))
 
 
-@bp.delete(_PATH, provide_automatic_options=False)
-def remove(address: str):
-    key = _key(address)
-    if isinstance(key, Result):
-        return render_result(key)
-    try:
-        lifted = services().store.unsuppress(key)
-    except StoreUnavailable as exc:
-        return _store_down(exc)
-    if not lifted:
+def _remove(address: str, key: str):
+    if not services().store.unsuppress(key):
         return render_result(_not_suppressed(address))
     services().metrics.suppressions.labels("lifted").inc()
     log.warning("suppression lifted", extra={"to": mask_email(address)})
     response = render(Answer(204, {}))
     response.set_data(b"")
     return response
+
+
+def _on_entry(address: str, action: Callable):
+    """`action(address, key)` on the address's entry; a bad address is a 400, a store failure a 503."""
+    key = _key(address)
+    if isinstance(key, Result):
+        return render_result(key)
+    try:
+        return action(address, key)
+    except StoreUnavailable as exc:
+        return _store_down(exc)
 
 
 def _key(address: str) -> str | Result:
