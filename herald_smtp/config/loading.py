@@ -30,6 +30,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "SMTP_PASSWORD": ("smtp_password", parsers.ascii_only(lambda raw: raw)),
     "SMTP_FROM": ("smtp_from", parsers.address),
     "SMTP_FROM_NAME": ("smtp_from_name", parsers.display_name),
+    "SMTP_BOUNCE_ADDRESS": ("smtp_bounce_address", parsers.address),
     "SMTP_USE_STARTTLS": ("smtp_use_starttls", parsers.boolean),
     "SMTP_USE_TLS": ("smtp_use_tls", parsers.boolean),
     "SMTP_TLS_VERIFY": ("smtp_tls_verify", parsers.boolean),

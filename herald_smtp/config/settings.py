@@ -74,6 +74,12 @@ class Relay:
     ca_file: str | None = ""
     oauth: OAuthClient | None = None  # log in with a bearer token (XOAUTH2/OAUTHBEARER) instead of the password
     mechanism: AuthMechanism = AuthMechanism.AUTO
+    bounce_address: str = ""  # SMTP_BOUNCE_ADDRESS: the envelope sender, where notifications go ("": from_address)
+
+    @property
+    def envelope_sender(self) -> str:
+        """MAIL FROM: where relays send delivery status notifications (SMTP_BOUNCE_ADDRESS, else the From)."""
+        return self.bounce_address or self.from_address
 
     @property
     def name(self) -> str:
@@ -86,7 +92,7 @@ class Relay:
 
     def redacted(self) -> dict:
         shown: dict = {"relay": self.name, "tls": self.tls, "user": self.user, "from": self.from_address,
-                       "auth_mechanism": self.mechanism}
+                       "envelope_sender": self.envelope_sender, "auth_mechanism": self.mechanism}
         if self.oauth is not None:
             shown["oauth"] = self.oauth.redacted()
         else:
@@ -165,6 +171,7 @@ class Settings:
     smtp_password: str = secret()
     smtp_from: str = ""
     smtp_from_name: str = ""
+    smtp_bounce_address: str = ""  # the envelope sender of every relay ("": each relay's From)
     smtp_use_starttls: bool = True
     smtp_use_tls: bool = False
     smtp_tls_verify: bool = True
@@ -253,11 +260,12 @@ class Settings:
                else TlsMode.PLAIN)
         primary = Relay(self.smtp_host, self.smtp_port, tls, self.smtp_user, self.smtp_password, self.smtp_from,
                         self.smtp_from_name, self.smtp_tls_verify, self.smtp_tls_ca_file, self.smtp_oauth,
-                        self.smtp_auth_mechanism)
+                        self.smtp_auth_mechanism, self.smtp_bounce_address)
         return (primary,) + tuple(replace(
             relay,
             from_address=relay.from_address or self.smtp_from,
             from_name=relay.from_name or self.smtp_from_name,
+            bounce_address=self.smtp_bounce_address,
             tls_verify=self.smtp_tls_verify if relay.tls_verify is None else relay.tls_verify,
             ca_file=self.smtp_tls_ca_file if relay.ca_file is None else relay.ca_file,
         ) for relay in self.smtp_fallbacks)

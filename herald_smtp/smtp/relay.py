@@ -137,7 +137,7 @@ class RelaySender:
              last: bool, span_attributes: dict | None) -> _Tried:
         """One attempt: what it made of the send, and whether to retry after the backoff."""
         try:
-            code, reply = self._attempt(payload, recipient, deadline, before_dot, span_attributes)
+            code, reply = self._attempt(payload, message_id, recipient, deadline, before_dot, span_attributes)
         except SmtpFailure as failure:
             verdict = classify_failure(failure)
             outcome = Attempt(replace(verdict.result, relay=self.name), verdict.fails_over)
@@ -178,28 +178,28 @@ class RelaySender:
             return False
         return deadline - time.monotonic() - _BACKOFF_SECONDS * 2**attempt >= _MIN_ATTEMPT_SECONDS
 
-    def _attempt(self, payload: bytes, recipient: str, deadline: float, before_dot,
+    def _attempt(self, payload: bytes, message_id: str, recipient: str, deadline: float, before_dot,
                  span_attributes: dict | None = None) -> tuple[int, str]:
         opening = _with_reuse(span_attributes, False)
         pooled = self.pool.acquire(deadline, opening)
         try:
-            return self._transmit(pooled, payload, recipient, deadline, before_dot, span_attributes)
+            return self._transmit(pooled, payload, message_id, recipient, deadline, before_dot, span_attributes)
         except SmtpFailure as failure:
             if not (pooled.reused and _dead_before_mail(failure)):
                 raise
         # The server closed the idle connection (or said 421 at MAIL FROM): replace it quietly.
         log.debug("smtp connection was dead at MAIL FROM; reconnecting", extra={"relay": self.name})
         tracing.add_event("reconnect", {"reason": "pooled connection dead at MAIL FROM"})
-        return self._transmit(self.pool.open(deadline, opening), payload, recipient, deadline, before_dot,
-                              span_attributes)
+        return self._transmit(self.pool.open(deadline, opening), payload, message_id, recipient, deadline,
+                              before_dot, span_attributes)
 
-    def _transmit(self, pooled: PooledConnection, payload: bytes, recipient: str, deadline: float,
+    def _transmit(self, pooled: PooledConnection, payload: bytes, message_id: str, recipient: str, deadline: float,
                   before_dot, span_attributes: dict | None = None) -> tuple[int, str]:
         if span_attributes is not None:
             tracing.set_attributes({"herald.smtp.connection_reused": pooled.reused})
         try:
-            code, reply = transport.transmit(pooled.conn, self.relay.from_address, recipient, payload, deadline,
-                                             before_dot, _with_reuse(span_attributes, pooled.reused))
+            code, reply = transport.transmit(pooled.conn, self.relay.envelope_sender, recipient, payload, deadline,
+                                             before_dot, _with_reuse(span_attributes, pooled.reused), envid=message_id)
         except SmtpFailure as failure:
             self._after_failure(pooled, failure)
             raise

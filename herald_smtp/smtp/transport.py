@@ -149,20 +149,24 @@ def open_connection(relay: Relay, context: ssl.SSLContext | None, deadline: floa
 
 
 def transmit(conn: DeadlineSMTP, sender: str, recipient: str, payload: bytes, deadline: float,
-             before_dot=None, span_attributes: dict | None = None) -> tuple[int, str]:
+             before_dot=None, span_attributes: dict | None = None, envid: str | None = None) -> tuple[int, str]:
     """MAIL, RCPT, DATA, pipelined when the server offers it. Returns the server's final reply,
     which may be a refusal.
 
     With a non-ASCII address the MAIL FROM asks for SMTPUTF8 (and `payload` may hold UTF-8 headers).
+    With `envid` (the message_id) and a server that offers DSN, delivery status notifications are asked
+    for (see dsn_parameters).
     """
     smtputf8 = needs_smtputf8(sender, recipient)
+    mail_parameters, rcpt_parameters = dsn_parameters(conn, recipient, envid)
     if conn.has_extn("pipelining"):
-        envelope_pipelined(conn, sender, recipient, deadline, smtputf8, span_attributes)
+        envelope_pipelined(conn, sender, recipient, deadline, smtputf8, span_attributes, mail_parameters,
+                           rcpt_parameters)
     else:
         with _phase(MAIL, span_attributes):
-            mail_from(conn, sender, deadline, smtputf8)
+            mail_from(conn, sender, deadline, smtputf8, mail_parameters)
         with _phase(RCPT, span_attributes):
-            rcpt_to(conn, recipient, deadline)
+            rcpt_to(conn, recipient, deadline, rcpt_parameters)
         with _phase(DATA, span_attributes):
             start_data(conn, deadline)
     with _phase(AFTER_DATA, span_attributes):
@@ -393,17 +397,35 @@ def auth_mechanism(conn: DeadlineSMTP, relay: Relay) -> str | None:
     return next((mechanism for mechanism in wanted_mechanisms(relay) if mechanism in offered), None)
 
 
-def mail_from(conn: DeadlineSMTP, sender: str, deadline: float, smtputf8: bool = False) -> None:
+def mail_from(conn: DeadlineSMTP, sender: str, deadline: float, smtputf8: bool = False,
+              parameters: tuple[str, ...] = ()) -> None:
     """MAIL FROM, with the SMTPUTF8 parameter when `smtputf8`; refused before any command if the server lacks it."""
     _check_smtputf8(conn, smtputf8)
-    options = ["SMTPUTF8"] if smtputf8 else []
+    options = (["SMTPUTF8"] if smtputf8 else []) + list(parameters)
     code, reply = _command(conn, MAIL, lambda: conn.mail(sender, options), deadline)
     _check_reply(MAIL, sender, code, reply)
 
 
-def rcpt_to(conn: DeadlineSMTP, recipient: str, deadline: float) -> None:
-    code, reply = _command(conn, RCPT, lambda: conn.rcpt(recipient), deadline)
+def rcpt_to(conn: DeadlineSMTP, recipient: str, deadline: float, parameters: tuple[str, ...] = ()) -> None:
+    code, reply = _command(conn, RCPT, lambda: conn.rcpt(recipient, list(parameters)), deadline)
     _check_reply(RCPT, recipient, code, reply)
+
+
+def dsn_parameters(conn: DeadlineSMTP, recipient: str, envid: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(MAIL FROM's, RCPT TO's) DSN parameters (RFC 3461) when the server offers DSN: the notifications come
+    back with the headers only (RET=HDRS) and our message_id (ENVID), for a failure or a delay, never for a
+    delivery, naming the recipient as we sent it (ORCPT; left out for a non-ASCII one, which would need
+    RFC 6533's utf-8 form). Nothing without DSN or without an `envid`."""
+    if envid is None or not conn.has_extn("dsn"):
+        return (), ()
+    rcpt = ("NOTIFY=FAILURE,DELAY",) + ((f"ORCPT=rfc822;{xtext(recipient)}",) if recipient.isascii() else ())
+    return ("RET=HDRS", f"ENVID={xtext(envid)}"), rcpt
+
+
+def xtext(value: str) -> str:
+    """RFC 3461's xtext: printable ASCII but "+" and "=" as it is, everything else as +HH."""
+    return "".join(c if "!" <= c <= "~" and c not in "+=" else "".join(f"+{b:02X}" for b in c.encode())
+                   for c in value)
 
 
 def start_data(conn: DeadlineSMTP, deadline: float) -> None:
@@ -412,7 +434,8 @@ def start_data(conn: DeadlineSMTP, deadline: float) -> None:
 
 
 def envelope_pipelined(conn: DeadlineSMTP, sender: str, recipient: str, deadline: float,
-                       smtputf8: bool = False, span_attributes: dict | None = None) -> None:
+                       smtputf8: bool = False, span_attributes: dict | None = None,
+                       mail_parameters: tuple[str, ...] = (), rcpt_parameters: tuple[str, ...] = ()) -> None:
     """MAIL, RCPT and DATA in one write, then their three replies, each checked against its own phase.
 
     Every reply is read, so the session stays in step: after a refused MAIL or RCPT the server
@@ -421,10 +444,11 @@ def envelope_pipelined(conn: DeadlineSMTP, sender: str, recipient: str, deadline
     a server waiting for content that must never be sent) is closed before raising.
     """
     _check_smtputf8(conn, smtputf8)
-    parameters = " SMTPUTF8" if smtputf8 else ""
+    mail = "".join(f" {p}" for p in (("SMTPUTF8",) if smtputf8 else ()) + mail_parameters)
+    rcpt = "".join(f" {p}" for p in rcpt_parameters)
     # Plain addr-specs, validated by addresses.py: smtplib.quoteaddr's full RFC 2822 parse would cost more
     # than the rest of the group.
-    group = f"MAIL FROM:<{sender}>{parameters}\r\nRCPT TO:<{recipient}>\r\nDATA\r\n"
+    group = f"MAIL FROM:<{sender}>{mail}\r\nRCPT TO:<{recipient}>{rcpt}\r\nDATA\r\n"
     if group.count("\n") != 3:  # addresses are validated long before; a line break here would inject commands
         raise ValueError("line break in an envelope address")
     encoded = group.encode("utf-8" if smtputf8 else "ascii")

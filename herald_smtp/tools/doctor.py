@@ -227,8 +227,8 @@ class Doctor:
         return answer
 
     def _mail_from(self) -> Step:
-        self._run("mail from", lambda deadline: transport.mail_from(self.conn, self.r.from_address, deadline))
-        return Step("mail from", OK, f"<{self.r.from_address}> accepted")
+        self._run("mail from", lambda deadline: transport.mail_from(self.conn, self.r.envelope_sender, deadline))
+        return Step("mail from", OK, f"<{self.r.envelope_sender}> accepted")
 
     def _recipient_and_test_mail(self) -> Iterator[Step]:
         if not self.to:
