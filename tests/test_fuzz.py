@@ -21,7 +21,6 @@ conftest, with an API key configured.
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -44,9 +43,8 @@ from schemathesis.specs.openapi.checks import (
 
 from herald_smtp.sending.request import InvalidRequest
 from herald_smtp.tools.serve import LIMIT_REQUEST_FIELD_SIZE, LIMIT_REQUEST_FIELDS, LIMIT_REQUEST_LINE
-from tests.support.client import API_KEY, fingerprint_of, smtp_env
+from tests.support.client import API_KEY, exchange, fingerprint_of, smtp_env
 from tests.support.herald_process import HeraldProcess
-from tests.support.net import LOCALHOST
 
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 MAX_EXAMPLES = 25
@@ -63,27 +61,6 @@ def herald(tmp_path_factory, _smtp_session):
 
 
 # --- malformed HTTP
-
-
-def exchange(port: int, data: bytes, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
-    """Write raw bytes, read until the server closes: (status, headers, body) of the first answer."""
-    with socket.create_connection((LOCALHOST, port), timeout=timeout) as sock:
-        sock.sendall(data)
-        received = b""
-        try:
-            while chunk := sock.recv(65536):
-                received += chunk
-        except socket.timeout:
-            pass
-    head, _, body = received.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    if "content-length" in headers:
-        body = body[: int(headers["content-length"])]
-    return int(lines[0].split()[1]), headers, body
 
 
 def request_bytes(*header_lines: bytes, method: bytes = b"GET", target: bytes = b"/healthz",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import socket
 
 import pytest
 
@@ -19,9 +18,8 @@ from herald_smtp.config import settings_from
 from herald_smtp.addresses import mask_email
 from herald_smtp.logs import ContextFilter, GunicornRequestTextFilter, leading_words, logging_dict
 from herald_smtp.web.app import create_app
-from tests.support.client import API_KEY, post, smtp_env
+from tests.support.client import API_KEY, exchange, post, smtp_env
 from tests.support.herald_process import HeraldProcess
-from tests.support.net import LOCALHOST
 
 CODE = "482913"
 RECIPIENT = "leaky.recipient@example.com"
@@ -36,23 +34,6 @@ def herald(tmp_path_factory, _smtp_session):
         yield service
 
 
-def exchange(port: int, data: bytes, timeout: float = 5.0) -> tuple[int, bytes]:
-    """Write raw bytes, read until the server closes: the first answer's status and body."""
-    with socket.create_connection((LOCALHOST, port), timeout=timeout) as sock:
-        sock.sendall(data)
-        received = b""
-        try:
-            while chunk := sock.recv(65536):
-                received += chunk
-        except socket.timeout:
-            pass
-    head, _, body = received.partition(b"\r\n\r\n")
-    length = [line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
-    if length:
-        body = body[: int(length[0].split(b":")[1])]
-    return int(head.split(b" ")[1]), body
-
-
 def chunked_send(chunks: bytes, *, close: bool, api_key: str = API_KEY) -> bytes:
     headers = [b"POST /v1/send HTTP/1.1", b"Host: herald-smtp", b"Content-Type: application/json",
                b"X-API-Key: " + api_key.encode(), b"Transfer-Encoding: chunked"]
@@ -64,7 +45,7 @@ def chunked_send(chunks: bytes, *, close: bool, api_key: str = API_KEY) -> bytes
 @pytest.mark.parametrize("close", [True, False], ids=["connection-close", "keep-alive"])
 def test_a_bad_chunk_size_line_holding_the_body_is_not_logged(herald, close):
     before = len(herald.log_text())
-    status, body = exchange(herald.port, chunked_send(LEAKY_LINE + b"\r\n0\r\n\r\n", close=close))
+    status, _, body = exchange(herald.port, chunked_send(LEAKY_LINE + b"\r\n0\r\n\r\n", close=close))
     assert status == 400, body
     error = json.loads(body)
     assert error["error_code"] == "invalid_request" and "InvalidChunkSize" in error["error_message"]
@@ -78,7 +59,7 @@ def test_a_bad_chunk_size_line_holding_the_body_is_not_logged(herald, close):
 def test_a_body_the_app_never_reads_is_not_logged_either(herald, close):
     # A wrong key is refused before the body is read; gunicorn then skips the body itself, with its own parser.
     before = len(herald.log_text())
-    status, body = exchange(herald.port, chunked_send(LEAKY_LINE + b"\r\n0\r\n\r\n", close=close, api_key="wrong"))
+    status, _, body = exchange(herald.port, chunked_send(LEAKY_LINE + b"\r\n0\r\n\r\n", close=close, api_key="wrong"))
     assert status == 401, body
     log = herald.log_text()[before:]
     assert CODE not in log, log

@@ -94,8 +94,10 @@ class MemoryStore:
 
     def unsuppress(self, key: str) -> bool:
         with self._lock:
-            return self._get_record(_SUPPRESSION + key) is not None and bool(
-                self._records.pop(_SUPPRESSION + key, None))
+            if self._get_record(_SUPPRESSION + key) is None:
+                return False
+            del self._records[_SUPPRESSION + key]
+            return True
 
     def suppressions(self, limit: int) -> list[dict]:
         with self._lock:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from .. import tracing
@@ -126,8 +126,7 @@ class TokenSource:
         left = deadline - time.monotonic()
         if left <= 0:
             raise TokenError("timed out: no time left to fetch an OAuth token", setup=False)
-        client = self.client if self._refresh_token == self.client.refresh_token else _with_refresh(
-            self.client, self._refresh_token)
+        client = replace(self.client, refresh_token=self._refresh_token)  # rotated, or as configured
         try:
             with tracing.span("oauth.token", self._span_attributes(client)):
                 try:
@@ -159,10 +158,6 @@ class TokenSource:
             return None
         return {"herald.smtp.relay": self.relay, "herald.oauth.grant": client.grant,
                 "herald.oauth.token_host": client.token_host}
-
-
-def _with_refresh(client: OAuthClient, refresh_token: str) -> OAuthClient:
-    return OAuthClient(client.token_url, client.client_id, client.scope, client.client_secret, refresh_token)
 
 
 def _lifetime(expires_in: object) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
 import urllib.error
 import urllib.request
 
@@ -11,6 +12,7 @@ from herald_smtp.config import Settings
 from herald_smtp.sending.fingerprint import fingerprint
 from herald_smtp.sending.request import parse_send_request
 
+from .net import LOCALHOST
 from .smtp_server import SmtpTestServer
 
 SMTP_USER = "herald-user"
@@ -72,3 +74,24 @@ def smtp_env(server: SmtpTestServer) -> dict[str, str]:
 
 def with_changes(settings: Settings, **changes) -> Settings:
     return dataclasses.replace(settings, **changes)
+
+
+def exchange(port: int, data: bytes, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+    """Write raw bytes, read until the server closes: (status, headers, body) of the first answer."""
+    with socket.create_connection((LOCALHOST, port), timeout=timeout) as sock:
+        sock.sendall(data)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except socket.timeout:
+            pass
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if "content-length" in headers:
+        body = body[: int(headers["content-length"])]
+    return int(lines[0].split()[1]), headers, body

@@ -10,7 +10,7 @@ it executes; this proxy lets the command through and then acts on its reply:
         proxy.drop_reply(b"fp-retried")                       # the reserve runs, its reply is lost
 
 A trigger fires on the first client->Redis chunk that contains the marker, `times` times. Loopback
-only; one thread per direction per connection; stop() ends them.
+only; one thread per direction per connection; leaving the `with` block ends them.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from .net import LOCALHOST
+from .net import LOCALHOST, LoopbackListener
 
 
 @dataclass
@@ -32,19 +32,15 @@ class _Trigger:
     times: int
 
 
-class RedisReplyProxy:
+class RedisReplyProxy(LoopbackListener):
     def __init__(self, redis_url: str):
+        super().__init__()
         target = urlsplit(redis_url)
         self._target = (target.hostname or LOCALHOST, target.port or 6379)
         self._db = target.path.strip("/") or "0"
-        self._listener = socket.create_server((LOCALHOST, 0))
-        self._listener.settimeout(0.1)
-        self.port = self._listener.getsockname()[1]
         self.fired = 0  # how many triggers have fired
         self._triggers: list[_Trigger] = []
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
 
     @property
     def url(self) -> str:
@@ -63,37 +59,21 @@ class RedisReplyProxy:
             self._triggers.append(trigger)
 
     def __enter__(self) -> "RedisReplyProxy":
-        self._spawn(self._accept)
+        self.start_listening()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.stop()
+        self.stop_listening()
 
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=5)
-        self._listener.close()
-
-    def _spawn(self, target, *args) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        thread.start()
-        self._threads.append(thread)
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                continue
-            try:
-                upstream = socket.create_connection(self._target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            session = _Session(client, upstream)
-            self._spawn(self._requests, session)
-            self._spawn(self._replies, session)
+    def _accepted(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(self._target, timeout=5)
+        except OSError:
+            client.close()
+            return
+        session = _Session(client, upstream)
+        self._spawn(self._requests, session)
+        self._spawn(self._replies, session)
 
     def _fire(self, chunk: bytes) -> _Trigger | None:
         with self._lock:

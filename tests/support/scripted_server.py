@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .net import LOCALHOST
+from .net import LoopbackListener
 
 
 @dataclass
@@ -38,9 +38,10 @@ _DEFAULTS = {
 }
 
 
-class ScriptedServer:
+class ScriptedServer(LoopbackListener):
     def __init__(self, *, extensions: tuple[str, ...] = ("PIPELINING",),
                  script: dict[str, list[bytes | Reply]] | None = None):
+        super().__init__()
         self.extensions = extensions
         self.script = {verb: list(replies) for verb, replies in (script or {}).items()}
         self.connections = 0
@@ -48,21 +49,13 @@ class ScriptedServer:
         self.commands: list[bytes] = []
         self.messages: list[bytes] = []
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._listener = socket.create_server((LOCALHOST, 0))
-        self._listener.settimeout(0.1)
-        self.host, self.port = LOCALHOST, self._listener.getsockname()[1]
-        self._threads: list[threading.Thread] = []
 
     def __enter__(self) -> "ScriptedServer":
-        self._spawn(self._accept)
+        self.start_listening()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=5)
-        self._listener.close()
+        self.stop_listening()
 
     def wait_closed(self, timeout: float = 5.0) -> None:
         """Wait until every connection so far has ended (the client hung up or quit)."""
@@ -70,22 +63,12 @@ class ScriptedServer:
         while any(thread.is_alive() for thread in self._threads[1:]) and time.monotonic() < deadline:
             time.sleep(0.01)
 
-    def _spawn(self, target, *args) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        thread.start()
-        self._threads.append(thread)
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                continue
-            with self._lock:
-                self.connections += 1
-                self.received.append(bytearray())
-                seen = self.received[-1]
-            self._spawn(self._serve, conn, seen)
+    def _accepted(self, conn: socket.socket) -> None:
+        with self._lock:
+            self.connections += 1
+            self.received.append(bytearray())
+            seen = self.received[-1]
+        self._spawn(self._serve, conn, seen)
 
     def _serve(self, conn: socket.socket, seen: bytearray) -> None:
         lines = _Lines(conn, seen, self._stop)

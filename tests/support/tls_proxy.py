@@ -15,38 +15,24 @@ import ssl
 import sys
 import threading
 
-from .net import LOCALHOST
+from .net import LOCALHOST, LoopbackListener
 
 
-class TlsProxy:
+class TlsProxy(LoopbackListener):
     """TLS on 127.0.0.1:port, forwarded in clear to 127.0.0.1:target_port; ends with stop()."""
 
     def __init__(self, target_port: int, context: ssl.SSLContext):
+        super().__init__()
         self.target_port, self.context = target_port, context
-        self._listener = socket.create_server((LOCALHOST, 0))
-        self._listener.settimeout(0.1)
-        self.port = self._listener.getsockname()[1]
         self.connections = 0
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
 
     def start(self) -> "TlsProxy":
-        self._spawn(self._accept)
+        self.start_listening()
         return self
 
-    def _spawn(self, target, *args) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        thread.start()
-        self._threads.append(thread)
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                continue
-            self.connections += 1
-            self._spawn(self._serve, conn)
+    def _accepted(self, conn: socket.socket) -> None:
+        self.connections += 1
+        self._spawn(self._serve, conn)
 
     def _serve(self, conn: socket.socket) -> None:
         try:
@@ -93,10 +79,7 @@ class TlsProxy:
         return True
 
     def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=5)
-        self._listener.close()
+        self.stop_listening()
 
 
 def main(argv: list[str] | None = None) -> None:
