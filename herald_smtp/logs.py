@@ -207,6 +207,11 @@ def logging_dict(settings: Settings) -> dict:
             ACCESS_LOGGER: {"level": "INFO", "handlers": [], "propagate": True},
             # aiosmtpd (the dev sink) narrates every SMTP command at INFO.
             "mail.log": {"level": "WARNING"},
+            # imapclient logs the IMAP conversation at DEBUG (the bounce mails' headers with it), and flufl.bounce
+            # each detector it runs at INFO and a detector's crash on an odd mail with its traceback (the recorder
+            # answers that mail `Unrecognised` with the exception's class).
+            "imapclient": {"level": "WARNING"},
+            "flufl.bounce": {"level": "CRITICAL"},
         },
     }
 

@@ -93,3 +93,26 @@ class Metrics:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)
         return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class BounceMetrics:
+    """The bounce reader's metrics (`herald-smtp bounces`, a process of its own), served on its /metrics."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.bounces = Counter("herald_smtp_bounces", "Delivery status notifications recorded, by kind: hard (a "
+                               "permanent failure), soft (the relay gave up after temporary failures), delayed, "
+                               "delivered", ["kind"], registry=r)
+        self.notifications = Counter("herald_smtp_bounce_notifications",
+                                     "Mails read from the bounce mailbox, by the folder they went to (Processed, "
+                                     "Unrecognised)", ["folder"], registry=r)
+        self.suppressions = Counter("herald_smtp_suppressions", "Suppression list events: added (a hard bounce "
+                                    "about the address)", ["event"], registry=r)
+        self.errors = Counter("herald_smtp_bounce_reader_errors", "Bounce reader passes that failed, by what failed "
+                              "(imap, store)", ["stage"], registry=r)
+        self.ready = Gauge("herald_smtp_bounce_reader_ready", "1 while the reader holds the lock and its last pass "
+                           "over the mailbox worked", registry=r)
+
+    def exposition(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

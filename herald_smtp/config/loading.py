@@ -60,6 +60,11 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "IDEMPOTENCY_FAILURE_MODE": ("idempotency_failure_mode", parsers.member(FailureMode)),
     "MESSAGE_STATUS_TTL_SECONDS": ("message_status_ttl_seconds", parsers.integer(60, 30 * 24 * 3600)),
     "SUPPRESSION_TTL_SECONDS": ("suppression_ttl_seconds", parsers.integer(0, 365 * 24 * 3600)),
+    "BOUNCE_IMAP_URL": ("bounce_imap_url", parsers.bounce_imap_url),
+    "BOUNCE_IMAP_TLS_CA_FILE": ("bounce_imap_tls_ca_file", parsers.text),
+    "BOUNCE_IMAP_TLS_VERIFY": ("bounce_imap_tls_verify", parsers.boolean),
+    "BOUNCE_POLL_SECONDS": ("bounce_poll_seconds", parsers.seconds(0)),
+    "BOUNCE_READER_PORT": ("bounce_reader_port", parsers.port_number),
     "MAX_REQUEST_BYTES": ("max_request_bytes", parsers.integer(1024, 10 * 1024 * 1024)),  # one-time codes, not files
     "RATE_LIMIT_PER_RECIPIENT": ("rate_limit_per_recipient", parsers.rate),
     "RATE_LIMIT_GLOBAL": ("rate_limit_global", parsers.rate),
@@ -125,6 +130,7 @@ def _check_combinations(settings: Settings) -> None:
             "(SMTP_USE_TLS=true for implicit TLS, usually port 465; SMTP_USE_STARTTLS=true for port 587)"
         )
     _check_ca_file("SMTP_TLS_CA_FILE", settings.smtp_tls_ca_file)
+    _check_ca_file("BOUNCE_IMAP_TLS_CA_FILE", settings.bounce_imap_tls_ca_file)
     if settings.smtp_password and not settings.smtp_user:
         raise ConfigError("SMTP_USER: expected a user name when SMTP_PASSWORD is set")
     _check_oauth(settings)

@@ -14,6 +14,7 @@ from limits.util import granularity_from_string
 
 from ..addresses import InvalidAddress, check_display_name, parse_address
 from ..redis_target import parse_redis_url
+from .bounce_mailbox import parse_bounce_mailbox
 from .settings import Rate
 
 LOG_LEVELS = {
@@ -183,6 +184,12 @@ def display_name(raw: str) -> str:
 
 def api_keys(raw: str) -> tuple[str, ...]:
     return tuple(k.strip() for k in raw.split(",") if k.strip())
+
+
+def bounce_imap_url(raw: str) -> str:
+    value = raw.strip()
+    parse_bounce_mailbox(value)  # ValueError naming the form, never the URL (it holds the password)
+    return value
 
 
 def redis_url(raw: str) -> str:

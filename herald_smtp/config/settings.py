@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from ..addresses import Mailbox, parse_address
 from ..network import host_port
 from ..redis_target import RedisTarget, backend_for, parse_redis_url
+from .bounce_mailbox import BounceMailbox, parse_bounce_mailbox
 from .oauth import AuthMechanism, OAuthClient, oauth_client
 
 SERVICE_NAME = "herald-smtp"
@@ -203,6 +204,12 @@ class Settings:
     idempotency_failure_mode: FailureMode = FailureMode.OPEN
     message_status_ttl_seconds: int = 7 * 24 * 3600  # how long GET /v1/messages/{id} knows an accepted mail
     suppression_ttl_seconds: int = 7 * 24 * 3600  # how long a permanently refused recipient is refused at once; 0: off
+    # The bounce reader (`herald-smtp bounces`, config/bounce_mailbox.py); off while BOUNCE_IMAP_URL is empty.
+    bounce_imap_url: str = secret(shown=lambda url: _redact_url(url) or "unset")
+    bounce_imap_tls_ca_file: str = ""
+    bounce_imap_tls_verify: bool = True
+    bounce_poll_seconds: float = 60.0  # between passes when the server has no IDLE; the longest IDLE otherwise
+    bounce_reader_port: int = 8086  # the reader's /healthz, /readyz and /metrics
     max_request_bytes: int = 65536
     # Abuse limits (sending/abuse.py): None is off; () allows every recipient domain.
     rate_limit_per_recipient: Rate | None = shown_as(_rate_or_off, None)
@@ -240,6 +247,11 @@ class Settings:
     def redis_target(self) -> RedisTarget | None:
         """REDIS_URL parsed (it was validated at load time); None for the in-process store."""
         return parse_redis_url(self.redis_url, self.redis_tls_ca_file, self.redis_tls_verify)
+
+    @cached_property
+    def bounce_mailbox(self) -> BounceMailbox | None:
+        """BOUNCE_IMAP_URL parsed (it was validated at load time); None: no bounce reader."""
+        return parse_bounce_mailbox(self.bounce_imap_url) if self.bounce_imap_url else None
 
     @cached_property
     def smtp_oauth(self) -> OAuthClient | None:

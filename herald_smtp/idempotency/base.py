@@ -98,6 +98,10 @@ class Store(Protocol):
     def get_status(self, message_id: str) -> dict | None:
         """The message's status record, or None when unknown or expired."""
 
+    def add_event(self, message_id: str, event: dict) -> str:
+        """Append `event` to the message's status record, keeping its expiry, unless an event of the same
+        `notification_id` is there: "added", "duplicate", or "unknown" (no record: not ours, or expired)."""
+
     def get_suppression(self, key: str) -> dict | None:
         """The suppression entry under `key` (sending/suppression.py), or None."""
 

@@ -84,6 +84,17 @@ class MemoryStore:
         with self._lock:
             return self._get_record(_MESSAGE + message_id)
 
+    def add_event(self, message_id: str, event: dict) -> str:
+        with self._lock:
+            record = self._get_record(_MESSAGE + message_id)
+            if record is None:
+                return "unknown"
+            if any(seen.get("notification_id") == event.get("notification_id") for seen in record["events"]):
+                return "duplicate"
+            expires_at = self._records[_MESSAGE + message_id][1]
+            self._records[_MESSAGE + message_id] = ({**record, "events": [*record["events"], event]}, expires_at)
+            return "added"
+
     def get_suppression(self, key: str) -> dict | None:
         with self._lock:
             return self._get_record(_SUPPRESSION + key)

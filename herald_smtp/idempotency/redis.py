@@ -108,6 +108,25 @@ end
 return 0
 """
 
+# add_event(): append an event (ARGV[1], JSON) to a message's status record (KEYS[1]), keeping its TTL, unless an
+# event of the same notification is there already: a notification read twice (the reader died before moving
+# it) is recorded once.
+_ADD_EVENT = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 'unknown' end
+local record = cjson.decode(raw)
+local event = cjson.decode(ARGV[1])
+local events = record['events']
+if type(events) ~= 'table' then events = {} end
+for _, seen in ipairs(events) do
+  if seen['notification_id'] == event['notification_id'] then return 'duplicate' end
+end
+table.insert(events, event)
+record['events'] = events
+redis.call('SET', KEYS[1], cjson.encode(record), 'KEEPTTL')
+return 'added'
+"""
+
 
 def _encode(record: Record, token: str = "") -> str:
     data: dict[str, object] = {"fp": record.fingerprint}
@@ -154,6 +173,7 @@ class _Bound:
     reserve: Callable
     replace: Callable
     release: Callable
+    add_event: Callable
     finish_with_status: Callable | None  # None on a Cluster
     reserve_and_look: Callable | None  # None on a Cluster
 
@@ -204,6 +224,7 @@ class RedisStore:
                     client = self._connect()
                     self._bound = _Bound(client, client.register_script(_RESERVE),
                                          client.register_script(_REPLACE), client.register_script(_RELEASE),
+                                         client.register_script(_ADD_EVENT),
                                          *_two_key_scripts(client))
         return self._bound
 
@@ -285,6 +306,11 @@ class RedisStore:
         with _translate_errors():
             value = self._redis.get(self._status_prefix + message_id)
         return None if value is None else json.loads(value)
+
+    def add_event(self, message_id: str, event: dict) -> str:
+        with _translate_errors():
+            added = self._scripts().add_event(keys=[self._status_prefix + message_id], args=[_json(event)])
+        return added.decode() if isinstance(added, bytes) else str(added)
 
     def get_suppression(self, key: str) -> dict | None:
         with _translate_errors():

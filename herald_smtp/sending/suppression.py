@@ -4,6 +4,8 @@
     suppresses(result)            -> does this refusal suppress the recipient? (5.1.x, 5.2.1 at RCPT: the mailbox
                                      does not exist, or is disabled)
     entry(result, to, id, now)    -> what is kept: the masked address, the reason, when, the message_id
+    address_status(code)          -> is this enhanced status code about the address (5.1.x, 5.2.1)? A hard
+                                     bounce read back (bounces/recorder.py) suppresses on the same codes
     refusal(entry)                -> the 400 invalid_destination answer a suppressed send gets, without SMTP
 
 A temporary failure (4xx, a delay) never suppresses. The allowlist (ALLOWED_RECIPIENT_DOMAINS) does not
@@ -42,16 +44,31 @@ def suppresses(result: Result) -> bool:
     return result.outcome is Outcome.RECIPIENT_REJECTED and bool(_PERMANENT_ADDRESS.search(result.message or ""))
 
 
+def address_status(enhanced_code: str) -> bool:
+    return bool(_PERMANENT_ADDRESS.fullmatch(enhanced_code))
+
+
 def entry(result: Result, to: str, message_id: str | None, now: float) -> dict:
     """The suppression entry of a recipient the relay refused permanently (`now`: time.time())."""
     found = _PERMANENT_ADDRESS.search(result.message or "")
+    reason = {"code": result.smtp_code, "enhanced_code": found[1] if found else None,
+              "text": mask_addresses(result.message or "")}
+    return _entry(to, reason, message_id, result.relay, now)
+
+
+def bounce_entry(to: str, status: str, diagnostic: str, message_id: str, reporting_mta: str, now: float) -> dict:
+    """The suppression entry of a recipient a notification read back says bounced for good."""
+    reason = {"code": None, "enhanced_code": status, "text": f"bounced: {diagnostic}" if diagnostic else "bounced"}
+    return _entry(to, reason, message_id, reporting_mta, now)
+
+
+def _entry(to: str, reason: dict, message_id: str | None, relay: str | None, now: float) -> dict:
     return {
         "recipient": mask_email(to),
-        "reason": {"code": result.smtp_code, "enhanced_code": found[1] if found else None,
-                   "text": mask_addresses(result.message or "")},
+        "reason": reason,
         "since": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "message_id": message_id,
-        "relay": result.relay,
+        "relay": relay,
     }
 
 

@@ -1,4 +1,4 @@
-"""The `herald-smtp` command: serve | sink | doctor | status | suppression."""
+"""The `herald-smtp` command: serve | sink | doctor | status | suppression | bounces."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     suppression = commands.add_parser("suppression", help="show, remove or list suppressed recipients")
     suppression.add_argument("action", choices=("show", "remove", "list"))
     suppression.add_argument("address", nargs="?", metavar="ADDRESS")
+    commands.add_parser("bounces", help="read the bounce mailbox (BOUNCE_IMAP_URL) and record each notification "
+                        "on its message's status (one reader per deployment)")
     sink = commands.add_parser("sink", help="run a local SMTP server that stores each mail as a .eml file")
     sink.add_argument("--host", default="127.0.0.1")
     sink.add_argument("--port", type=int, default=2525)
@@ -47,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         from .status import run_status
 
         return run_status(settings, args.message_id)
+    if args.command == "bounces":
+        from .bounces import run_bounces
+
+        return run_bounces(settings)
     from .sink import run_sink
 
     return run_sink(args.host, args.port, args.dir)

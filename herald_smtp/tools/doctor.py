@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, NoReturn, TypeVar
 
 from ..addresses import InvalidAddress, parse_address
+from ..bounces import mailbox as imap
 from ..config import IMPLICIT_TLS, PLAIN, STARTTLS, Relay, Settings
 from ..config.oauth import OAuthClient
 from ..metrics import Metrics
+from ..network import host_port
 from ..sending.message import MailWriter, new_message_id
 from ..sending.request import SendRequest
 from ..smtp import transport
@@ -79,7 +81,51 @@ def run_doctor(settings: Settings, to: str | None = None, out: Callable[[str], N
         for step in Doctor(settings, to, index).steps():
             out(step.line())
             failed |= step.status == FAIL
+    if settings.bounce_mailbox is not None:
+        out(f"== bounce mailbox {settings.bounce_mailbox.where} (BOUNCE_IMAP_URL, read by `herald-smtp bounces`)")
+        for step in bounce_mailbox_steps(settings):
+            out(step.line())
+            failed |= step.status == FAIL
     return 1 if failed else 0
+
+
+def bounce_mailbox_steps(settings: Settings) -> Iterator[Step]:
+    """What the bounce reader needs of its mailbox: reachable, the login, the folders, the inbox; and the store."""
+    mailbox = settings.bounce_mailbox
+    assert mailbox is not None
+    box = None
+    try:
+        if settings.redis_target is None:
+            yield Step("store", FAIL, "REDIS_URL is empty: the reader records bounces in the store the service "
+                       "shares", "set REDIS_URL (the same as the service's)")
+        started = time.monotonic()
+        box = _imap_step("connect", lambda: imap.ImapMailbox(
+            mailbox, imap.tls_context(settings.bounce_imap_tls_ca_file, settings.bounce_imap_tls_verify)),
+            "check the host and port of BOUNCE_IMAP_URL (imaps:// 993, imap:// 143 with STARTTLS) and "
+            "BOUNCE_IMAP_TLS_CA_FILE for a private CA")
+        mode = "TLS" if mailbox.implicit_tls else "STARTTLS"
+        yield Step("connect", OK, f"{mode} to {host_port(mailbox.host, mailbox.port)} in "
+                   f"{(time.monotonic() - started) * 1000:.0f} ms")
+        _imap_step("login", box.login, "check the user and password in BOUNCE_IMAP_URL (percent-encoded)")
+        yield Step("login", OK, f"logged in as {mailbox.user}")
+        created = _imap_step("folders", box.prepare_folders, "the account must be allowed to create folders, "
+                             "or create Processed and Unrecognised by hand")
+        detail = f"{', '.join(box.folders.values())} there" + (f" (created {', '.join(created)})" if created else "")
+        yield Step("folders", OK, detail)
+        waiting = _imap_step("inbox", box.select, f"check the folder in BOUNCE_IMAP_URL ({mailbox.folder})")
+        yield Step("inbox", OK, f"{mailbox.folder}: {waiting} mail(s) waiting")
+    except _Failed as failed:
+        yield failed.step
+    finally:
+        if box is not None:
+            box.close()
+
+
+def _imap_step(name: str, call: Callable[[], T], fix: str) -> T:
+    try:
+        return call()
+    except imap.ERRORS as exc:
+        _fail(name, f"{type(exc).__name__}: {exc}", fix)
 
 
 class Doctor:
