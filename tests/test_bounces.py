@@ -15,9 +15,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from email.message import Message
-from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
 
 import pytest
 
@@ -29,43 +26,11 @@ from herald_smtp.idempotency.store import open_store
 from herald_smtp.metrics import BounceMetrics
 from herald_smtp.tools.doctor import run_doctor
 from tests.support.client import API_KEY, assert_error, send, smtp_env
+from tests.support.dsn import notification
 from tests.support.herald_process import HeraldProcess
 from tests.support.net import LOCALHOST, free_port
 
 BOUNCES = ("herald_smtp.tools.cli", "bounces")
-
-
-def notification(envid: str | None, recipient: str = "jhon@example.org", action: str = "failed",
-                 status: str = "5.1.1", diagnostic: str = "smtp; 550 5.1.1 <jhon@example.org>: User unknown",
-                 returned_id: str | None = None, own_id: str = "<dsn-1@relay.example.net>") -> bytes:
-    """An RFC 3464 report as a relay writes it: a text part, the delivery-status part, the returned headers."""
-    report = MIMEMultipart("report", report_type="delivery-status")
-    report["From"] = "MAILER-DAEMON@relay.example.net"
-    report["To"] = "bounces@example.com"
-    report["Subject"] = "Undelivered Mail Returned to Sender"
-    report["Date"] = "Sat, 05 Dec 2026 14:00:00 +0000"
-    report["Message-ID"] = own_id
-    report.attach(MIMEText("Your message could not be delivered.\n"))
-    per_message = Message()
-    per_message["Reporting-MTA"] = "dns; relay.example.net"
-    if envid is not None:
-        per_message["Original-Envelope-Id"] = envid
-    per_message["Arrival-Date"] = "Sat, 05 Dec 2026 13:59:58 +0000"
-    per_recipient = Message()
-    per_recipient["Final-Recipient"] = f"rfc822; {recipient}"
-    per_recipient["Action"] = action
-    per_recipient["Status"] = status
-    per_recipient["Remote-MTA"] = "dns; mx.example.org"
-    per_recipient["Diagnostic-Code"] = diagnostic
-    status_part = Message()
-    status_part.set_type("message/delivery-status")
-    status_part.set_payload([per_message, per_recipient])
-    report.attach(status_part)
-    returned = envid if returned_id is None else returned_id  # "": the returned headers carry no Message-ID
-    headers = MIMEText(f"From: login@example.com\nTo: {recipient}\nSubject: Your code\n"
-                       + (f"Message-ID: <{returned}>\n" if returned else ""), "rfc822-headers")
-    report.attach(headers)
-    return report.as_bytes()
 
 
 @pytest.fixture
@@ -338,3 +303,29 @@ def test_the_doctor_names_an_unreachable_bounce_mailbox(smtp, redis_url):
     assert block[1].startswith("FAIL connect") and "ConnectionRefusedError" in block[1]
     assert "imaps:// 993" in block[1] and len(block) == 2
     assert "s3cret-pw" not in "\n".join(lines)
+
+
+def test_herald_smtp_status_shows_the_bounce(service, env):
+    from herald_smtp.tools.status import run_status
+
+    client, recorder, _ = service
+    message_id = sent(client, "jhon@example.org")
+    recorder.record(notification(message_id))
+    lines: list[str] = []
+    assert run_status(settings_from(env), message_id, out=lines.append) == 0
+    assert lines[1] == "status          bounced"
+    event = lines[-1]
+    assert event.startswith("event           20") and event.endswith(
+        " bounced (hard) 5.1.1 at dns; mx.example.org: smtp; 550 5.1.1 <j***@example.org>: User unknown")
+
+
+def test_a_suppression_from_a_bounce_says_so(service):
+    client, recorder, _ = service
+    message_id = sent(client, "jhon@example.org")
+    recorder.record(notification(message_id))
+    shown = client.get("/v1/suppressions/jhon@example.org", headers={"X-API-Key": API_KEY}).get_json()
+    assert shown["source"] == "bounce" and shown["message_id"] == message_id
+    assert shown["reason"] == {"code": None, "enhanced_code": "5.1.1",
+                               "text": "smtp; 550 5.1.1 <j***@example.org>: User unknown"}
+    refused = send(client, {"to": "jhon@example.org"}, headers={"X-API-Key": API_KEY}).get_json()
+    assert "a delivery status notification said it bounced permanently (5.1.1)" in refused["error_message"]

@@ -30,12 +30,16 @@ import pytest
 import yaml
 from openapi_spec_validator import validate
 
+from herald_smtp.bounces.recorder import Recorder
 from herald_smtp.config import settings_from
 from herald_smtp.idempotency.memory import MemoryStore
+from herald_smtp.idempotency.store import open_store
+from herald_smtp.metrics import BounceMetrics
 from herald_smtp.outcomes import Outcome
 from tests.support.client import API_KEY, fingerprint_of, smtp_env, with_changes
 from tests.support.net import free_port
 from tests.support.scripted_server import ScriptedServer
+from tests.support.dsn import notification
 
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 GENERIC = ("*", "*")  # the operation key of `x-generic-responses`
@@ -604,6 +608,15 @@ def test_message_status_matches_the_document(contract, client, settings, make_cl
     assert answer.status_code == 200 and answer.get_json()["relay_queue_id"] == "4XyZ1234AbC"
     record = c.request(queued, "get", f"/v1/messages/{answer.get_json()['message_id']}").get_json()
     assert record["relay_queue_id"] == "4XyZ1234AbC" and record["reply"]["enhanced_code"] == "2.0.0"
+
+    # 200 with events: a hard bounce read back (the bounce reader's recorder on the same store); the
+    # suppression it adds matches the document too.
+    bounce_settings = settings_from({"REDIS_URL": redis_url})
+    recorder = Recorder(bounce_settings, open_store(bounce_settings.redis_target, "herald-smtp:"), BounceMetrics())
+    recorder.record(notification(answer.get_json()["message_id"], "bob@example.com"))
+    bounced = c.request(queued, "get", f"/v1/messages/{answer.get_json()['message_id']}").get_json()
+    assert bounced["status"] == "bounced" and bounced["events"][0]["status"] == "5.1.1"
+    assert c.request(queued, "get", "/v1/suppressions/bob@example.com").get_json()["source"] == "bounce"
 
     # 404: a well-formed id nobody sent, and an id herald-smtp never writes.
     assert c.request(client, "get", "/v1/messages/" + "0" * 32 + "@example.com").status_code == 404

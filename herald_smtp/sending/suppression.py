@@ -53,18 +53,20 @@ def entry(result: Result, to: str, message_id: str | None, now: float) -> dict:
     found = _PERMANENT_ADDRESS.search(result.message or "")
     reason = {"code": result.smtp_code, "enhanced_code": found[1] if found else None,
               "text": mask_addresses(result.message or "")}
-    return _entry(to, reason, message_id, result.relay, now)
+    return _entry(to, reason, message_id, result.relay, now, "rcpt")
 
 
 def bounce_entry(to: str, status: str, diagnostic: str, message_id: str, reporting_mta: str, now: float) -> dict:
     """The suppression entry of a recipient a notification read back says bounced for good."""
-    reason = {"code": None, "enhanced_code": status, "text": f"bounced: {diagnostic}" if diagnostic else "bounced"}
-    return _entry(to, reason, message_id, reporting_mta, now)
+    reason = {"code": None, "enhanced_code": status, "text": diagnostic}
+    return _entry(to, reason, message_id, reporting_mta or None, now, "bounce")
 
 
-def _entry(to: str, reason: dict, message_id: str | None, relay: str | None, now: float) -> dict:
+def _entry(to: str, reason: dict, message_id: str | None, relay: str | None, now: float, source: str) -> dict:
+    """source: rcpt (the relay refused it at RCPT TO) or bounce (a notification read back said so)."""
     return {
         "recipient": mask_email(to),
+        "source": source,
         "reason": reason,
         "since": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "message_id": message_id,
@@ -75,8 +77,10 @@ def _entry(to: str, reason: dict, message_id: str | None, relay: str | None, now
 def refusal(suppressed: dict) -> Result:
     reason = suppressed.get("reason") or {}
     code = " ".join(str(part) for part in (reason.get("code"), reason.get("enhanced_code")) if part)
+    what = ("a delivery status notification said it bounced permanently" if suppressed.get("source") == "bounce"
+            else "the relay refused it permanently")
     return Result(Outcome.SUPPRESSED,
-                  f"recipient suppressed since {suppressed.get('since')}: the relay refused it permanently "
+                  f"recipient suppressed since {suppressed.get('since')}: {what} "
                   f"({code or 'no code'}); nothing was sent. Lift it with DELETE /v1/suppressions/{{address}} "
                   "once the address is fixed")
 

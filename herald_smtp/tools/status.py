@@ -46,6 +46,15 @@ def lines(shown: dict) -> list[str]:
         f"recipient       {shown['recipient']}",
     ]
     for event in shown.get("events") or []:
-        details = ", ".join(f"{name}={value}" for name, value in event.items() if name != "event")
-        result.append(f"event           {event.get('event')}: {details}")
+        result.append(f"event           {_event_line(event)}")
     return result
+
+
+def _event_line(event: dict) -> str:
+    """2026-12-05T13:11:02Z bounced (hard) 5.1.1 at dns; mx.example.org: smtp; 550 5.1.1 <j***@...>: ..."""
+    line = f"{event.get('recorded_at')} {event.get('event')} ({event.get('kind')})"
+    if event.get("status"):
+        line += f" {event['status']}"
+    if event.get("remote_mta"):
+        line += f" at {event['remote_mta']}"
+    return line + (f": {event['diagnostic']}" if event.get("diagnostic") else "")
