@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from herald_smtp.config import settings_from
 from tests.support.client import API_KEY, post, smtp_env
 from tests.support.herald_process import HeraldProcess
+from tests.support.markdown import github_anchors
 from tests.support.net import LOCALHOST, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,14 +84,6 @@ def dashboard_exprs() -> list[str]:
 
 def alert_exprs() -> list[str]:
     return [rule["expr"] for rule in load_alerts()]
-
-
-def github_anchors(markdown: str) -> set[str]:
-    """The anchors GitHub gives the headings: lowercase, punctuation dropped, spaces to dashes."""
-    anchors = set()
-    for heading in re.findall(r"^#+ (.+)$", markdown, re.M):
-        anchors.add(re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-"))
-    return anchors
 
 
 def test_alerts_are_the_six_of_issue_17_each_with_severity_and_first_steps():
