@@ -1,11 +1,12 @@
-"""Deployment files: Dockerfile, .dockerignore, docker-compose.yml, deploy/kubernetes/.
+"""Deployment files: Dockerfile, .dockerignore, docker-compose.yml, deploy/kubernetes/, deploy/dovecot/.
 
 There is no container engine or cluster here, so everything is checked offline:
 the compose file and the manifests are parsed with PyYAML, the manifests are
 validated against the Kubernetes JSON schemas that `kubernetes-validate` ships,
 and the rules that tie them to the app (paths, ports, variable names, timeouts,
 the metrics directory) are checked against the app's own code. The healthcheck
-commands of the Dockerfile and the compose file are run against the real app.
+commands of the Dockerfile and the compose file are run against the real app, and the
+bounce reader's probes against a real `herald-smtp bounces` process.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -24,17 +28,27 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from herald_smtp.config import _VARIABLES, settings_from
+from herald_smtp.bounces.reader import RENEW_SECONDS
+from herald_smtp.config import _VARIABLES, Settings, settings_from
 from herald_smtp.tools.serve import gunicorn_options
+from tests.support.herald_process import HeraldProcess
+from tests.support.net import LOCALHOST, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
 NAME_LABEL = "app.kubernetes.io/name"
 APP_NAME = "herald-smtp"
 APP_PORT = 8084
+# The bounce reader (`herald-smtp bounces`): a Deployment of its own, labelled apart from the service's pods.
+READER_NAME = "herald-smtp-bounces"
+READER_PORT = Settings().bounce_reader_port
+DOVECOT = ROOT / "deploy" / "dovecot"
 # Every variable the service reads (config/loading.py's table, plus the ones read elsewhere).
 APP_VARIABLES = set(_VARIABLES) | {"PORT", "WEB_THREADS", "PROMETHEUS_MULTIPROC_DIR", "PYTHONUNBUFFERED"}
-SECRET_VARIABLES = {"API_KEY", "SMTP_USER", "SMTP_PASSWORD", "REDIS_URL", "SMTP_FALLBACK_URLS"}
+SECRET_VARIABLES = {"API_KEY", "SMTP_USER", "SMTP_PASSWORD", "REDIS_URL", "SMTP_FALLBACK_URLS", "IDEMPOTENCY_SECRET",
+                    "SMTP_OAUTH_CLIENT_SECRET", "SMTP_OAUTH_REFRESH_TOKEN", "BOUNCE_IMAP_URL"}
+# The ones that never belong in the ConfigMap (a REDIS_URL or SMTP_FALLBACK_URLS without a password may).
+ALWAYS_SECRET = SECRET_VARIABLES - {"REDIS_URL", "SMTP_FALLBACK_URLS"}
 PLACEHOLDER = "CHANGE_ME"
 # The oldest Kubernetes minor we support, and the newest the installed schemas know.
 KUBERNETES_VERSIONS = ["1.30", kubernetes_validate.latest_version()]
@@ -61,6 +75,11 @@ def herald_service(compose) -> dict:
     return compose["services"]["herald-smtp"]
 
 
+@pytest.fixture(scope="module")
+def bounces_service(compose) -> dict:
+    return compose["services"]["bounces"]
+
+
 # Custom resources: no Kubernetes JSON schema knows their kind, and they are applied on their
 # own; tests/test_alerts.py checks the PrometheusRule.
 CUSTOM_RESOURCE_FILES = {"prometheusrule.yaml"}
@@ -74,10 +93,16 @@ def manifests() -> list[dict]:
     return [doc for path in manifest_files() for doc in load_all_yaml(path)]
 
 
-def one(kind: str) -> dict:
-    found = [doc for doc in manifests() if doc["kind"] == kind]
-    assert len(found) == 1, f"expected exactly one {kind} in deploy/kubernetes, found {len(found)}"
+def one(kind: str, name: str = APP_NAME) -> dict:
+    found = [doc for doc in manifests() if doc["kind"] == kind and doc["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected exactly one {kind} {name} in deploy/kubernetes, found {len(found)}"
     return found[0]
+
+
+def only_container(deployment: dict) -> dict:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +125,27 @@ def container(pod_spec) -> dict:
 @pytest.fixture(scope="module")
 def pod_labels(deployment) -> dict:
     return deployment["spec"]["template"]["metadata"]["labels"]
+
+
+@pytest.fixture(scope="module")
+def reader_deployment() -> dict:
+    return one("Deployment", READER_NAME)
+
+
+@pytest.fixture(scope="module")
+def reader_container(reader_deployment) -> dict:
+    return only_container(reader_deployment)
+
+
+@pytest.fixture(scope="module")
+def reader_pod_labels(reader_deployment) -> dict:
+    return reader_deployment["spec"]["template"]["metadata"]["labels"]
+
+
+@pytest.fixture(scope="module", params=[APP_NAME, READER_NAME])
+def each_deployment(request) -> dict:
+    """The service's Deployment, then the bounce reader's: for the conventions both must follow."""
+    return one("Deployment", request.param)
 
 
 def resolve_port(container: dict, port) -> int:
@@ -319,9 +365,9 @@ def test_dockerignore_keeps_secrets_and_local_state_out():
 # --- docker-compose.yml --------------------------------------------------------------
 
 
-def test_compose_has_the_three_services(compose):
+def test_compose_has_its_services(compose):
     services = compose["services"]
-    assert {"redis", "herald-smtp", "mailpit"} <= set(services)
+    assert {"redis", "herald-smtp", "mailpit", "dovecot", "bounces"} <= set(services)
     assert services["redis"]["image"].startswith("redis:7")
     assert services["mailpit"]["image"].startswith("axllent/mailpit")
 
@@ -390,6 +436,100 @@ def test_compose_stop_grace_period_covers_gunicorn_graceful_timeout(herald_servi
     assert grace > graceful_timeout(compose_environment(herald_service))
 
 
+# --- docker-compose.yml: the bounce reader and its local mailbox (deploy/dovecot/) ------------------------------
+
+
+def dovecot_setting(conf: str, name: str) -> str:
+    """A top-level (unindented) setting of dovecot.conf."""
+    (value,) = re.findall(rf"^{name}[ \t]*=[ \t]*(.*?)[ \t]*$", conf, re.M)
+    return value
+
+
+def test_compose_dovecot_is_built_on_a_pinned_debian_with_dovecot_imapd(compose):
+    dovecot = compose["services"]["dovecot"]
+    build = dovecot["build"]
+    assert (ROOT / build["context"]).resolve() == DOVECOT
+    instructions = dockerfile_instructions(DOVECOT / build.get("dockerfile", "Dockerfile"))
+    (base,) = [args for keyword, args in instructions if keyword == "FROM"]
+    assert re.fullmatch(r"debian:\d+\.\d+-slim", base), f"{base}: pin a Debian point release"
+    runs = " ".join(args for keyword, args in instructions if keyword == "RUN")
+    assert "dovecot-imapd" in runs and "openssl" in runs  # openssl: the certificate made at start
+    for keyword, args in instructions:
+        if keyword == "COPY":
+            for source in shlex.split(args)[:-1]:
+                assert (DOVECOT / source).is_file(), source
+    (entrypoint,) = [exec_form(args) for keyword, args in instructions if keyword == "ENTRYPOINT"]
+    script = (DOVECOT / "entrypoint.sh").read_text()
+    assert any(args.startswith("entrypoint.sh ") and args.endswith(entrypoint[0])
+               for keyword, args in instructions if keyword == "COPY")
+    # Dovecot as PID 1 in the foreground, so that `docker compose stop` reaches it.
+    assert re.search(r"^exec /usr/sbin/dovecot -F\b", script, re.M)
+    # Local only: nothing published on the host.
+    assert "ports" not in dovecot
+
+
+def test_compose_dovecot_offers_the_mailbox_over_tls_only():
+    conf = (DOVECOT / "dovecot.conf").read_text()
+    # The reader refuses plaintext IMAP: TLS on 993, STARTTLS on 143, no login before TLS.
+    assert dovecot_setting(conf, "ssl") == "required"
+    assert dovecot_setting(conf, "disable_plaintext_auth") == "yes"
+    assert re.search(r"inet_listener imaps \{\s*port = 993\s*ssl = yes\s*\}", conf)
+    assert re.search(r"inet_listener imap \{\s*port = 143\s*\}", conf)
+    assert dovecot_setting(conf, "mail_location").startswith("maildir:")
+    assert re.search(r"passdb \{\s*driver = passwd-file\s*args = /etc/dovecot/users\s*\}", conf)
+    # entrypoint.sh writes the certificate and key that ssl_cert and ssl_key name.
+    script = (DOVECOT / "entrypoint.sh").read_text()
+    (tls_dir,) = re.findall(r"^tls=(\S+)$", script, re.M)
+    script = script.replace("$tls", tls_dir)
+    for setting in ("ssl_cert", "ssl_key"):
+        path = dovecot_setting(conf, setting).lstrip("<").strip()
+        assert f'"{path}"' in script, f"{setting} {path} is not made by entrypoint.sh"
+    assert "openssl req -x509" in script
+
+
+def test_compose_bounces_runs_the_reader_from_the_herald_image(herald_service, bounces_service):
+    assert bounces_service["command"] == ["herald-smtp", "bounces"]
+    assert bounces_service["image"] == herald_service["image"]
+    assert bounces_service["build"] == herald_service["build"]
+
+
+def test_compose_bounces_reads_dovecot_and_shares_the_store_of_herald(compose, herald_service, bounces_service):
+    env = compose_environment(bounces_service)
+    unknown = set(env) - APP_VARIABLES
+    assert not unknown, f"variables the app does not read: {sorted(unknown)}"
+    settings = settings_from(env)
+    mailbox = settings.bounce_mailbox
+    assert mailbox.host == "dovecot" and mailbox.host in compose["services"]
+    assert mailbox.port == (993 if mailbox.implicit_tls else 143)  # dovecot.conf's listeners
+    assert settings.bounce_reader_port == READER_PORT
+    # The passwd-file user of deploy/dovecot/users, and the mailbox SMTP_BOUNCE_ADDRESS names.
+    users = [line for line in (DOVECOT / "users").read_text().splitlines() if line and not line.startswith("#")]
+    assert [line.split(":")[:2] for line in users] == [[mailbox.user, "{PLAIN}" + mailbox.password]]
+    herald = settings_from(compose_environment(herald_service))
+    assert herald.smtp_bounce_address.partition("@")[0] == mailbox.user
+    # Self-signed certificate: local only, and said so next to the setting.
+    assert settings.bounce_imap_tls_verify is False
+    assert "LOCAL USE ONLY" in (ROOT / "docker-compose.yml").read_text().partition("\n  bounces:")[2]
+    # The same store: the statuses the service shows, and the suppression keys (HMACs with IDEMPOTENCY_SECRET).
+    raw_env, raw_herald = bounces_service["environment"], herald_service["environment"]
+    for name in ("REDIS_URL", "REDIS_KEY_PREFIX", "IDEMPOTENCY_SECRET"):
+        assert raw_env.get(name) == raw_herald.get(name), name
+    assert "IDEMPOTENCY_SECRET" in raw_env and str(raw_env["IDEMPOTENCY_SECRET"]).startswith("${")
+    assert settings.redis_url == herald.redis_url and settings.redis_key_prefix == herald.redis_key_prefix
+
+
+def test_compose_bounces_waits_for_redis_and_dovecot(bounces_service):
+    depends_on = bounces_service["depends_on"]
+    assert isinstance(depends_on, dict), "depends_on needs the long form to wait for health"
+    assert set(depends_on) == {"redis", "dovecot"}
+    assert all(dependency["condition"] == "service_healthy" for dependency in depends_on.values())
+
+
+def test_compose_bounces_publishes_its_port_and_outlasts_an_idle_slice(bounces_service):
+    assert compose_published(bounces_service).get(READER_PORT) == READER_PORT
+    assert duration_seconds(bounces_service["stop_grace_period"]) >= 2 * RENEW_SECONDS
+
+
 # --- the healthcheck commands, run against the real app -------------------------------
 
 
@@ -434,6 +574,22 @@ def test_healthcheck_command_passes_on_a_live_app_and_fails_without_one(source, 
     assert down.returncode != 0
 
 
+def test_compose_bounces_healthcheck_passes_on_a_live_reader_and_fails_without_one(tmp_path, redis_url,
+                                                                                  bounces_service):
+    test = bounces_service["healthcheck"]["test"]
+    assert test[0] == "CMD" and test[1] == "python", "exec form, with Python (no curl in the image)"
+    argv = [sys.executable, *test[2:]]
+    assert "/healthz" in " ".join(argv)
+    # Unset, it asks the reader's default port.
+    assert re.findall(r"BOUNCE_READER_PORT'\) or '(\d+)'", " ".join(argv)) == [str(READER_PORT)]
+    reader = reader_process(tmp_path, compose_environment(bounces_service), bounces_service["command"], redis_url)
+    with reader:
+        ok = subprocess.run(argv, env={"BOUNCE_READER_PORT": str(reader.port)}, capture_output=True, timeout=30)
+        assert ok.returncode == 0, ok.stderr.decode()
+    down = subprocess.run(argv, env={"BOUNCE_READER_PORT": str(closed_port())}, capture_output=True, timeout=30)
+    assert down.returncode != 0
+
+
 def test_probe_and_scrape_paths_exist_on_the_app(deployment, container):
     from herald_smtp.web.app import create_app
 
@@ -465,15 +621,21 @@ def test_manifest_is_valid_against_the_kubernetes_schema(path, version):
             pytest.fail(f"{path.name}: {doc['kind']} invalid for Kubernetes {version} at {where}: {exc.message}")
 
 
-def test_every_manifest_is_labelled_and_named_herald_smtp():
-    kinds = set()
+def test_every_manifest_is_labelled_and_named_herald_smtp_or_its_bounce_reader():
+    kinds: dict[str, set[str]] = {}
     for doc in manifests():
-        kinds.add(doc["kind"])
-        assert doc["metadata"]["name"] == APP_NAME
-        assert doc["metadata"]["labels"][NAME_LABEL] == APP_NAME
+        name = doc["metadata"]["name"]
+        kinds.setdefault(name, set()).add(doc["kind"])
+        assert doc["metadata"]["labels"][NAME_LABEL] == name
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "herald"
         assert "namespace" not in doc["metadata"], "leave the namespace to kubectl -n / kustomize"
-    assert kinds == {"Deployment", "Service", "ConfigMap", "Secret", "PodDisruptionBudget", "HorizontalPodAutoscaler",
-                     "NetworkPolicy"}
+    assert kinds == {
+        APP_NAME: {"Deployment", "Service", "ConfigMap", "Secret", "PodDisruptionBudget", "HorizontalPodAutoscaler",
+                   "NetworkPolicy"},
+        # The reader shares the service's ConfigMap and Secret; no Service (nothing calls it but Prometheus) and
+        # no PodDisruptionBudget (one replica: see deploy/kubernetes/README.md).
+        READER_NAME: {"Deployment", "NetworkPolicy"},
+    }
 
 
 def test_kustomization_lists_every_manifest_but_the_example_secret():
@@ -515,7 +677,8 @@ def test_termination_grace_outlasts_prestop_and_gunicorn_graceful_timeout(pod_sp
     assert pod_spec["terminationGracePeriodSeconds"] > sleep + graceful
 
 
-def test_pod_runs_non_root_read_only_and_unprivileged(pod_spec, container):
+def test_pod_runs_non_root_read_only_and_unprivileged(each_deployment):
+    pod_spec, container = each_deployment["spec"]["template"]["spec"], only_container(each_deployment)
     pod_sc, sc = pod_spec.get("securityContext", {}), container["securityContext"]
 
     def effective(key):
@@ -531,7 +694,10 @@ def test_pod_runs_non_root_read_only_and_unprivileged(pod_spec, container):
     assert pod_spec["automountServiceAccountToken"] is False
 
 
-def test_writable_paths_are_emptydirs(pod_spec, container):
+def test_writable_paths_are_emptydirs(each_deployment):
+    # The reader needs its metrics directory too: the image sets PROMETHEUS_MULTIPROC_DIR, and prometheus-client
+    # then writes its values there in any process (the reader exits at start when it cannot).
+    pod_spec, container = each_deployment["spec"]["template"]["spec"], only_container(each_deployment)
     volumes = {v["name"]: v for v in pod_spec["volumes"]}
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     env = {item["name"]: item.get("value") for item in container["env"]}
@@ -544,8 +710,8 @@ def test_writable_paths_are_emptydirs(pod_spec, container):
     assert mounts[metrics_dir]["name"] != mounts["/tmp"]["name"]
 
 
-def test_resources_have_requests_and_limits(container):
-    resources = container["resources"]
+def test_resources_have_requests_and_limits(each_deployment):
+    resources = only_container(each_deployment)["resources"]
     for resource in ("cpu", "memory"):
         request = quantity(resources["requests"][resource])
         limit = quantity(resources["limits"][resource])
@@ -553,7 +719,8 @@ def test_resources_have_requests_and_limits(container):
     assert quantity(resources["limits"]["memory"]) >= 256 * 2**20
 
 
-def test_environment_comes_from_the_configmap_and_secret(pod_spec, container):
+def test_environment_comes_from_the_configmap_and_secret(each_deployment):
+    pod_spec, container = each_deployment["spec"]["template"]["spec"], only_container(each_deployment)
     refs = container["envFrom"]
     assert [r["configMapRef"]["name"] for r in refs if "configMapRef" in r] == [one("ConfigMap")["metadata"]["name"]]
     assert [r["secretRef"]["name"] for r in refs if "secretRef" in r] == [one("Secret")["metadata"]["name"]]
@@ -566,10 +733,11 @@ def test_environment_comes_from_the_configmap_and_secret(pod_spec, container):
     assert pod_spec["enableServiceLinks"] is False
 
 
-def test_prometheus_scrape_annotations(deployment, container):
-    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+def test_prometheus_scrape_annotations(each_deployment):
+    annotations = each_deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
-    assert int(annotations["prometheus.io/port"]) == resolve_port(container, "http")
+    (port,) = only_container(each_deployment)["ports"]  # the one port: the app's (8084) or the reader's (8086)
+    assert int(annotations["prometheus.io/port"]) == port["containerPort"]
     assert annotations["prometheus.io/path"] == "/metrics"
 
 
@@ -608,7 +776,7 @@ def test_configmap_holds_valid_non_secret_settings():
     unknown = set(configmap) - APP_VARIABLES
     assert not unknown, f"variables the app does not read: {sorted(unknown)}"
     assert all(isinstance(v, str) for v in configmap.values()), "ConfigMap values must be strings"
-    assert not {"API_KEY", "SMTP_USER", "SMTP_PASSWORD"} & set(configmap)
+    assert not ALWAYS_SECRET & set(configmap), "secrets belong in the Secret"
     assert urlsplit(configmap["REDIS_URL"]).password is None, "a REDIS_URL with a password belongs in the Secret"
     # ConfigMap + Secret is what the pod sees: the app must accept it (it exits on a bad value).
     settings = settings_from({**configmap, **one("Secret")["stringData"]})
@@ -664,3 +832,216 @@ def test_network_policy_lets_out_only_dns_redis_and_smtp():
     configmap = one("ConfigMap")["data"]
     assert int(configmap["SMTP_PORT"]) in {port for port, _ in allowed}
     assert (urlsplit(configmap["REDIS_URL"]).port or 6379) in {port for port, _ in allowed}
+
+
+# --- the bounce reader: deploy/kubernetes/bounces-deployment.yaml, bounces-networkpolicy.yaml ---------------
+
+
+def pod_environment(deployment: dict) -> dict[str, str]:
+    """What the pod's process sees: the ConfigMap, then the example Secret (envFrom), then `env`."""
+    env: dict[str, str] = {}
+    for ref in only_container(deployment)["envFrom"]:
+        if "configMapRef" in ref:
+            env.update(one("ConfigMap", ref["configMapRef"]["name"])["data"])
+        else:
+            env.update(one("Secret", ref["secretRef"]["name"])["stringData"])
+    env.update({item["name"]: item["value"] for item in only_container(deployment).get("env", [])})
+    return env
+
+
+def console_script(name: str) -> str:
+    """setup.cfg's entry point for a console script, e.g. herald_smtp.tools.cli:main."""
+    scripts = (ROOT / "setup.cfg").read_text().partition("console_scripts =")[2]
+    (target,) = re.findall(rf"^\s+{re.escape(name)}\s*=\s*(\S+)", scripts, re.M)
+    return target
+
+
+def get_answer(url: str) -> tuple[int, str, bytes]:
+    """(status, content type, body) of a GET, 4xx and 5xx included."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.headers.get_content_type(), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers.get_content_type(), error.read()
+
+
+def wait_for(predicate, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def reader_process(tmp_path: Path, env: dict[str, str], command: list[str], redis_url: str) -> HeraldProcess:
+    """The real `herald-smtp bounces` (the container's command, run as `python -m herald_smtp.tools.cli ...`) with
+    `env`, but on the test Redis, a loopback port and an IMAP port where nothing listens (the mailbox fails, so the
+    reader is not ready: its /readyz must say so)."""
+    assert command[0] == "herald-smtp" and console_script("herald-smtp") == "herald_smtp.tools.cli:main"
+    mailbox = settings_from(env).bounce_mailbox
+    assert mailbox is not None, "the reader's environment has no BOUNCE_IMAP_URL"
+    scheme = "imaps" if mailbox.implicit_tls else "imap"
+    process = HeraldProcess(tmp_path, {
+        **env,
+        "REDIS_URL": redis_url,
+        "REDIS_KEY_PREFIX": f"deploy-test-{tmp_path.name}:",  # a lock of its own
+        "BOUNCE_IMAP_URL": f"{scheme}://bounces:s3cret-pw@{LOCALHOST}:{free_port()}/INBOX",
+    }, module_argv=("herald_smtp.tools.cli", *command[1:]), name="bounces")
+    process.env["BOUNCE_READER_PORT"] = str(process.port)
+    return process
+
+
+def test_reader_is_one_replica_recreated(reader_deployment, reader_pod_labels):
+    spec = reader_deployment["spec"]
+    # One reader reads (a Redis lock); a rolling update would wait forever for a new pod that cannot take the
+    # lock while the old one holds it: Recreate stops the old one (SIGTERM frees the lock) first.
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["selector"]["matchLabels"] == {NAME_LABEL: READER_NAME}
+    assert matches(spec["selector"], reader_pod_labels)
+
+
+def test_nothing_of_the_service_selects_the_readers_pod_nor_the_reverse(deployment, pod_labels, reader_deployment,
+                                                                       reader_pod_labels):
+    # Else the Service would route /v1/send to the reader, the service's Deployment would adopt its pod, and the
+    # PodDisruptionBudget and NetworkPolicy would count or filter it as a service pod.
+    for selector in (deployment["spec"]["selector"], one("Service")["spec"]["selector"],
+                     one("PodDisruptionBudget")["spec"]["selector"], one("NetworkPolicy")["spec"]["podSelector"]):
+        assert not matches(selector, reader_pod_labels), selector
+    for selector in (reader_deployment["spec"]["selector"], one("NetworkPolicy", READER_NAME)["spec"]["podSelector"]):
+        assert not matches(selector, pod_labels), selector
+
+
+def test_no_disruption_budget_or_autoscaler_for_the_reader(reader_pod_labels):
+    # One replica: a budget of maxUnavailable 0 would block every node drain; 1 says nothing. The autoscaler
+    # would start readers that only wait for the lock.
+    budgets = [doc for doc in manifests() if doc["kind"] == "PodDisruptionBudget"]
+    assert budgets and not any(matches(doc["spec"]["selector"], reader_pod_labels) for doc in budgets)
+    autoscalers = [doc for doc in manifests() if doc["kind"] == "HorizontalPodAutoscaler"]
+    assert autoscalers and all(doc["spec"]["scaleTargetRef"]["name"] != READER_NAME for doc in autoscalers)
+
+
+def test_reader_runs_the_bounces_command_of_the_service_image(deployment, container, reader_deployment,
+                                                              reader_container):
+    assert reader_container["command"] == ["herald-smtp", "bounces"]
+    assert "args" not in reader_container
+    assert console_script("herald-smtp") == "herald_smtp.tools.cli:main"
+    # `kustomize edit set image herald-smtp=...` then moves both together.
+    assert reader_container["image"] == container["image"]
+    assert reader_container["imagePullPolicy"] == container["imagePullPolicy"]
+    assert reader_container["securityContext"] == container["securityContext"]
+    pod_spec, reader_pod_spec = deployment["spec"]["template"]["spec"], reader_deployment["spec"]["template"]["spec"]
+    for key in ("securityContext", "automountServiceAccountToken", "enableServiceLinks"):
+        assert reader_pod_spec[key] == pod_spec[key], key
+
+
+def test_reader_port_is_bounce_reader_port(reader_deployment, reader_container):
+    (port,) = reader_container["ports"]
+    assert port["name"] == "bounce-http" and port["protocol"] == "TCP"
+    # What the reader listens on in this pod (BOUNCE_READER_PORT from the ConfigMap, else the default).
+    assert port["containerPort"] == settings_from(pod_environment(reader_deployment)).bounce_reader_port == READER_PORT
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert resolve_port(reader_container, reader_container[probe]["httpGet"]["port"]) == READER_PORT, probe
+    annotations = reader_deployment["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == READER_PORT
+
+
+def test_reader_probes(reader_container):
+    liveness, readiness = reader_container["livenessProbe"], reader_container["readinessProbe"]
+    # Liveness never depends on IMAP or Redis: a mailbox outage must not restart the reader, it retries.
+    assert liveness["httpGet"]["path"] == reader_container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert readiness["httpGet"]["path"] == "/readyz"
+    assert liveness.get("timeoutSeconds", 1) >= 2 and liveness.get("failureThreshold", 3) >= 3
+
+
+def test_reader_probes_and_scrape_answer_on_a_real_reader(tmp_path, redis_url, reader_deployment, reader_container):
+    """The pod's own environment and command, started for real: the probes' and the scrape's paths answer as the
+    kubelet and Prometheus expect, and SIGTERM ends it well within the grace period."""
+    metrics_dir = tmp_path / "metrics"  # the emptyDir
+    metrics_dir.mkdir()
+    env = {**pod_environment(reader_deployment), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    reader = reader_process(tmp_path, env, reader_container["command"], redis_url).start()
+    try:
+        for probe in ("startupProbe", "livenessProbe"):
+            status, _, _ = get_answer(reader.url + reader_container[probe]["httpGet"]["path"])
+            assert status == 200, probe
+        readyz = reader.url + reader_container["readinessProbe"]["httpGet"]["path"]
+        status, content_type, body = wait_for(
+            lambda: (lambda got: got if json.loads(got[2]).get("state") == "failing" else None)(get_answer(readyz)))
+        assert status == 503 and content_type == "application/json"
+        assert "cannot open the bounce mailbox" in json.loads(body)["problem"]
+        annotations = reader_deployment["spec"]["template"]["metadata"]["annotations"]
+        status, content_type, body = get_answer(reader.url + annotations["prometheus.io/path"])
+        assert status == 200 and content_type == "text/plain"
+        assert "herald_smtp_bounce_reader_ready 0.0" in body.decode()
+        assert any(metrics_dir.iterdir()), "the reader wrote no value files: the metrics emptyDir is not needed"
+    finally:
+        started = time.monotonic()
+        code = reader.stop()
+    assert code == 0
+    grace = reader_deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert time.monotonic() - started < grace
+
+
+def test_reader_grace_period_outlasts_an_idle_slice(reader_deployment, reader_container):
+    # SIGTERM is seen between IMAP IDLE slices (RENEW_SECONDS) and after the mail in hand.
+    grace = reader_deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace >= 30 and grace >= 2 * RENEW_SECONDS
+    assert "lifecycle" not in reader_container  # no preStop sleep: nothing routes requests to the reader
+
+
+def test_reader_environment_names_only_known_variables(reader_deployment, reader_container):
+    for item in reader_container.get("env", []):
+        assert item["name"] in _VARIABLES, item["name"]
+    configmap = one("ConfigMap")["data"]
+    bounce_settings = {name for name in configmap if name.startswith("BOUNCE_")}
+    assert bounce_settings and bounce_settings <= set(_VARIABLES)
+    settings = settings_from(pod_environment(reader_deployment))  # the app accepts what the pod sees
+    assert settings.bounce_mailbox is not None and settings.redis_target is not None
+    assert settings.bounce_imap_tls_verify, "the example must verify the IMAP server's certificate"
+
+
+def test_reader_shares_the_services_store_settings(container, reader_container):
+    # The same REDIS_URL and REDIS_KEY_PREFIX (the statuses and the lock), and IDEMPOTENCY_SECRET (the suppression
+    # keys are HMACs with it): from the same ConfigMap and Secret, in the same order, overridden by neither.
+    assert reader_container["envFrom"] == container["envFrom"]
+    shared = {"REDIS_URL", "REDIS_KEY_PREFIX", "IDEMPOTENCY_SECRET"}
+    for c in (container, reader_container):
+        assert not shared & {item["name"] for item in c.get("env", [])}
+    assert "IDEMPOTENCY_SECRET" in one("Secret")["stringData"]
+
+
+def test_bounce_imap_url_comes_only_from_the_secret(deployment, reader_deployment):
+    # It holds the IMAP password.
+    assert "BOUNCE_IMAP_URL" in SECRET_VARIABLES
+    assert "BOUNCE_IMAP_URL" not in one("ConfigMap")["data"]
+    for d in (deployment, reader_deployment):
+        assert "BOUNCE_IMAP_URL" not in {item["name"] for item in only_container(d).get("env", [])}
+    assert [r["secretRef"]["name"] for r in only_container(reader_deployment)["envFrom"] if "secretRef" in r] \
+        == [one("Secret")["metadata"]["name"]]
+    example = one("Secret")["stringData"]["BOUNCE_IMAP_URL"]
+    mailbox = settings_from({"BOUNCE_IMAP_URL": example}).bounce_mailbox
+    assert mailbox.password == PLACEHOLDER
+
+
+def test_reader_network_policy_lets_in_only_prometheus_and_out_only_dns_redis_and_imap(reader_pod_labels,
+                                                                                      reader_deployment,
+                                                                                      reader_container):
+    policy = one("NetworkPolicy", READER_NAME)["spec"]
+    assert matches(policy["podSelector"], reader_pod_labels)
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+    (rule,) = policy["ingress"]
+    assert [resolve_port(reader_container, p["port"]) for p in rule["ports"]] == [READER_PORT]
+    (prometheus,) = rule["from"]
+    assert prometheus["podSelector"]["matchLabels"] == {NAME_LABEL: "prometheus"}
+    assert prometheus["namespaceSelector"]["matchLabels"]  # one namespace, not every namespace
+    allowed = set()
+    for egress in policy["egress"]:
+        assert egress.get("ports"), "an egress rule without ports would open every port"
+        allowed |= {(p["port"], p["protocol"]) for p in egress["ports"]}
+    assert allowed == {(53, "UDP"), (53, "TCP"), (6379, "TCP"), (26379, "TCP"), (993, "TCP"), (143, "TCP")}
+    settings = settings_from(pod_environment(reader_deployment))
+    assert (settings.bounce_mailbox.port, "TCP") in allowed
+    assert (urlsplit(settings.redis_url).port or 6379, "TCP") in allowed
