@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..config import load_settings_or_exit
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_status(settings, args.message_id)
     if args.command == "bounces":
+        # One process with a registry of its own: prometheus_client must not write multiprocess files (the
+        # image sets the variable for gunicorn), which a restarted container would read back as stale values.
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
         from .bounces import run_bounces
 
         return run_bounces(settings)
