@@ -10,6 +10,10 @@ block stops at its first failure (later steps depend on it) and the doctor
 goes on with the next relay; the exit status is 0 only when no step of any
 relay failed. Secrets are never printed: the password is only ever handed to
 smtplib.
+
+With BOUNCE_IMAP_URL set, a last block checks the bounce reader's mailbox the
+way `herald-smtp bounces` opens it: connect (TLS), login, the two folders
+(created when missing, as the reader would), the inbox.
 """
 
 from __future__ import annotations
