@@ -293,7 +293,7 @@ def status_cost(run: Run) -> list[str]:
                    f"{_num(v.rps)} ({min(rates):.0f}-{max(rates):.0f}) | {_num(v.p50_ms, 2)} | {_num(v.cpu_ms, 2)} | "
                    f"{_num(v.redis_cpu_ms, 3)} | {_num(v.round_trips, 2)} | {_num(v.evalsha, 2)} | "
                    f"{_num(v.commands, 2)} |")
-    out += ["", *_status_ratios(variants), "", *_status_folding(variants)]
+    out += ["", *_status_ratios(variants), "", *_status_folding(variants), "", *_status_calls(variants)]
     load = run.remarks.get("status-cost load")
     if load:
         out += ["", f"Load average (1, 5, 15 min) during this section: {load}."]
@@ -324,9 +324,23 @@ def _status_folding(variants: dict[str, Variant]) -> list[str]:
             "script (_RESERVE_AND_LOOK reads the recipient's suppression entry and takes the key in one EVALSHA), "
             "and the status record into the final record's (_FINISH_WITH_STATUS writes both in one EVALSHA); the "
             "committing record between them is unchanged, so a send stays at three scripts. What grows is the "
-            f"work inside them. Round trips per send measured: {measured}; what is above the EVALSHAs is the "
-            "set-up of new pooled connections (HELLO, CLIENT SETINFO, PING). On a Redis Cluster the two keys live in "
+            f"work inside them. Round trips per send measured: {measured}. On a Redis Cluster the two keys live in "
             "other slots, so the lookup and the status write are commands of their own there (not measured here)."]
+
+
+def _status_calls(variants: dict[str, Variant]) -> list[str]:
+    """Redis's commandstats per send: the scripts' own commands show what moved into them."""
+    if any(v.commands is None for v in variants.values()):
+        return []
+    names = sorted({name for v in variants.values() for m in v.rounds for name in m.redis["calls"]})
+    lines = ["Redis commands per send by name (commandstats: an EVALSHA is one request of a client, and the commands "
+             "its script runs are counted under their own names as well):", "",
+             "| command | " + " | ".join(STATUS_LABELS[setup] for setup in variants) + " |",
+             "|---|" + "---:|" * len(variants)]
+    for name in names:
+        row = [_num(v.redis_per_request(lambda r, name=name: r["calls"].get(name, 0)), 2) for v in variants.values()]
+        lines.append(f"| {name.upper()} | " + " | ".join(row) + " |")
+    return lines
 
 
 def growth_table(run: Run) -> list[str]:
