@@ -60,7 +60,7 @@ class Budget:
     status_rounds: int  # how often each variant of the status cost measurement is measured, in turn
 
 
-FULL = Budget(max_requests=50_000, seconds=5.0, warmup_requests=96, replay_keys=200, status_rounds=3)
+FULL = Budget(max_requests=50_000, seconds=5.0, warmup_requests=96, replay_keys=200, status_rounds=4)
 QUICK = Budget(max_requests=5_000, seconds=1.0, warmup_requests=32, replay_keys=20, status_rounds=2)
 
 

@@ -303,16 +303,33 @@ def status_cost(run: Run) -> list[str]:
 def _status_ratios(variants: dict[str, Variant]) -> list[str]:
     pairs = [(STATUS_AFTER, STATUS_BEFORE), (STATUS_NO_SUPPRESSION, STATUS_BEFORE),
              (STATUS_AFTER, STATUS_NO_SUPPRESSION)]
-    lines = ["| ratio | req/s | herald-smtp CPU ms/req | Redis CPU ms/req | Redis round trips / send |",
-             "|---|---:|---:|---:|---:|"]
+    lines = ["The ratios of the totals, then (in brackets) those of each round's two measurements, which ran "
+             "seconds apart and so under much the same load:", "",
+             "| ratio | req/s | herald-smtp CPU ms/req | Redis CPU ms/req | Redis round trips / send |",
+             "|---|---|---|---|---:|"]
     for top, bottom in pairs:
         if top in variants and bottom in variants:
             a, b = variants[top], variants[bottom]
-            lines.append(f"| {STATUS_LABELS[top]} / {STATUS_LABELS[bottom]} | {_num(_quotient(a.rps, b.rps), 2)} | "
-                         f"{_num(_quotient(a.cpu_ms, b.cpu_ms), 2)} | "
-                         f"{_num(_quotient(a.redis_cpu_ms, b.redis_cpu_ms), 2)} | "
+            lines.append(f"| {STATUS_LABELS[top]} / {STATUS_LABELS[bottom]} | "
+                         f"{_num(_quotient(a.rps, b.rps), 2)} {_by_round(a, b, lambda m: m.latencies.rps)} | "
+                         f"{_num(_quotient(a.cpu_ms, b.cpu_ms), 2)} {_by_round(a, b, _cpu_ms)} | "
+                         f"{_num(_quotient(a.redis_cpu_ms, b.redis_cpu_ms), 2)} {_by_round(a, b, _redis_cpu_ms)} | "
                          f"{_num(_quotient(a.round_trips, b.round_trips), 2)} |")
-    return lines if len(lines) > 2 else ["No two variants to compare in this run."]
+    return lines if len(lines) > 4 else ["No two variants to compare in this run."]
+
+
+def _cpu_ms(m: Measurement) -> float | None:
+    return m.cpu_ms_per_request
+
+
+def _redis_cpu_ms(m: Measurement) -> float | None:
+    return _quotient(m.redis["cpu_seconds"] * 1000, m.latencies.requests) if m.redis else None
+
+
+def _by_round(a: Variant, b: Variant, figure) -> str:
+    """The ratio of `figure` in each round (the k-th measurement of each variant ran in the k-th round)."""
+    rounds = zip(a.rounds, b.rounds, strict=False)
+    return "(" + ", ".join(_num(_quotient(figure(x), figure(y)), 2) for x, y in rounds) + ")"
 
 
 def _status_folding(variants: dict[str, Variant]) -> list[str]:

@@ -120,7 +120,7 @@ def test_the_section_totals_the_rounds_and_divides_after_by_before():
     # before: 2000 requests in 4 s, 2.0 CPU ms, 0.2 s of Redis CPU, 6020 round trips; after: 1600 in 4 s
     assert "| before (d7d430c) | 2 | 2000 | 0 | 500.0 (500-500) | 10.00 | 2.00 | 0.100 | 3.01 | 3.00 | 6.01 |" in text
     assert "| after | 2 | 1600 | 0 | 400.0 (400-400) | 10.00 | 2.50 | 0.125 | 3.01 | 3.00 | 7.01 |" in text
-    assert "| after / before (d7d430c) | 0.80 | 1.25 | 1.25 | 1.00 |" in text
+    assert "| after / before (d7d430c) | 0.80 (0.80, 0.80) | 1.25 (1.25, 1.25) | 1.25 (1.25, 1.25) | 1.00 |" in text
     assert "| GET | 3.00 | 4.00 | 3.00 |" in text
     assert "3.01 before (3.00 EVALSHA), 3.01 after (3.00 EVALSHA)" in text
     assert "0.50 0.40 0.30 at the start" in text
@@ -133,7 +133,7 @@ def test_without_the_old_tree_the_section_says_why_and_shows_the_rest():
     text = "\n".join(status_cost_section(run))
     assert "> The tree before (d7d430c) was not measured: git is not on PATH." in text
     assert "before (d7d430c) |" not in text.replace("/ before (d7d430c) |", "")
-    assert "| after / after, suppression off (SUPPRESSION_TTL_SECONDS=0) | 0.89 | 1.14 |" in text
+    assert "| after / after, suppression off (SUPPRESSION_TTL_SECONDS=0) | 0.89 (0.89) | 1.14 (1.14) |" in text
 
 
 def test_the_status_rows_stay_out_of_the_results_table_and_a_run_without_them_says_so():
