@@ -43,11 +43,12 @@ from . import wrk as wrk_runner
 from .usage import cpu_seconds, worker_peak_rss_mb
 from .processes import REPO_ROOT, BenchSmtpProcess, Certificates, floor_process, herald_process
 from .results import (CEILING, CONNECT_PER_MESSAGE, DOT_APART, DOT_APART_NODELAY, FLOOR, HERALD, REPLAY,
-                      STATUS_AFTER, STATUS_BEFORE, STATUS_NO_SUPPRESSION, TRACED, WARM, Latencies, Measurement)
+                      LOAD_DURING_STATUS_COST, SKIPPED_BEFORE, STATUS_AFTER, STATUS_BEFORE, STATUS_NO_SUPPRESSION,
+                      TRACED, WARM, Latencies, Measurement)
 
 CONCURRENCIES = (1, 4, 16)
 ROUND_TRIPS_MS = (0.0, 20.0)
-STATUS_COST = "status-cost"  # the section --only can name, and its key in Run.remarks
+STATUS_COST = "status-cost"  # the section --only can name
 OLD_TREE_DIR = REPO_ROOT / "var" / "bench" / "before-status"
 
 
@@ -257,8 +258,15 @@ def measure_status_cost(context: Context) -> None:
         smtp = stack.enter_context(BenchSmtpProcess(context.workdir, context.certs, workload.SMTP_USER,
                                                     workload.SMTP_PASSWORD, 0.0, True))
         services = {}
-        for setup, started in _status_variants(context, smtp):
-            services[setup] = stack.enter_context(started)
+        for setup, service in _status_variants(context, smtp):
+            try:
+                services[setup] = stack.enter_context(service)
+            except RuntimeError as exc:  # the old tree may not start here: say so, measure the others
+                if setup != STATUS_BEFORE:
+                    raise
+                _skip(context, f"the tree before ({status_cost.BEFORE_COMMIT}) was not measured: it did not "
+                               f"start ({str(exc).splitlines()[0]})")
+                continue
             warm_up(context, services[setup])
         client = stack.enter_context(redis.Redis.from_url(context.redis_url, socket_timeout=10))
         setups = list(services)
@@ -266,19 +274,19 @@ def measure_status_cost(context: Context) -> None:
             shift = turn % len(setups)
             for setup in setups[shift:] + setups[:shift]:
                 measure_with_redis(context, client, services[setup], smtp, setup, concurrency)
-    context.remarks[STATUS_COST + " load"] = f"{load_before} at the start of the section, {_load()} at its end"
+    context.remarks[LOAD_DURING_STATUS_COST] = f"{load_before} at the start of the section, {_load()} at its end"
 
 
 def _status_variants(context: Context, smtp: BenchSmtpProcess):
     """(setup, herald-smtp not started yet) for each variant that can run; why one cannot goes to the remarks."""
     env = herald_env(context, smtp)
-    tree = status_cost.old_tree(REPO_ROOT, OLD_TREE_DIR)
+    tree = status_cost.old_tree(REPO_ROOT, OLD_TREE_DIR, status_cost.BEFORE_COMMIT)
     if tree.missing:
         _skip(context, f"the tree before ({tree.commit}) was not measured: {tree.missing}")
     else:
         old = herald_process(context.workdir, env, first_on_path=tree.path)
         found = status_cost.imported_from(old.env, context.workdir)
-        if found == tree.path.resolve() / "herald_smtp":
+        if found is not None and found == tree.path.resolve() / "herald_smtp":
             context.say(f"  the tree before is imported from {found}")
             yield STATUS_BEFORE, old
         else:
@@ -289,7 +297,7 @@ def _status_variants(context: Context, smtp: BenchSmtpProcess):
 
 
 def _skip(context: Context, why: str) -> None:
-    context.remarks[STATUS_COST] = why
+    context.remarks[SKIPPED_BEFORE] = why
     context.say(f"  {why}")
 
 

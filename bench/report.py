@@ -1,4 +1,5 @@
-"""docs/BENCHMARKS.md from a Run: the machine, the command, the targets, the table, the round trips, the growth.
+"""docs/BENCHMARKS.md from a Run: the machine, the command, the targets, the round trips, the final dot, tracing,
+the cost of message status and the suppression list, the table, the growth.
 
 Everything in the document comes from the Run; nothing is typed in by hand.
 """
@@ -11,7 +12,8 @@ from dataclasses import dataclass
 
 from .calibration import Calibration, calibration_of
 from .results import (CEILING, CONNECT_PER_MESSAGE, DOT_APART, DOT_APART_NODELAY, FLOOR, HERALD, REPLAY, SETUPS,
-                      STATUS_AFTER, STATUS_BEFORE, STATUS_COST, STATUS_NO_SUPPRESSION, TRACED, WARM, Measurement, Run)
+                      LOAD_DURING_STATUS_COST, SKIPPED_BEFORE, STATUS_AFTER, STATUS_BEFORE, STATUS_COST,
+                      STATUS_NO_SUPPRESSION, TRACED, WARM, Measurement, Run)
 from .status_cost import BEFORE_COMMIT
 
 RSS_TARGET_MB = 80.0
@@ -270,7 +272,7 @@ STATUS_LABELS = {STATUS_BEFORE: f"before ({BEFORE_COMMIT})", STATUS_AFTER: "afte
 def status_cost(run: Run) -> list[str]:
     """Message status and the suppression list (issue #23): the tree before them against the current one."""
     variants = status_variants(run)
-    remark = run.remarks.get("status-cost")
+    remark = run.remarks.get(SKIPPED_BEFORE)
     if not variants:
         return [f"Not measured in this run{': ' + remark if remark else '.'}"]
     first = variants[next(iter(variants))].rounds[0]
@@ -294,7 +296,7 @@ def status_cost(run: Run) -> list[str]:
                    f"{_num(v.redis_cpu_ms, 3)} | {_num(v.round_trips, 2)} | {_num(v.evalsha, 2)} | "
                    f"{_num(v.commands, 2)} |")
     out += ["", *_status_ratios(variants), "", *_status_folding(variants), "", *_status_calls(variants)]
-    load = run.remarks.get("status-cost load")
+    load = run.remarks.get(LOAD_DURING_STATUS_COST)
     if load:
         out += ["", f"Load average (1, 5, 15 min) during this section: {load}."]
     return out

@@ -26,6 +26,9 @@ STATUS_BEFORE = "herald-smtp before status (d7d430c)"
 STATUS_AFTER = "herald-smtp with status and suppression"
 STATUS_NO_SUPPRESSION = "herald-smtp with status, suppression off"
 STATUS_COST = (STATUS_BEFORE, STATUS_AFTER, STATUS_NO_SUPPRESSION)
+# Run.remarks of that section: why the tree before was not measured, and the load average around it.
+SKIPPED_BEFORE = "status-cost"
+LOAD_DURING_STATUS_COST = "status-cost load"
 SETUPS = (CONNECT_PER_MESSAGE, WARM, DOT_APART, DOT_APART_NODELAY, CEILING, FLOOR, HERALD, TRACED, REPLAY,
           *STATUS_COST)
 

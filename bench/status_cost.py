@@ -63,11 +63,12 @@ def old_tree(repo: Path, into: Path, commit: str = BEFORE_COMMIT) -> OldTree:
     return OldTree(commit, into)
 
 
-def imported_from(env: dict[str, str], cwd: Path) -> Path:
-    """Where `import herald_smtp` finds the package in a child with `env` (the old tree's, if PYTHONPATH works)."""
+def imported_from(env: dict[str, str], cwd: Path) -> Path | None:
+    """Where `import herald_smtp` finds the package in a child with `env` (the old tree's, if PYTHONPATH works);
+    None when the import fails."""
     probe = subprocess.run([sys.executable, "-c", "import herald_smtp; print(herald_smtp.__file__)"], env=env,
-                           cwd=cwd, capture_output=True, text=True, check=True)
-    return Path(probe.stdout.strip()).resolve().parent
+                           cwd=cwd, capture_output=True, text=True)
+    return Path(probe.stdout.strip()).resolve().parent if probe.returncode == 0 else None
 
 
 @dataclass(frozen=True)

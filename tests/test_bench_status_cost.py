@@ -11,8 +11,8 @@ import pytest
 
 from bench.processes import _child_env
 from bench.report import render, status_cost as status_cost_section
-from bench.results import (HERALD, STATUS_AFTER, STATUS_BEFORE, STATUS_NO_SUPPRESSION, Latencies, Machine,
-                           Measurement, Run)
+from bench.results import (HERALD, LOAD_DURING_STATUS_COST, SKIPPED_BEFORE, STATUS_AFTER, STATUS_BEFORE,
+                           STATUS_NO_SUPPRESSION, Latencies, Machine, Measurement, Run)
 from bench.status_cost import RedisCounts, imported_from, old_tree, redis_delta
 
 _RESERVE_LIKE = """
@@ -115,7 +115,7 @@ def test_the_section_totals_the_rounds_and_divides_after_by_before():
                       _sends(STATUS_NO_SUPPRESSION, 900, 2.2, 2709, 2700, 0.1),
                       _sends(STATUS_BEFORE, 1000, 2.0, 3010, 3000, 0.1),
                       _sends(STATUS_AFTER, 800, 2.5, 2408, 3200, 0.1),
-                      remarks={"status-cost load": "0.50 0.40 0.30 at the start of the section, 1.00 at its end"})
+                      remarks={LOAD_DURING_STATUS_COST: "0.50 0.40 0.30 at the start of the section, 1.00 at its end"})
     text = "\n".join(status_cost_section(run))
     # before: 2000 requests in 4 s, 2.0 CPU ms, 0.2 s of Redis CPU, 6020 round trips; after: 1600 in 4 s
     assert "| before (d7d430c) | 2 | 2000 | 0 | 500.0 (500-500) | 10.00 | 2.00 | 0.100 | 3.01 | 3.00 | 6.01 |" in text
@@ -129,7 +129,7 @@ def test_the_section_totals_the_rounds_and_divides_after_by_before():
 def test_without_the_old_tree_the_section_says_why_and_shows_the_rest():
     why = "the tree before (d7d430c) was not measured: git is not on PATH"
     run = _status_run(_sends(STATUS_AFTER, 800, 2.5, 2408, 3200, 0.1),
-                      _sends(STATUS_NO_SUPPRESSION, 900, 2.2, 2709, 2700, 0.1), remarks={"status-cost": why})
+                      _sends(STATUS_NO_SUPPRESSION, 900, 2.2, 2709, 2700, 0.1), remarks={SKIPPED_BEFORE: why})
     text = "\n".join(status_cost_section(run))
     assert "> The tree before (d7d430c) was not measured: git is not on PATH." in text
     assert "before (d7d430c) |" not in text.replace("/ before (d7d430c) |", "")
