@@ -1,10 +1,12 @@
-"""python -m bench [--quick] [--generator auto|wrk|python] [--report F] [--plot F] [--json F] [--calibration F]
-                   [--from-json F]
+"""python -m bench [--quick] [--only status-cost] [--generator auto|wrk|python] [--report F] [--plot F] [--json F]
+                   [--calibration F] [--from-json F]
 
 Runs the measurements (bench/plan.py) against servers it starts itself on
 127.0.0.1, prints each figure as it comes, and writes the Markdown report,
 the PNG plot and the raw figures as JSON. --from-json renders the report and
-the plot again from a saved run without measuring. The whole run is bounded:
+the plot again from a saved run without measuring; --only status-cost
+measures that section alone (about 2 minutes, for development: the report
+it writes has only that section's figures). The whole run is bounded:
 a watchdog ends it (stopping every server it started) after MAX_SECONDS.
 """
 
@@ -63,7 +65,7 @@ def measure(args, say) -> Run:
     signal.signal(signal.SIGALRM, _watchdog)
     signal.alarm(MAX_SECONDS)
     try:
-        measurements = plan.run(budget, use_wrk, say)
+        measurements, remarks = plan.run(budget, use_wrk, say, args.only)
     finally:
         signal.alarm(0)
     notes = []
@@ -72,13 +74,17 @@ def measure(args, say) -> Run:
         notes.append(f"HTTP load by the Python generator ({why}); see The load generators.")
     if args.quick:
         notes.append("A --quick run (1 s per measurement): the figures are a smoke test, not a benchmark.")
+    if args.only:
+        notes.append(f"An --only {args.only} run: only that section was measured.")
     return Run(machine(wrk_version if use_wrk else ""), args.command, started.isoformat(timespec="seconds"),
-               round(time.monotonic() - began, 1), measurements, notes)
+               round(time.monotonic() - began, 1), measurements, notes, remarks)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 s per measurement: a smoke test of the bench")
+    parser.add_argument("--only", choices=(plan.STATUS_COST,),
+                        help="measure this section alone (a quick look during development, not the report's run)")
     parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto",
                         help="HTTP load generator (auto: wrk when on PATH)")
     parser.add_argument("--report", type=Path, help="write the Markdown report here")

@@ -9,6 +9,12 @@
    with and without TCP_NODELAY, the ceiling); then herald-smtp (Redis store) started against it, warmed up, and
    measured at each concurrency with fresh keys; at 0 ms with PIPELINING,
    also the replays of finished keys.
+3. Message status and the suppression list, before and after (issue #23):
+   at 0 ms, PIPELINING, concurrency 16, herald-smtp from the tree before the
+   status records (bench/status_cost.py), from the current tree, and from the
+   current tree with the suppression lookup off, all three running at once and
+   measured in turn, `status_rounds` times (each round in another order), with
+   Redis's counts around each measurement. `--only status-cost` runs this alone.
 
 Every measurement is bounded by Budget.max_requests and Budget.seconds; the
 server's counts are reset before and read after each one, and the gunicorn
@@ -18,25 +24,32 @@ workers' peak RSS is read after each one.
 from __future__ import annotations
 
 import itertools
+import os
 import tempfile
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from contextlib import ExitStack
 from typing import Callable
+
+import redis
 
 from tests.support.herald_process import HeraldProcess
 from tests.support.otlp_receiver import OtlpReceiver
 from tests.support.redis_server import RedisServer
 
-from . import loadgen, smtp_clients, workload
+from . import loadgen, smtp_clients, status_cost, workload
 from . import wrk as wrk_runner
 from .usage import cpu_seconds, worker_peak_rss_mb
-from .processes import BenchSmtpProcess, Certificates, floor_process, herald_process
-from .results import (CEILING, CONNECT_PER_MESSAGE, DOT_APART, DOT_APART_NODELAY, FLOOR, HERALD, REPLAY, TRACED,
-                      WARM, Latencies, Measurement)
+from .processes import REPO_ROOT, BenchSmtpProcess, Certificates, floor_process, herald_process
+from .results import (CEILING, CONNECT_PER_MESSAGE, DOT_APART, DOT_APART_NODELAY, FLOOR, HERALD, REPLAY,
+                      LOAD_DURING_STATUS_COST, SKIPPED_BEFORE, STATUS_AFTER, STATUS_BEFORE, STATUS_NO_SUPPRESSION,
+                      TRACED, WARM, Latencies, Measurement)
 
 CONCURRENCIES = (1, 4, 16)
 ROUND_TRIPS_MS = (0.0, 20.0)
+STATUS_COST = "status-cost"  # the section --only can name
+OLD_TREE_DIR = REPO_ROOT / "var" / "bench" / "before-status"
 
 
 @dataclass(frozen=True)
@@ -45,10 +58,11 @@ class Budget:
     seconds: float  # per measurement
     warmup_requests: int  # per herald-smtp instance, before its first measurement, not reported
     replay_keys: int  # finished keys the replay measurement cycles through
+    status_rounds: int  # how often each variant of the status cost measurement is measured, in turn
 
 
-FULL = Budget(max_requests=50_000, seconds=5.0, warmup_requests=96, replay_keys=200)
-QUICK = Budget(max_requests=5_000, seconds=1.0, warmup_requests=32, replay_keys=20)
+FULL = Budget(max_requests=50_000, seconds=5.0, warmup_requests=96, replay_keys=200, status_rounds=4)
+QUICK = Budget(max_requests=5_000, seconds=1.0, warmup_requests=32, replay_keys=20, status_rounds=2)
 
 
 @dataclass
@@ -60,6 +74,7 @@ class Context:
     use_wrk: bool
     say: Callable[[str], None]
     measurements: list[Measurement]
+    remarks: dict[str, str] = field(default_factory=dict)  # per section, printed by the report (Run.remarks)
     prefixes: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     def prefix(self) -> str:
@@ -83,17 +98,21 @@ def _text(value) -> str:
     return "-" if value is None else f"{value:g}"
 
 
-def run(budget: Budget, use_wrk: bool, say: Callable[[str], None]) -> list[Measurement]:
+def run(budget: Budget, use_wrk: bool, say: Callable[[str], None],
+        only: str | None = None) -> tuple[list[Measurement], dict[str, str]]:
+    """The measurements and the remarks of every section, or of the section `only` names."""
     with tempfile.TemporaryDirectory(prefix="herald-bench-") as directory:
         workdir = Path(directory)
         certs = Certificates.create(workdir)
         with RedisServer(workdir / "redis") as redis_server:
             context = Context(budget, workdir, certs, redis_server.url, use_wrk, say, [])
-            measure_floor(context)
-            for rtt_ms in ROUND_TRIPS_MS:
-                for pipelining in (True, False):
-                    measure_smtp_setups(context, rtt_ms, pipelining)
-            return context.measurements
+            if only is None:
+                measure_floor(context)
+                for rtt_ms in ROUND_TRIPS_MS:
+                    for pipelining in (True, False):
+                        measure_smtp_setups(context, rtt_ms, pipelining)
+            measure_status_cost(context)
+            return context.measurements, context.remarks
 
 
 def herald_env(context: Context, smtp: BenchSmtpProcess | None) -> dict[str, str]:
@@ -226,3 +245,81 @@ def measure_replay(context: Context, smtp: BenchSmtpProcess, herald: HeraldProce
         if measurement.smtp["mails"]:
             raise RuntimeError(f"a replay reached the SMTP server ({measurement.smtp['mails']} mails)")
 
+
+
+def measure_status_cost(context: Context) -> None:
+    """Before / after message status and the suppression list: the three herald-smtp variants run at once against
+    one SMTP server and one Redis, and are measured in turn, so the machine's load falls on all of them alike."""
+    concurrency = CONCURRENCIES[-1]
+    context.say(f"Message status and suppression: before ({status_cost.BEFORE_COMMIT}) / after, round trip 0 ms, "
+                f"PIPELINING on, concurrency {concurrency}, load average {_load()}")
+    load_before = _load()
+    with ExitStack() as stack:
+        smtp = stack.enter_context(BenchSmtpProcess(context.workdir, context.certs, workload.SMTP_USER,
+                                                    workload.SMTP_PASSWORD, 0.0, True))
+        services = {}
+        for setup, service in _status_variants(context, smtp):
+            try:
+                services[setup] = stack.enter_context(service)
+            except RuntimeError as exc:  # the old tree may not start here: say so, measure the others
+                if setup != STATUS_BEFORE:
+                    raise
+                _skip(context, f"the tree before ({status_cost.BEFORE_COMMIT}) was not measured: it did not "
+                               f"start ({str(exc).splitlines()[0]})")
+                continue
+            warm_up(context, services[setup])
+        client = stack.enter_context(redis.Redis.from_url(context.redis_url, socket_timeout=10))
+        setups = list(services)
+        for turn in range(context.budget.status_rounds):
+            shift = turn % len(setups)
+            for setup in setups[shift:] + setups[:shift]:
+                measure_with_redis(context, client, services[setup], smtp, setup, concurrency)
+    context.remarks[LOAD_DURING_STATUS_COST] = f"{load_before} at the start of the section, {_load()} at its end"
+
+
+def _status_variants(context: Context, smtp: BenchSmtpProcess):
+    """(setup, herald-smtp not started yet) for each variant that can run; why one cannot goes to the remarks."""
+    env = herald_env(context, smtp)
+    tree = status_cost.old_tree(REPO_ROOT, OLD_TREE_DIR, status_cost.BEFORE_COMMIT)
+    if tree.missing:
+        _skip(context, f"the tree before ({tree.commit}) was not measured: {tree.missing}")
+    else:
+        old = herald_process(context.workdir, env, first_on_path=tree.path)
+        found = status_cost.imported_from(old.env, context.workdir)
+        if found is not None and found == tree.path.resolve() / "herald_smtp":
+            context.say(f"  the tree before is imported from {found}")
+            yield STATUS_BEFORE, old
+        else:
+            _skip(context, f"the tree before ({tree.commit}) was not measured: with it first on PYTHONPATH, "
+                           f"herald_smtp was imported from {found}, not from {tree.path}")
+    yield STATUS_AFTER, herald_process(context.workdir, env)
+    yield STATUS_NO_SUPPRESSION, herald_process(context.workdir, env | {"SUPPRESSION_TTL_SECONDS": "0"})
+
+
+def _skip(context: Context, why: str) -> None:
+    context.remarks[SKIPPED_BEFORE] = why
+    context.say(f"  {why}")
+
+
+def measure_with_redis(context: Context, client: redis.Redis, herald: HeraldProcess, smtp: BenchSmtpProcess,
+                       setup: str, concurrency: int) -> Measurement:
+    """served(), with Redis's round trips, calls and CPU during it."""
+    before = status_cost.RedisCounts.from_info(client.info("all"))
+    measurement = served(context, herald, smtp,
+                         Measurement(setup, 0.0, True, concurrency, context.http_generator, None),
+                         partial(http_measurement, context, herald, context.http_generator, concurrency))
+    measurement.redis = status_cost.redis_delta(before, status_cost.RedisCounts.from_info(client.info("all")))
+    requests = measurement.latencies.requests
+    round_trips = status_cost.per_request(measurement.redis["round_trips"], requests)
+    redis_cpu_ms = status_cost.per_request(measurement.redis["cpu_seconds"] * 1000, requests)
+    context.say(f"  {'':36} Redis {_fixed(round_trips)} round trips/req, {_fixed(redis_cpu_ms, 3)} CPU ms/req; "
+                f"herald-smtp {_fixed(measurement.cpu_ms_per_request)} CPU ms/req")
+    return measurement
+
+
+def _fixed(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _load() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())

@@ -47,10 +47,12 @@ class Certificates:
         return paths
 
 
-def _child_env(extra: dict[str, str]) -> dict[str, str]:
-    """Only what the child needs: a developer's REDIS_URL or SMTP settings must not leak in."""
+def _child_env(extra: dict[str, str], first_on_path: Path | None = None) -> dict[str, str]:
+    """Only what the child needs: a developer's REDIS_URL or SMTP settings must not leak in. `first_on_path`: a
+    tree whose herald_smtp the child imports instead of the current one (the venv's editable install comes after
+    PYTHONPATH)."""
     env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR") if k in os.environ}
-    env["PYTHONPATH"] = str(REPO_ROOT)
+    env["PYTHONPATH"] = os.pathsep.join(str(path) for path in (first_on_path, REPO_ROOT) if path is not None)
     env.update(extra)
     return env
 
@@ -116,8 +118,8 @@ class BenchSmtpProcess:
         self.stop()
 
 
-def herald_process(workdir: Path, env: dict[str, str]) -> HeraldProcess:
-    return HeraldProcess(workdir, _child_env(env), name=f"herald-smtp-{next(_RUNS)}")
+def herald_process(workdir: Path, env: dict[str, str], first_on_path: Path | None = None) -> HeraldProcess:
+    return HeraldProcess(workdir, _child_env(env, first_on_path), name=f"herald-smtp-{next(_RUNS)}")
 
 
 def floor_process(workdir: Path, env: dict[str, str]) -> HeraldProcess:

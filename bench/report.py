@@ -1,4 +1,5 @@
-"""docs/BENCHMARKS.md from a Run: the machine, the command, the targets, the table, the round trips, the growth.
+"""docs/BENCHMARKS.md from a Run: the machine, the command, the targets, the round trips, the final dot, tracing,
+the cost of message status and the suppression list, the table, the growth.
 
 Everything in the document comes from the Run; nothing is typed in by hand.
 """
@@ -6,11 +7,14 @@ Everything in the document comes from the Run; nothing is typed in by hand.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 
 from .calibration import Calibration, calibration_of
 from .results import (CEILING, CONNECT_PER_MESSAGE, DOT_APART, DOT_APART_NODELAY, FLOOR, HERALD, REPLAY, SETUPS,
-                      TRACED, WARM, Measurement, Run)
+                      LOAD_DURING_STATUS_COST, SKIPPED_BEFORE, STATUS_AFTER, STATUS_BEFORE, STATUS_COST,
+                      STATUS_NO_SUPPRESSION, TRACED, WARM, Measurement, Run)
+from .status_cost import BEFORE_COMMIT
 
 RSS_TARGET_MB = 80.0
 
@@ -110,7 +114,7 @@ def results_table(run: Run) -> list[str]:
     lines = ["| setup | RTT ms | server PIPELINING | concurrency | generator | requests | errors | req/s | "
              "p50 ms | p95 ms | p99 ms | CPU ms/req | peak RSS/worker MB |",
              "|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for m in sorted(run.measurements, key=_order):
+    for m in sorted((m for m in run.measurements if m.setup not in STATUS_COST), key=_order):
         lat = m.latencies
         lines.append(f"| {m.setup} | {_num(m.rtt_ms, 0)} | {_onoff(m.pipelining)} | {m.concurrency} | {m.generator} | "
                      f"{lat.requests} | {lat.errors} | {lat.rps:.1f} | {_num(lat.p50_ms, 2)} | {_num(lat.p95_ms, 2)} | "
@@ -204,6 +208,160 @@ def tracing(run: Run) -> list[str]:
             "herald-smtp rows above are that case, and tests/ checks it."]
 
 
+@dataclass
+class Variant:
+    """One variant of the status cost measurement over all its rounds: totals, so a long round weighs more."""
+
+    setup: str
+    rounds: list[Measurement]
+
+    @property
+    def requests(self) -> int:
+        return sum(m.latencies.requests for m in self.rounds)
+
+    @property
+    def errors(self) -> int:
+        return sum(m.latencies.errors for m in self.rounds)
+
+    @property
+    def rps(self) -> float | None:
+        return _quotient(self.requests, sum(m.latencies.seconds for m in self.rounds))
+
+    @property
+    def p50_ms(self) -> float | None:
+        return statistics.median(m.latencies.p50_ms for m in self.rounds)
+
+    @property
+    def cpu_ms(self) -> float | None:
+        """herald-smtp's CPU (gunicorn's master and workers) per request."""
+        if any(m.cpu_ms_per_request is None for m in self.rounds):
+            return None
+        return _quotient(sum(m.cpu_ms_per_request * m.latencies.requests for m in self.rounds), self.requests)
+
+    def redis_per_request(self, read) -> float | None:
+        if any(not m.redis for m in self.rounds):
+            return None
+        return _quotient(sum(read(m.redis) for m in self.rounds), self.requests)
+
+    @property
+    def redis_cpu_ms(self) -> float | None:
+        return self.redis_per_request(lambda r: r["cpu_seconds"] * 1000)
+
+    @property
+    def round_trips(self) -> float | None:
+        return self.redis_per_request(lambda r: r["round_trips"])
+
+    @property
+    def evalsha(self) -> float | None:
+        return self.redis_per_request(lambda r: r["calls"].get("evalsha", 0))
+
+    @property
+    def commands(self) -> float | None:
+        """Every command Redis ran, the scripts' own included (commandstats counts those under their names)."""
+        return self.redis_per_request(lambda r: sum(r["calls"].values()))
+
+
+def status_variants(run: Run) -> dict[str, Variant]:
+    return {setup: Variant(setup, run.all(setup)) for setup in STATUS_COST if run.all(setup)}
+
+
+STATUS_LABELS = {STATUS_BEFORE: f"before ({BEFORE_COMMIT})", STATUS_AFTER: "after",
+                 STATUS_NO_SUPPRESSION: "after, suppression off (SUPPRESSION_TTL_SECONDS=0)"}
+
+
+def status_cost(run: Run) -> list[str]:
+    """Message status and the suppression list (issue #23): the tree before them against the current one."""
+    variants = status_variants(run)
+    remark = run.remarks.get(SKIPPED_BEFORE)
+    if not variants:
+        return [f"Not measured in this run{': ' + remark if remark else '.'}"]
+    first = variants[next(iter(variants))].rounds[0]
+    out = [f"Fresh sends (a new Idempotency-Key each) at {_num(first.rtt_ms, 0)} ms round trip, PIPELINING server, "
+           f"Redis store, concurrency {first.concurrency}, {first.generator}: the tree before message status "
+           f"(commit {BEFORE_COMMIT}, run from a copy of that commit first on PYTHONPATH), the current tree, and the "
+           "current tree with the suppression lookup off. The three run at once against one SMTP server and one "
+           "Redis and are measured in turn, each round in another order, so the machine's load falls on all of "
+           "them alike; the figures are the totals over the rounds. herald-smtp CPU is its gunicorn master and "
+           "workers'; Redis's counts are from INFO before and after each measurement (round trips: "
+           "total_reads_processed; commands: commandstats, which counts the commands a Lua script runs too).", ""]
+    if remark:
+        out += [f"> {remark[0].upper()}{remark[1:]}.", ""]
+    out += ["| variant | rounds | requests | errors | req/s (rounds' range) | p50 ms | herald-smtp CPU ms/req | "
+            "Redis CPU ms/req | Redis round trips / send | EVALSHA / send | Redis commands / send |",
+            "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for v in variants.values():
+        rates = [m.latencies.rps for m in v.rounds]
+        out.append(f"| {STATUS_LABELS[v.setup]} | {len(v.rounds)} | {v.requests} | {v.errors} | "
+                   f"{_num(v.rps)} ({min(rates):.0f}-{max(rates):.0f}) | {_num(v.p50_ms, 2)} | {_num(v.cpu_ms, 2)} | "
+                   f"{_num(v.redis_cpu_ms, 3)} | {_num(v.round_trips, 2)} | {_num(v.evalsha, 2)} | "
+                   f"{_num(v.commands, 2)} |")
+    out += ["", *_status_ratios(variants), "", *_status_folding(variants), "", *_status_calls(variants)]
+    load = run.remarks.get(LOAD_DURING_STATUS_COST)
+    if load:
+        out += ["", f"Load average (1, 5, 15 min) during this section: {load}."]
+    return out
+
+
+def _status_ratios(variants: dict[str, Variant]) -> list[str]:
+    pairs = [(STATUS_AFTER, STATUS_BEFORE), (STATUS_NO_SUPPRESSION, STATUS_BEFORE),
+             (STATUS_AFTER, STATUS_NO_SUPPRESSION)]
+    lines = ["The ratios of the totals, then (in brackets) those of each round's two measurements, which ran "
+             "seconds apart and so under much the same load:", "",
+             "| ratio | req/s | herald-smtp CPU ms/req | Redis CPU ms/req | Redis round trips / send |",
+             "|---|---|---|---|---:|"]
+    for top, bottom in pairs:
+        if top in variants and bottom in variants:
+            a, b = variants[top], variants[bottom]
+            lines.append(f"| {STATUS_LABELS[top]} / {STATUS_LABELS[bottom]} | "
+                         f"{_num(_quotient(a.rps, b.rps), 2)} {_by_round(a, b, lambda m: m.latencies.rps)} | "
+                         f"{_num(_quotient(a.cpu_ms, b.cpu_ms), 2)} {_by_round(a, b, _cpu_ms)} | "
+                         f"{_num(_quotient(a.redis_cpu_ms, b.redis_cpu_ms), 2)} {_by_round(a, b, _redis_cpu_ms)} | "
+                         f"{_num(_quotient(a.round_trips, b.round_trips), 2)} |")
+    return lines if len(lines) > 4 else ["No two variants to compare in this run."]
+
+
+def _cpu_ms(m: Measurement) -> float | None:
+    return m.cpu_ms_per_request
+
+
+def _redis_cpu_ms(m: Measurement) -> float | None:
+    return _quotient(m.redis["cpu_seconds"] * 1000, m.latencies.requests) if m.redis else None
+
+
+def _by_round(a: Variant, b: Variant, figure) -> str:
+    """The ratio of `figure` in each round (the k-th measurement of each variant ran in the k-th round)."""
+    rounds = zip(a.rounds, b.rounds, strict=False)
+    return "(" + ", ".join(_num(_quotient(figure(x), figure(y)), 2) for x, y in rounds) + ")"
+
+
+def _status_folding(variants: dict[str, Variant]) -> list[str]:
+    """What was folded where, with the round trips measured."""
+    short = {STATUS_BEFORE: "before", STATUS_AFTER: "after", STATUS_NO_SUPPRESSION: "after with suppression off"}
+    measured = ", ".join(f"{_num(v.round_trips, 2)} {short[v.setup]} ({_num(v.evalsha, 2)} EVALSHA)"
+                         for v in variants.values())
+    return ["Neither addition costs a round trip to Redis: the suppression lookup is folded into the reservation's "
+            "script (_RESERVE_AND_LOOK reads the recipient's suppression entry and takes the key in one EVALSHA), "
+            "and the status record into the final record's (_FINISH_WITH_STATUS writes both in one EVALSHA); the "
+            "committing record between them is unchanged, so a send stays at three scripts. What grows is the "
+            f"work inside them. Round trips per send measured: {measured}. On a Redis Cluster the two keys live in "
+            "other slots, so the lookup and the status write are commands of their own there (not measured here)."]
+
+
+def _status_calls(variants: dict[str, Variant]) -> list[str]:
+    """Redis's commandstats per send: the scripts' own commands show what moved into them."""
+    if any(v.commands is None for v in variants.values()):
+        return []
+    names = sorted({name for v in variants.values() for m in v.rounds for name in m.redis["calls"]})
+    lines = ["Redis commands per send by name (commandstats: an EVALSHA is one request of a client, and the commands "
+             "its script runs are counted under their own names as well):", "",
+             "| command | " + " | ".join(STATUS_LABELS[setup] for setup in variants) + " |",
+             "|---|" + "---:|" * len(variants)]
+    for name in names:
+        row = [_num(v.redis_per_request(lambda r, name=name: r["calls"].get(name, 0)), 2) for v in variants.values()]
+        lines.append(f"| {name.upper()} | " + " | ".join(row) + " |")
+    return lines
+
+
 def growth_table(run: Run) -> list[str]:
     lines = ["| setup | RTT ms | server PIPELINING | generator | req/s c=1 -> c=16 | throughput x | "
              "p50 ms c=1 -> c=16 | p50 x | CPU ms/req c=1 -> c=16 |",
@@ -281,6 +439,8 @@ def render(run: Run, plot_name: str | None = "benchmarks.png", recorded: Calibra
     out += final_dot(run)
     out += ["", "## Tracing", ""]
     out += tracing(run)
+    out += ["", "## Message status and the suppression list: the cost", ""]
+    out += status_cost(run)
     out += ["", "## Results", "",
             f"Latencies are the generator's, per request ({generator} for HTTP, smtplib's own timing for the raw "
             "SMTP clients). CPU ms/req is the CPU time of gunicorn's master and workers per request; peak RSS is "
@@ -308,6 +468,9 @@ def render(run: Run, plot_name: str | None = "benchmarks.png", recorded: Calibra
             "to a receiver in the bench process that only counts them (tests/support/otlp_receiver.py).",
             f"- **{REPLAY}**: the same body and key again for keys already finished: answered from Redis, no SMTP "
             "(the server counted no mail during these runs).",
+            f"- **{STATUS_BEFORE}**, **{STATUS_AFTER}**, **{STATUS_NO_SUPPRESSION}**: {HERALD} from the tree "
+            f"before message status (commit {BEFORE_COMMIT}), from this tree, and from this tree with "
+            "SUPPRESSION_TTL_SECONDS=0; measured in their own section, not in the Results table.",
             "",
             "The benchmark SMTP server (bench/smtp_server.py) runs in its own process. It answers all the commands "
             "of one read in one write, one round trip after the read arrived; the greeting (which stands for the "

@@ -21,7 +21,16 @@ FLOOR = "HTTP floor"
 HERALD = "herald-smtp"
 REPLAY = "replay"
 TRACED = "herald-smtp, tracing on"
-SETUPS = (CONNECT_PER_MESSAGE, WARM, DOT_APART, DOT_APART_NODELAY, CEILING, FLOOR, HERALD, TRACED, REPLAY)
+# The cost of message status and the suppression list (issue #23), measured alternately in one run.
+STATUS_BEFORE = "herald-smtp before status (d7d430c)"
+STATUS_AFTER = "herald-smtp with status and suppression"
+STATUS_NO_SUPPRESSION = "herald-smtp with status, suppression off"
+STATUS_COST = (STATUS_BEFORE, STATUS_AFTER, STATUS_NO_SUPPRESSION)
+# Run.remarks of that section: why the tree before was not measured, and the load average around it.
+SKIPPED_BEFORE = "status-cost"
+LOAD_DURING_STATUS_COST = "status-cost load"
+SETUPS = (CONNECT_PER_MESSAGE, WARM, DOT_APART, DOT_APART_NODELAY, CEILING, FLOOR, HERALD, TRACED, REPLAY,
+          *STATUS_COST)
 
 
 @dataclass
@@ -64,6 +73,7 @@ class Measurement:
     peak_rss_mb: float | None = None  # max VmHWM over the gunicorn workers, when gunicorn was involved
     cpu_ms_per_request: float | None = None  # CPU of gunicorn's master and workers per request
     smtp: dict = field(default_factory=dict)  # the benchmark SMTP server's counts during the measurement
+    redis: dict = field(default_factory=dict)  # Redis's counts during it (bench/status_cost.redis_delta), if read
 
     @property
     def label(self) -> str:
@@ -97,6 +107,10 @@ class Run:
     wall_seconds: float
     measurements: list[Measurement]
     notes: list[str] = field(default_factory=list)
+    remarks: dict[str, str] = field(default_factory=dict)  # per report section: why part of it was not measured
+
+    def all(self, setup: str) -> list[Measurement]:
+        return [m for m in self.measurements if m.setup == setup]
 
     def find(self, setup: str, *, rtt_ms=None, pipelining=None, concurrency=None, generator=None) -> Measurement | None:
         for m in self.measurements:
@@ -121,7 +135,7 @@ class Run:
         data = json.loads(text)
         measurements = [Measurement(**{**m, "latencies": Latencies(**m["latencies"])}) for m in data["measurements"]]
         return cls(Machine(**data["machine"]), data["command"], data["started"], data["wall_seconds"],
-                   measurements, data.get("notes", []))
+                   measurements, data.get("notes", []), data.get("remarks", {}))
 
     @classmethod
     def load(cls, path: Path) -> "Run":
