@@ -18,6 +18,7 @@ The temp directory is a fresh mkdtemp under /tmp, not pytest's tmp_path: Postfix
 processes must reach their queue and sockets, and pytest's base temp directory is private to root (0700).
 Postfix retries every second (queue_run_delay, backoff times), so a deferred mail is tried again at once;
 `main_cf` adds or overrides main.cf settings (e.g. delay_warning_time, maximal_queue_lifetime).
+HERALD_KEEP_MTA=1 in the environment keeps the temp directory (configs, maillog, dovecot.log) after stop.
 """
 
 from __future__ import annotations
