@@ -9,7 +9,7 @@ MtaBed starts, from a temp directory of its own and on free 127.0.0.1 ports:
   bounce mailbox, a passwd-file user, mail_location that Maildir.
 Fixtures (tests/conftest.py imports them): `mta_next_hop`, the aiosmtpd SmtpTestServer the bed relays example.org
 to (inject its refusals), and `mta`, the running MtaBed. Other settings: running_mta(port, main_cf={...}).
-Both certificates come from one trustme CA (ca_file). stop() runs `postfix -c DIR stop` and `doveadm -c CONF
+Both certificates come from one trustme CA (ca_file). stop_mta() runs `postfix -c DIR stop` and `doveadm -c CONF
 stop` and waits for both masters to be gone; nothing is left running, the system's own instances (and port
 25) are never touched. Anything that cannot start raises RuntimeError with the tool's output and log: the
 test fails, never skips.
