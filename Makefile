@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 SINK_PORT ?= 2525
 MAIL_DIR  ?= var/mail
 
-.PHONY: run test test-all test-topologies failover faults bench install install-test clean
+.PHONY: run test test-all test-topologies test-mta failover faults bench install install-test clean
 
 run: $(VENV)/.installed-dev .env
 	@mkdir -p $(MAIL_DIR)
@@ -34,13 +34,20 @@ faults: $(VENV)/.installed-test
 test-topologies: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m topologies tests/test_topologies.py $(PYTEST_ARGS)
 
+# A real Postfix (the relay, STARTTLS + AUTH, DSN) and Dovecot (the bounce mailbox over IMAP), private instances
+# on 127.0.0.1 started by the tests (tests/support/mta.py): tests marked `mta`, left out of `make test`.
+# Needs root and the Debian packages postfix and dovecot-imapd (.ci/run installs them). Under a minute.
+test-mta: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m mta tests/test_mta_bed.py $(PYTEST_ARGS)
+
 # A measurement, not a test: SIGKILL the Sentinel master under load, in open and closed mode; prints the
 # figures that docs/DEPLOYMENT.md (Redis topologies) quotes. About a minute, 127.0.0.1 only.
 failover: $(VENV)/.installed-test
 	$(BIN)/python -m tests.sentinel_failover
 
-# Everything: the suite (with the reduced fault run), the Redis topologies, then the full fault run.
-test-all: test test-topologies faults
+# Everything: the suite (with the reduced fault run), the Redis topologies, the Postfix + Dovecot bed, then the
+# full fault run.
+test-all: test test-topologies test-mta faults
 
 # The benchmark (bench/, issue #14): herald-smtp against a benchmark SMTP server at 0 and 20 ms round trips,
 # PIPELINING on and off, with the baselines; rewrites docs/BENCHMARKS.md and docs/benchmarks.png. Loopback only,

@@ -17,6 +17,7 @@ from herald_smtp.config import Settings, settings_from
 from herald_smtp.web.app import create_app
 from tests.support.client import SMTP_PASSWORD, SMTP_USER, smtp_env
 from tests.support.clock import FakeClock
+from tests.support.mta import mta, mta_next_hop  # noqa: F401  (fixtures: the Postfix + Dovecot test bed)
 from tests.support.redis_server import RedisServer
 from tests.support.smtp_server import SmtpTestServer
 
