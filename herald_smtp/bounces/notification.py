@@ -100,14 +100,25 @@ def _delivery_status(mail: Message) -> tuple[Message, list[Message]] | None:
 
 def _recipient(fields: Message) -> RecipientReport:
     final = _field(fields, "Final-Recipient") or _field(fields, "Original-Recipient")
-    status = _STATUS.search(_field(fields, "Status"))
+    diagnostic = _field(fields, "Diagnostic-Code")
     return RecipientReport(
         address=_address_of(final),
         action=_field(fields, "Action").lower(),
-        status=status[1] if status else "",
-        diagnostic=mask_addresses(_field(fields, "Diagnostic-Code")),
+        status=_status(_field(fields, "Status"), diagnostic),
+        diagnostic=mask_addresses(diagnostic),
         remote_mta=_field(fields, "Remote-MTA"),
     )
+
+
+def _status(reported: str, diagnostic: str) -> str:
+    """The enhanced status code: the Status field's, unless it is a bare class (5.0.0, 4.0.0: Exim writes no
+    other) and the remote server's reply in the Diagnostic-Code names a precise one (550 5.1.1): then that.
+    A relay that gave up after temporary refusals thus reads 4.x.x whatever class it reported."""
+    status = _STATUS.search(reported)
+    detail = _STATUS.search(diagnostic)
+    if detail and (status is None or status[1].endswith(".0.0")):
+        return detail[1]
+    return status[1] if status else ""
 
 
 def _detected(mail: Message) -> tuple[RecipientReport, ...]:
