@@ -38,7 +38,7 @@ test-topologies: $(VENV)/.installed-test
 # on 127.0.0.1 started by the tests (tests/support/mta.py): tests marked `mta`, left out of `make test`.
 # Needs root and the Debian packages postfix and dovecot-imapd (.ci/run installs them). Under a minute.
 test-mta: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -m mta tests/test_mta_bed.py $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m mta tests/test_mta_bed.py tests/test_bounces_mta.py $(PYTEST_ARGS)
 
 # A measurement, not a test: SIGKILL the Sentinel master under load, in open and closed mode; prints the
 # figures that docs/DEPLOYMENT.md (Redis topologies) quotes. About a minute, 127.0.0.1 only.
