@@ -160,3 +160,18 @@ def test_a_wrong_imap_password_is_named_by_the_doctor_and_readyz(tmp_path, mta, 
     failed = next(line for line in lines if line.startswith("FAIL login"))
     assert "LoginError" in failed and "check the user and password in BOUNCE_IMAP_URL" in failed
     assert "wrong-Pass1" not in "\n".join(lines)
+
+
+def test_a_bounce_arriving_while_the_reader_idles_is_read_at_once(tmp_path, mta, mta_next_hop, redis_url,
+                                                                  redis_client, make_client):
+    """Dovecot offers IDLE: a reader that would otherwise look again only after BOUNCE_POLL_SECONDS (an hour
+    here) reads the bounce as it lands."""
+    mta_next_hop.inject("rcpt", reply=HARD_BOUNCE)
+    env = env_for(mta, redis_url) | {"BOUNCE_POLL_SECONDS": "3600"}
+    client = make_client(settings_from(env))
+    with reader(tmp_path, env) as process:
+        wait_for(lambda: "holds the lock" in process.log_text() and folder_counts(mta).get("Processed") == 0,
+                 "the reader made its first pass", logs=process.log_text)
+        message_id = send(client, {"to": TO}, headers={"X-API-Key": API_KEY}).get_json()["message_id"]
+        wait_for(lambda: status_of(client, message_id)["status"] == "bounced", "the status turns bounced",
+                 logs=lambda: process.log_text() + mta.logs())

@@ -77,14 +77,15 @@ class ImapMailbox:
         if self.client.has_capability("UIDPLUS"):
             self.client.uid_expunge([uid])  # only this mail, never one someone else marked
 
-    def wait(self, seconds: float, stop: threading.Event) -> None:
-        """Until a new mail may have arrived, `seconds` passed, or `stop` was set."""
+    def wait(self, seconds: float, stop: threading.Event) -> bool:
+        """Until `seconds` passed or `stop` was set, or with IDLE until the server tells of a change in the
+        inbox (True: a mail may have arrived)."""
         if not self.client.has_capability("IDLE"):
             stop.wait(seconds)
-            return
+            return False
         self.client.idle()
         try:
-            self.client.idle_check(timeout=seconds)
+            return bool(self.client.idle_check(timeout=seconds))
         finally:
             self.client.idle_done()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 from redis.exceptions import LockError
@@ -105,15 +106,29 @@ class BounceReader:
                 if not self.read_inbox(box):
                     return False
                 self._set_health("reading")
-                box.wait(min(self.poll_seconds, RENEW_SECONDS), stop)
+                if not self._wait(box, stop):
+                    return False
             except imap.ERRORS as exc:
                 self._failed("imap", f"the bounce mailbox {self.where} failed: {type(exc).__name__}: {exc}")
                 return self._wait_holding(RETRY_SECONDS, stop)
             except StoreUnavailable as exc:
                 self._failed("store", f"the store failed; mails stay in the inbox until it answers: {exc}")
                 return self._wait_holding(RETRY_SECONDS, stop)
+        return False
+
+    def _wait(self, box: imap.ImapMailbox, stop: threading.Event) -> bool:
+        """Until a mail may have arrived (IDLE) or BOUNCE_POLL_SECONDS passed, renewing the lock at least every
+        RENEW_SECONDS; False when the lock was lost or stop was set."""
+        deadline = time.monotonic() + self.poll_seconds
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            arrived = box.wait(min(left, RENEW_SECONDS), stop)
             if not self._renew():
                 return False
+            if arrived:
+                return True
         return False
 
     def read_inbox(self, box: imap.ImapMailbox) -> bool:
