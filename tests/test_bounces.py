@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 import urllib.error
 import urllib.request
 
@@ -27,11 +26,9 @@ from herald_smtp.metrics import BounceMetrics
 from herald_smtp.tools.doctor import run_doctor
 from tests.support.client import API_KEY, assert_error, send, smtp_env
 from tests.support.dsn import notification
-from tests.support.herald_process import HeraldProcess
+from tests.support.herald_process import BOUNCES, bounce_reader
+from tests.support.waiting import wait_for
 from tests.support.net import LOCALHOST, free_port
-
-BOUNCES = ("herald_smtp.tools.cli", "bounces")
-
 
 @pytest.fixture
 def env(smtp, redis_url, redis_client) -> dict[str, str]:
@@ -191,25 +188,9 @@ def get_json(url: str) -> tuple[int, dict]:
         return error.code, json.loads(error.read())
 
 
-def reader_process(tmp_path, env: dict[str, str], name: str) -> HeraldProcess:
-    process = HeraldProcess(tmp_path, env, module_argv=BOUNCES, name=name)
-    process.env["BOUNCE_READER_PORT"] = str(process.port)
-    return process
-
-
-def wait_for(predicate, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
-
-
 def test_an_unreachable_mailbox_is_not_ready_and_named(tmp_path, redis_url):
     env = reader_env(redis_url, free_port())
-    with reader_process(tmp_path, env, "reader") as reader:
+    with bounce_reader(tmp_path, env, "reader") as reader:
         status, body = wait_for(lambda: (lambda got: got if got[1].get("state") == "failing" else None)(
             get_json(reader.url + "/readyz")))
         assert status == 503 and "cannot open the bounce mailbox" in body["problem"]
@@ -224,10 +205,10 @@ def test_an_unreachable_mailbox_is_not_ready_and_named(tmp_path, redis_url):
 
 def test_a_second_reader_waits_for_the_lock_and_takes_over(tmp_path, redis_url):
     env = reader_env(redis_url, free_port())
-    first = reader_process(tmp_path, env, "first").start()
+    first = bounce_reader(tmp_path, env, "first").start()
     try:
         wait_for(lambda: "holds the lock" in first.log_text())
-        with reader_process(tmp_path, env, "second") as second:
+        with bounce_reader(tmp_path, env, "second") as second:
             wait_for(lambda: "another bounce reader holds the lock; waiting" in second.log_text())
             status, body = get_json(second.url + "/readyz")
             assert (status, body["state"]) == (503, "waiting for the lock")

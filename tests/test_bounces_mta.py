@@ -7,7 +7,6 @@ moves to Processed, and the next send to that address is suppressed without a co
 
 from __future__ import annotations
 
-import time
 
 import pytest
 from imapclient import IMAPClient
@@ -18,14 +17,14 @@ from herald_smtp.idempotency.store import open_store
 from herald_smtp.metrics import BounceMetrics
 from herald_smtp.tools.doctor import run_doctor
 from tests.support.client import API_KEY, assert_error, send
-from tests.support.herald_process import HeraldProcess
+from tests.support.herald_process import bounce_reader
+from tests.support.waiting import wait_for
 from tests.support.mta import MtaBed
 
 pytestmark = pytest.mark.mta
 
 TO = "someone@example.org"
 HARD_BOUNCE = f"550 5.1.1 <{TO}>: Recipient address rejected: User unknown"
-BOUNCES = ("herald_smtp.tools.cli", "bounces")
 
 
 def env_for(mta: MtaBed, redis_url: str) -> dict[str, str]:
@@ -51,27 +50,12 @@ def folder_counts(mta: MtaBed) -> dict[str, int]:
         client.logout()
 
 
-def wait_for(predicate, what: str, timeout: float = 60.0, logs=lambda: ""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.3)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s\n{logs()}")
-
-
 def status_of(client, message_id: str) -> dict:
     return client.get(f"/v1/messages/{message_id}", headers={"X-API-Key": API_KEY}).get_json()
 
 
-def reader(tmp_path, env: dict[str, str]) -> HeraldProcess:
-    process = HeraldProcess(tmp_path, env, module_argv=BOUNCES, name="bounces")
-    process.env["BOUNCE_READER_PORT"] = str(process.port)
-    return process
-
-
-def test_a_bounce_from_postfix_is_read_back_and_suppresses(tmp_path, mta, mta_next_hop, redis_url, redis_client, make_client):
+def test_a_bounce_from_postfix_is_read_back_and_suppresses(tmp_path, mta, mta_next_hop, redis_url, redis_client,
+                                                            make_client):
     mta_next_hop.inject("rcpt", reply=HARD_BOUNCE)
     env = env_for(mta, redis_url)
     client = make_client(settings_from(env))
@@ -81,11 +65,11 @@ def test_a_bounce_from_postfix_is_read_back_and_suppresses(tmp_path, mta, mta_ne
     assert status_of(client, message_id)["status"] == "accepted"
     mta.wait_for_mails(1)  # Postfix wrote the bounce
 
-    with reader(tmp_path, env) as process:
+    with bounce_reader(tmp_path, env) as process:
         record = wait_for(lambda: (lambda got: got if got["status"] == "bounced" else None)(
-            status_of(client, message_id)), "the status turns bounced", logs=lambda: process.log_text() + mta.logs())
+            status_of(client, message_id)), "the status turns bounced", 60, lambda: process.log_text() + mta.logs())
         wait_for(lambda: folder_counts(mta).get("Processed") == 1, "the mail moves to Processed",
-                 logs=process.log_text)
+                 timeout=60, logs=process.log_text)
     [event] = record["events"]
     assert (event["event"], event["kind"], event["status"]) == ("bounced", "hard", "5.1.1")
     assert "Recipient address rejected" in event["diagnostic"] and "someone@" not in event["diagnostic"]
@@ -100,7 +84,8 @@ def test_a_bounce_from_postfix_is_read_back_and_suppresses(tmp_path, mta, mta_ne
     assert mta.logs().count("connect from") == connections
 
 
-def test_a_reader_killed_before_moving_records_nothing_twice(tmp_path, mta, mta_next_hop, redis_url, redis_client, make_client):
+def test_a_reader_killed_before_moving_records_nothing_twice(tmp_path, mta, mta_next_hop, redis_url, redis_client,
+                                                             make_client):
     """The state a reader SIGKILLed between recording and moving leaves: the event recorded, the mail still in
     the inbox. The next reader moves it and records nothing more."""
     mta_next_hop.inject("rcpt", reply=HARD_BOUNCE)
@@ -112,9 +97,9 @@ def test_a_reader_killed_before_moving_records_nothing_twice(tmp_path, mta, mta_
     recorder = Recorder(settings, open_store(settings.redis_target, settings.redis_key_prefix), BounceMetrics())
     assert recorder.record(path.read_bytes()).reason == "recorded"  # recorded, never moved
 
-    with reader(tmp_path, env) as process:
+    with bounce_reader(tmp_path, env) as process:
         wait_for(lambda: folder_counts(mta).get("Processed") == 1, "the mail moves to Processed",
-                 logs=process.log_text)
+                 timeout=60, logs=process.log_text)
     assert "bounce mail moved to Processed: already recorded" in process.log_text()
     assert len(status_of(client, message_id)["events"]) == 1
 
@@ -128,9 +113,9 @@ def test_what_is_no_notification_goes_to_unrecognised_untouched(tmp_path, mta, r
         client.append(mta.imap_mailbox, out_of_office)
     finally:
         client.logout()
-    with reader(tmp_path, env) as process:
+    with bounce_reader(tmp_path, env) as process:
         wait_for(lambda: folder_counts(mta).get("Unrecognised") == 1, "the mail moves to Unrecognised",
-                 logs=process.log_text)
+                 timeout=60, logs=process.log_text)
     client = imap(mta)
     try:
         client.select_folder("Unrecognised", readonly=True)
@@ -169,9 +154,9 @@ def test_a_bounce_arriving_while_the_reader_idles_is_read_at_once(tmp_path, mta,
     mta_next_hop.inject("rcpt", reply=HARD_BOUNCE)
     env = env_for(mta, redis_url) | {"BOUNCE_POLL_SECONDS": "3600"}
     client = make_client(settings_from(env))
-    with reader(tmp_path, env) as process:
+    with bounce_reader(tmp_path, env) as process:
         wait_for(lambda: "holds the lock" in process.log_text() and folder_counts(mta).get("Processed") == 0,
-                 "the reader made its first pass", logs=process.log_text)
+                 "the reader made its first pass", timeout=60, logs=process.log_text)
         message_id = send(client, {"to": TO}, headers={"X-API-Key": API_KEY}).get_json()["message_id"]
-        wait_for(lambda: status_of(client, message_id)["status"] == "bounced", "the status turns bounced",
+        wait_for(lambda: status_of(client, message_id)["status"] == "bounced", "the status turns bounced", timeout=60,
                  logs=lambda: process.log_text() + mta.logs())

@@ -31,7 +31,8 @@ import yaml
 from herald_smtp.bounces.reader import RENEW_SECONDS
 from herald_smtp.config import _VARIABLES, Settings, settings_from
 from herald_smtp.tools.serve import gunicorn_options
-from tests.support.herald_process import HeraldProcess
+from tests.support.herald_process import BOUNCES, HeraldProcess, bounce_reader
+from tests.support.waiting import wait_for
 from tests.support.net import LOCALHOST, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -867,16 +868,6 @@ def get_answer(url: str) -> tuple[int, str, bytes]:
         return error.code, error.headers.get_content_type(), error.read()
 
 
-def wait_for(predicate, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
-
-
 def reader_process(tmp_path: Path, env: dict[str, str], command: list[str], redis_url: str) -> HeraldProcess:
     """The real `herald-smtp bounces` (the container's command, run as `python -m herald_smtp.tools.cli ...`) with
     `env`, but on the test Redis, a loopback port and an IMAP port where nothing listens (the mailbox fails, so the
@@ -885,13 +876,13 @@ def reader_process(tmp_path: Path, env: dict[str, str], command: list[str], redi
     mailbox = settings_from(env).bounce_mailbox
     assert mailbox is not None, "the reader's environment has no BOUNCE_IMAP_URL"
     scheme = "imaps" if mailbox.implicit_tls else "imap"
-    process = HeraldProcess(tmp_path, {
+    assert tuple(command[1:]) == BOUNCES[1:]
+    process = bounce_reader(tmp_path, {
         **env,
         "REDIS_URL": redis_url,
         "REDIS_KEY_PREFIX": f"deploy-test-{tmp_path.name}:",  # a lock of its own
         "BOUNCE_IMAP_URL": f"{scheme}://bounces:s3cret-pw@{LOCALHOST}:{free_port()}/INBOX",
-    }, module_argv=("herald_smtp.tools.cli", *command[1:]), name="bounces")
-    process.env["BOUNCE_READER_PORT"] = str(process.port)
+    })
     return process
 
 

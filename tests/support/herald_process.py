@@ -81,3 +81,13 @@ class HeraldProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+BOUNCES = ("herald_smtp.tools.cli", "bounces")
+
+
+def bounce_reader(workdir: Path, env: dict[str, str], name: str = "bounces") -> HeraldProcess:
+    """`herald-smtp bounces` as a real process, its /healthz, /readyz and /metrics on the port picked for it."""
+    process = HeraldProcess(workdir, env, module_argv=BOUNCES, name=name)
+    process.env["BOUNCE_READER_PORT"] = str(process.port)
+    return process
