@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping
 from dotenv import dotenv_values
 
 from ..timing import minimum_ttl_seconds, reservation_hold_seconds
-from . import oauth, parsers
+from . import dkim, oauth, parsers
 from .relay_urls import relay_urls
 from .settings import FailureMode, Settings
 
@@ -60,6 +60,10 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "IDEMPOTENCY_FAILURE_MODE": ("idempotency_failure_mode", parsers.member(FailureMode)),
     "MESSAGE_STATUS_TTL_SECONDS": ("message_status_ttl_seconds", parsers.integer(60, 30 * 24 * 3600)),
     "SUPPRESSION_TTL_SECONDS": ("suppression_ttl_seconds", parsers.integer(0, 365 * 24 * 3600)),
+    "DKIM_PRIVATE_KEY_FILE": ("dkim_private_key_file", parsers.text),
+    "DKIM_SELECTOR": ("dkim_selector", dkim.selector),
+    "DKIM_DOMAIN": ("dkim_domain", parsers.domain),
+    "DNS_RESOLVER": ("dns_resolver", parsers.resolver),
     "BOUNCE_IMAP_URL": ("bounce_imap_url", parsers.bounce_imap_url),
     "BOUNCE_IMAP_TLS_CA_FILE": ("bounce_imap_tls_ca_file", parsers.text),
     "BOUNCE_IMAP_TLS_VERIFY": ("bounce_imap_tls_verify", parsers.boolean),
@@ -134,6 +138,7 @@ def _check_combinations(settings: Settings) -> None:
     if settings.smtp_password and not settings.smtp_user:
         raise ConfigError("SMTP_USER: expected a user name when SMTP_PASSWORD is set")
     _check_oauth(settings)
+    _check_dkim(settings)
     _check_ttl(settings)
     _check_redis_tls(settings)
     _check_tracing(settings)
@@ -158,6 +163,21 @@ def _check_oauth(settings: Settings) -> None:
     if mechanism in oauth.PASSWORD_MECHANISMS:
         raise ConfigError(f"SMTP_AUTH_MECHANISM: expected xoauth2, oauthbearer or auto with OAuth ({mechanism} "
                           "sends a password)")
+
+
+def _check_dkim(settings: Settings) -> None:
+    if not settings.dkim_private_key_file:
+        if settings.dkim_selector or settings.dkim_domain:
+            raise ConfigError("DKIM_PRIVATE_KEY_FILE: expected the key to sign with when DKIM_SELECTOR or DKIM_DOMAIN "
+                              "is set (or unset them: the relay then signs, if it does)")
+        return
+    if not settings.dkim_selector:
+        raise ConfigError("DKIM_SELECTOR: expected the selector the key is published under "
+                          "(<selector>._domainkey.<domain>) when DKIM_PRIVATE_KEY_FILE is set")
+    try:
+        _ = settings.dkim  # read and checked now, once: a bad key stops startup, not the first send
+    except ValueError as exc:
+        raise ConfigError(f"DKIM_PRIVATE_KEY_FILE: expected {exc}") from None
 
 
 def _check_ttl(settings: Settings) -> None:

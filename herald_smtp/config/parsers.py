@@ -186,6 +186,33 @@ def api_keys(raw: str) -> tuple[str, ...]:
     return tuple(k.strip() for k in raw.split(",") if k.strip())
 
 
+def domain(raw: str) -> str:
+    """One domain a valid address can have (DKIM_DOMAIN), lower-cased."""
+    value = raw.strip().lower()
+    if not _is_recipient_domain(value):
+        raise ValueError(f"a domain name like example.com ({value[:80]!r} is not the domain of a valid address)")
+    return value
+
+
+def resolver(raw: str) -> tuple[str, int]:
+    """DNS_RESOLVER: an IP address with an optional port (53): 10.0.0.2, 127.0.0.1:5353, ::1, [::1]:5353."""
+    value = raw.strip()
+    bracketed = re.fullmatch(r"\[([^\]]+)\](?::([0-9]{1,5}))?", value)
+    if bracketed:
+        host, port = bracketed[1], bracketed[2]
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+    else:
+        host, port = value, None
+    form = "an IP address with an optional port, like 10.0.0.2, 127.0.0.1:5353 or [::1]:5353"
+    if not _ip_version(host):
+        raise ValueError(form)
+    try:
+        return host, port_number(port) if port else 53
+    except ValueError:
+        raise ValueError(form) from None
+
+
 def bounce_imap_url(raw: str) -> str:
     value = raw.strip()
     parse_bounce_mailbox(value)  # ValueError naming the form, never the URL (it holds the password)

@@ -17,6 +17,7 @@ from ..addresses import Mailbox, parse_address
 from ..network import host_port
 from ..redis_target import RedisTarget, backend_for, parse_redis_url
 from .bounce_mailbox import BounceMailbox, parse_bounce_mailbox
+from .dkim import DkimKey, load_dkim_key
 from .oauth import AuthMechanism, OAuthClient, oauth_client
 
 SERVICE_NAME = "herald-smtp"
@@ -204,6 +205,13 @@ class Settings:
     idempotency_failure_mode: FailureMode = FailureMode.OPEN
     message_status_ttl_seconds: int = 7 * 24 * 3600  # how long GET /v1/messages/{id} knows an accepted mail
     suppression_ttl_seconds: int = 7 * 24 * 3600  # how long a permanently refused recipient is refused at once; 0: off
+    # DKIM signing (config/dkim.py): off while DKIM_PRIVATE_KEY_FILE is empty. The file's path is shown, never the key.
+    dkim_private_key_file: str = ""
+    dkim_selector: str = ""
+    dkim_domain: str = ""  # "": each mail is signed for its own From domain
+    # The resolver the doctor's sender domain checks ask, (IP, port); None: the system's.
+    dns_resolver: tuple[str, int] | None = shown_as(lambda resolver: host_port(*resolver) if resolver else "system",
+                                                     None)
     # The bounce reader (`herald-smtp bounces`, config/bounce_mailbox.py); off while BOUNCE_IMAP_URL is empty.
     bounce_imap_url: str = secret(shown=lambda url: _redact_url(url) or "unset")
     bounce_imap_tls_ca_file: str = ""
@@ -247,6 +255,13 @@ class Settings:
     def redis_target(self) -> RedisTarget | None:
         """REDIS_URL parsed (it was validated at load time); None for the in-process store."""
         return parse_redis_url(self.redis_url, self.redis_tls_ca_file, self.redis_tls_verify)
+
+    @cached_property
+    def dkim(self) -> DkimKey | None:
+        """The DKIM key read and checked at load time; None: mails are not signed here."""
+        if not self.dkim_private_key_file:
+            return None
+        return load_dkim_key(self.dkim_private_key_file, self.dkim_selector, self.dkim_domain)
 
     @cached_property
     def bounce_mailbox(self) -> BounceMailbox | None:
