@@ -12,8 +12,8 @@ import pytest
 from tests.support.client import assert_error, send
 
 # The headers build_message writes; anything else in a received mail was injected.
-OUR_HEADERS = {"from", "to", "subject", "date", "message-id", "content-type", "content-transfer-encoding",
-               "mime-version"}
+OUR_HEADERS = {"from", "to", "subject", "date", "message-id", "auto-submitted", "x-auto-response-suppress",
+               "content-type", "content-transfer-encoding", "mime-version"}
 
 INJECTING_SUBJECTS = [
     "=?utf-8?q?Your_code=0D=0AReply-To:_attacker@evil.example?=",

@@ -92,6 +92,8 @@ def test_the_direct_path_is_taken_for_a_plain_mail():
         b"Subject: Your code\r\n"
         b"Date: Tue, 01 Dec 2026 12:00:00 +0000\r\n"
         b"Message-ID: <0123456789abcdef0123456789abcdef@herald.test>\r\n"
+        b"Auto-Submitted: auto-generated\r\n"
+        b"X-Auto-Response-Suppress: All\r\n"
         b'Content-Type: text/plain; charset="utf-8"\r\n'
         b"Content-Transfer-Encoding: 7bit\r\n"
         b"MIME-Version: 1.0\r\n"
@@ -150,3 +152,14 @@ def test_relays_with_the_same_sender_share_one_payload():
     settings = settings_from({"SMTP_FROM": "noreply@herald.test", "SMTP_FALLBACK_URLS": "smtp://a.example"})
     mail = MailWriter(settings).build(_request(*CASES["short ascii"]), MESSAGE_ID, DATE)
     assert mail.from_lines == () and mail.payload_for(1) is mail.payload
+
+
+@pytest.mark.parametrize("case", ["short ascii", "long ascii line (qp)", "smtputf8 local part"])
+def test_every_mail_says_it_is_automatic(case):
+    """RFC 3834's Auto-Submitted and Exchange's X-Auto-Response-Suppress, once each, on the direct path, the email
+    package's and the SMTPUTF8 one; no List-Unsubscribe (a login code is no subscription)."""
+    payload = MailWriter(SETTINGS["named"]).build(_request(*CASES[case]), MESSAGE_ID, DATE).payload
+    head = payload.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    assert head.count(b"Auto-Submitted: auto-generated") == 1
+    assert head.count(b"X-Auto-Response-Suppress: All") == 1
+    assert not any(line.lower().startswith(b"list-unsubscribe") for line in head)

@@ -12,6 +12,9 @@ email package's own folding (RFC 2047, quoting, long lines). A mail that needs
 SMTPUTF8 is built entirely by the email package. tests/test_message.py checks
 both paths give the same bytes.
 
+Every mail says it is automatic (AUTOMATIC_HEADERS: Auto-Submitted, X-Auto-Response-Suppress), after the
+Message-ID.
+
 The To header carries the envelope's form of the recipient: the IDNA (xn--)
 domain, and a non-ASCII local part as it is. Such a local part can only be
 written as UTF-8 (email.policy.SMTPUTF8) in a mail sent with SMTPUTF8; every
@@ -43,6 +46,10 @@ _MAX_LINE: int = _POLICY.max_line_length or 78  # 78; the default policy always 
 _PLAIN = re.compile(r"[!-~]+(?: [!-~]+)*")
 _DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 _BASE64_CHUNK = _MAX_LINE // 4 * 3  # the email package's base64 line: 57 bytes in, 76 characters out
+# What the mail is: machine-written (RFC 3834), so vacation and out-of-office replies stay away from the
+# sender address (Exchange and Outlook read their own header). No List-Unsubscribe: a login code is no list.
+AUTOMATIC_HEADERS = (("Auto-Submitted", "auto-generated"), ("X-Auto-Response-Suppress", "All"))
+_AUTOMATIC = "".join(f"{name}: {value}\r\n" for name, value in AUTOMATIC_HEADERS)
 
 
 def new_message_id(settings: Settings) -> str:
@@ -91,6 +98,7 @@ class MailWriter:
             _text_line("Subject", request.subject),
             _text_line("Date", date),
             _text_line("Message-ID", f"<{message_id}>"),
+            _AUTOMATIC,
             'Content-Type: text/plain; charset="utf-8"\r\n',
             f"Content-Transfer-Encoding: {transfer_encoding}\r\n",
             "MIME-Version: 1.0\r\n\r\n",
@@ -119,6 +127,8 @@ def build_message(request: SendRequest, settings: Settings, message_id: str, dat
     msg["Subject"] = request.subject
     msg["Date"] = date or now_header_date()
     msg["Message-ID"] = f"<{message_id}>"
+    for name, value in AUTOMATIC_HEADERS:
+        msg[name] = value
     msg.set_content(request.body, charset="utf-8", cte=None if request.body.isascii() else "base64")
     return msg
 
