@@ -149,3 +149,22 @@ _ADDRESS_IN_TEXT = re.compile(r"[^\s<>@\"',;:()]+@[A-Za-z0-9.-]+")
 def mask_addresses(text: str) -> str:
     """Mask every address in free text, e.g. an SMTP reply quoting the recipient."""
     return _ADDRESS_IN_TEXT.sub(lambda m: mask_email(m.group(0)), text)
+
+
+# Second-level labels under which registrations sit one level deeper (example.co.uk, example.com.au): the
+# common cases of the Public Suffix List, which herald-smtp does not ship. A domain under another such
+# suffix is taken one level too high, which can only make an alignment warning appear, never hide one.
+_SECOND_LEVEL_SUFFIXES = {"co", "com", "net", "org", "gov", "edu", "ac", "ne", "or", "go", "gob", "nic", "ltd", "plc"}
+
+
+def organisational_domain(domain: str) -> str:
+    """The registered domain DMARC aligns on (RFC 7489 3.2), approximately: mail.example.com -> example.com,
+    mail.example.co.uk -> example.co.uk."""
+    labels = domain.lower().rstrip(".").split(".")
+    keep = 3 if len(labels) >= 3 and len(labels[-1]) == 2 and labels[-2] in _SECOND_LEVEL_SUFFIXES else 2
+    return ".".join(labels[-keep:])
+
+
+def aligned(first: str, second: str) -> bool:
+    """Relaxed DMARC alignment: both domains under one organisational domain."""
+    return organisational_domain(first) == organisational_domain(second)

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from herald_smtp.addresses import (InvalidAddress, Mailbox, check_display_name, mask_addresses, mask_email,
-                                   parse_address)
+from herald_smtp.addresses import (InvalidAddress, Mailbox, aligned, check_display_name, mask_addresses, mask_email,
+                                   organisational_domain, parse_address)
 from herald_smtp.config import ConfigError, settings_from
 from tests.support.client import assert_error, send
 
@@ -147,3 +147,18 @@ def test_masking_keeps_the_first_letter_and_the_domain():
     assert mask_email("alice@example.com") == "a***@example.com"
     assert mask_email("no-at-sign") == "***"
     assert mask_addresses("550 <alice@example.com>: no such user") == "550 <a***@example.com>: no such user"
+
+
+@pytest.mark.parametrize(("domain", "organisational"), [
+    ("example.com", "example.com"), ("mail.example.com", "example.com"), ("a.b.example.com.", "example.com"),
+    ("example.co.uk", "example.co.uk"), ("mail.example.co.uk", "example.co.uk"),
+    ("Mail.Example.COM.AU", "example.com.au"),
+    ("herald.test", "herald.test"), ("localhost", "localhost"),
+])
+def test_the_organisational_domain(domain, organisational):
+    assert organisational_domain(domain) == organisational
+
+
+def test_alignment_is_relaxed():
+    assert aligned("mail.example.com", "example.com") and aligned("bounces.example.com", "news.example.com")
+    assert not aligned("example.com", "example.net") and not aligned("example.co.uk", "other.co.uk")
