@@ -32,7 +32,7 @@ from urllib.parse import unquote
 from pythonjsonlogger.json import JsonFormatter
 
 from . import tracing
-from .addresses import mask_email
+from .addresses import aligned, mask_email
 from .config import SERVICE_NAME, Settings
 from .timing import DEADLINE_SLACK_SECONDS, HERALD_CLIENT_TIMEOUT_SECONDS, worst_case_answer_seconds
 
@@ -243,6 +243,7 @@ def log_startup(settings: Settings) -> None:
                         "use it only for a relay on a private network")
         elif not relay.tls_verify:
             log.warning(f"SMTP_FALLBACK_URLS: {relay.name} has tls_verify=false: its certificate is not checked")
+    _warn_unaligned_dkim(settings)
     if worst_case_answer_seconds(settings) > HERALD_CLIENT_TIMEOUT_SECONDS:
         log.warning(
             f"SMTP_TIMEOUT_SECONDS + IDEMPOTENCY_WAIT_SECONDS (+{DEADLINE_SLACK_SECONDS:g}s) is "
@@ -261,3 +262,17 @@ def log_startup(settings: Settings) -> None:
             f"REDIS_URL is {'memory://' if settings.redis_url else 'empty'}: idempotency records live in this "
             f"process only and are not shared between workers or replicas; running a single worker process{counted}"
         )
+
+
+def _warn_unaligned_dkim(settings: Settings) -> None:
+    """DKIM_DOMAIN outside a relay's From domain: the signature verifies, but DMARC needs d= aligned with From."""
+    key = settings.dkim
+    if key is None or not key.domain:  # without DKIM_DOMAIN each mail is signed for its own From domain
+        return
+    for relay in settings.relays:
+        from_domain = relay.from_address.rpartition("@")[2].lower()
+        if from_domain and not aligned(key.domain, from_domain):
+            log.warning(f"DKIM_DOMAIN {key.domain} is not aligned with the From domain {from_domain} of relay "
+                        f"{relay.name}: receivers' DMARC will not count the signature on its mails; use a From "
+                        f"address under {key.domain}, or leave DKIM_DOMAIN empty to sign each mail for its own "
+                        "From domain (with the key published there too)")

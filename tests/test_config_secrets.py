@@ -149,6 +149,7 @@ NOT_SECRET = {
     "smtp_oauth_provider": "microsoft or google",
     "smtp_oauth_tenant": "the organisation's directory ID or domain, public",
     "smtp_auth_mechanism": "the name of an SMTP AUTH mechanism",
+    "dkim_private_key_file": "the key file's path; the key itself is never shown (DkimKey.private_pem is out of repr)",
 }
 
 

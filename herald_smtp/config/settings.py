@@ -326,6 +326,7 @@ class Settings:
         out["redis"] = self.redis_target.describe() if self.redis_target else "in-process"
         out["tracing"] = f"on, to {out['otel_endpoint']}" if self.tracing_enabled else "off"
         out["workers"] = self.workers()
+        out["dkim"] = self.dkim.describe() if self.dkim else "off"  # what the key is, never the key
         out["relays"] = [relay.redacted() for relay in self.relays] if self.smtp_host else []
         return out
 

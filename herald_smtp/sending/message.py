@@ -15,6 +15,9 @@ both paths give the same bytes.
 Every mail says it is automatic (AUTOMATIC_HEADERS: Auto-Submitted, X-Auto-Response-Suppress), after the
 Message-ID.
 
+With DKIM_PRIVATE_KEY_FILE set, the Mail carries MailWriter's DkimSigner (dkim_signer.py): each relay's
+bytes get a DKIM-Signature header in front when that relay is tried (Mail.payload_for), nothing else changes.
+
 The To header carries the envelope's form of the recipient: the IDNA (xn--)
 domain, and a non-ASCII local part as it is. Such a local part can only be
 written as UTF-8 (email.policy.SMTPUTF8) in a mail sent with SMTPUTF8; every
@@ -37,6 +40,7 @@ from ..addresses import Mailbox, parse_address
 from ..config import Relay, Settings
 from ..smtp.mailer import Mail
 from ..smtp.transport import needs_smtputf8
+from .dkim_signer import DkimSigner
 from .request import SendRequest
 
 _POLICY = email.policy.SMTP
@@ -62,10 +66,11 @@ def now_header_date() -> str:
 
 
 class MailWriter:
-    """Builds each Mail; what never changes (the From header of each relay) is folded once, here."""
+    """Builds each Mail; what never changes (the From header of each relay, the DKIM key) is prepared once, here."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.signer = DkimSigner(settings.dkim, settings.relays) if settings.dkim else None
 
     @functools.cached_property
     def _from(self) -> str:
@@ -103,14 +108,14 @@ class MailWriter:
             f"Content-Transfer-Encoding: {transfer_encoding}\r\n",
             "MIME-Version: 1.0\r\n\r\n",
         ))
-        return Mail(message_id, head.encode("ascii") + content, self._from_lines.get(_POLICY, ()))
+        return Mail(message_id, head.encode("ascii") + content, self._from_lines.get(_POLICY, ()), self.signer)
 
     def _mail(self, message_id: str, message: EmailMessage, policy) -> Mail:
         payload = message.as_bytes(policy=policy)
         from_lines = self._from_lines.get(policy, ())
         if from_lines and not payload.startswith(from_lines[0]):
             raise AssertionError("the email package wrote the From header differently from MailWriter")
-        return Mail(message_id, payload, from_lines)
+        return Mail(message_id, payload, from_lines, self.signer)
 
 
 def _from_address(relay: Relay) -> Address:

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Protocol
 
 from .. import tracing
 from ..addresses import mask_addresses
@@ -43,6 +45,12 @@ log = logging.getLogger("herald_smtp.mailer")
 _SHARE_WHILE_OTHERS_REMAIN = 0.5
 
 
+class Signer(Protocol):
+    """Adds a signature to one relay's final bytes (sending/dkim_signer.py)."""
+
+    def sign(self, payload: bytes, relay_index: int) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class Mail:
     """One mail, ready for the wire (sending/message.py builds it)."""
@@ -52,11 +60,16 @@ class Mail:
     # The From header per relay (Settings.relays order) when a fallback writes another one; payload starts
     # with from_lines[0]. Empty: every relay sends `payload` as it is.
     from_lines: tuple[bytes, ...] = ()
+    # DKIM (DKIM_PRIVATE_KEY_FILE): each relay's bytes are signed when that relay is tried. None: sent as written.
+    signer: Signer | None = field(default=None, repr=False, compare=False)
 
     def payload_for(self, index: int) -> bytes:
+        """What relay `index` sends: its From line, then, when signing, a DKIM-Signature for those bytes first."""
         if not self.from_lines or self.from_lines[index] == self.from_lines[0]:
-            return self.payload
-        return self.from_lines[index] + self.payload[len(self.from_lines[0]):]
+            payload = self.payload
+        else:
+            payload = self.from_lines[index] + self.payload[len(self.from_lines[0]):]
+        return payload if self.signer is None else self.signer.sign(payload, index)
 
 
 class Mailer:
@@ -88,7 +101,9 @@ class Mailer:
         failed: list[Result] = []
         for index, sender in enumerate(self.relays):
             following = self._usable_after(index)
-            attempt = sender.send(mail.payload_for(index), mail.message_id, recipient,
+            # A signed mail is signed for a relay only once its breaker lets it be tried (RelaySender.send).
+            payload = mail.payload_for(index) if mail.signer is None else partial(mail.payload_for, index)
+            attempt = sender.send(payload, mail.message_id, recipient,
                                   self._deadline_for(deadline, last=following is None), before_dot,
                                   last=following is None)
             if following is None or not attempt.fails_over:

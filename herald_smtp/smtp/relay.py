@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from .. import tracing
@@ -98,9 +99,12 @@ class RelaySender:
         metrics.add_relay(relay.name)
         self._show_state(CLOSED)
 
-    def send(self, payload: bytes, message_id: str, recipient: str, deadline: float, before_dot,
-             last: bool) -> Attempt:
+    def send(self, payload: bytes | Callable[[], bytes], message_id: str, recipient: str, deadline: float,
+             before_dot, last: bool) -> Attempt:
         """Send within `deadline`, retries included; `last`: no other relay can take the mail after this one.
+
+        `payload` may be what makes the bytes (a DKIM signature): it is called only when the breaker lets
+        this relay be tried, once for all the attempts.
 
         `before_dot()` runs just before each attempt's final dot; raising SendAborted there stops the
         send with nothing transmitted (the server discards a DATA that never ends).
@@ -110,6 +114,8 @@ class RelaySender:
         if permit is None:
             return Attempt(self.circuit_open(), fails_over=True)
         try:
+            if callable(payload):
+                payload = payload()
             tried = self._attempts(payload, message_id, recipient, deadline, before_dot, last)
         except BaseException:
             self.breaker.abandon(permit)  # a bug of ours says nothing about the server: decide nothing
