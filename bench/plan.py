@@ -15,6 +15,9 @@
    current tree with the suppression lookup off, all three running at once and
    measured in turn, `status_rounds` times (each round in another order), with
    Redis's counts around each measurement. `--only status-cost` runs this alone.
+4. DKIM signing (issue #24): the signature alone in this process (bench/dkim_cost.py), then the same
+   setup as 3 with herald-smtp without a key, with RSA 2048 and with Ed25519, all three running at once
+   and measured in turn, `status_rounds` times. `--only dkim` runs this alone.
 
 Every measurement is bounded by Budget.max_requests and Budget.seconds; the
 server's counts are reset before and read after each one, and the gunicorn
@@ -38,17 +41,18 @@ from tests.support.herald_process import HeraldProcess
 from tests.support.otlp_receiver import OtlpReceiver
 from tests.support.redis_server import RedisServer
 
-from . import loadgen, smtp_clients, status_cost, workload
+from . import dkim_cost, loadgen, smtp_clients, status_cost, workload
 from . import wrk as wrk_runner
 from .usage import cpu_seconds, worker_peak_rss_mb
 from .processes import REPO_ROOT, BenchSmtpProcess, Certificates, floor_process, herald_process
-from .results import (CEILING, CONNECT_PER_MESSAGE, DOT_APART, DOT_APART_NODELAY, FLOOR, HERALD, REPLAY,
-                      LOAD_DURING_STATUS_COST, SKIPPED_BEFORE, STATUS_AFTER, STATUS_BEFORE, STATUS_NO_SUPPRESSION,
-                      TRACED, WARM, Latencies, Measurement)
+from .results import (CEILING, CONNECT_PER_MESSAGE, DKIM_ED25519, DKIM_OFF, DKIM_RSA, DOT_APART, DOT_APART_NODELAY,
+                      FLOOR, HERALD, LOAD_DURING_DKIM_COST, LOAD_DURING_STATUS_COST, REPLAY, SIGN_ED25519, SIGN_OFF,
+                      SIGN_RSA, SKIPPED_BEFORE, STATUS_AFTER, STATUS_BEFORE, STATUS_NO_SUPPRESSION, TRACED, WARM,
+                      Latencies, Measurement)
 
 CONCURRENCIES = (1, 4, 16)
 ROUND_TRIPS_MS = (0.0, 20.0)
-STATUS_COST = "status-cost"  # the section --only can name
+STATUS_COST, DKIM = "status-cost", "dkim"  # the sections --only can name
 OLD_TREE_DIR = REPO_ROOT / "var" / "bench" / "before-status"
 
 
@@ -111,7 +115,10 @@ def run(budget: Budget, use_wrk: bool, say: Callable[[str], None],
                 for rtt_ms in ROUND_TRIPS_MS:
                     for pipelining in (True, False):
                         measure_smtp_setups(context, rtt_ms, pipelining)
-            measure_status_cost(context)
+            if only in (None, STATUS_COST):
+                measure_status_cost(context)
+            if only in (None, DKIM):
+                measure_dkim_cost(context)
             return context.measurements, context.remarks
 
 
@@ -269,12 +276,47 @@ def measure_status_cost(context: Context) -> None:
                 continue
             warm_up(context, services[setup])
         client = stack.enter_context(redis.Redis.from_url(context.redis_url, socket_timeout=10))
-        setups = list(services)
-        for turn in range(context.budget.status_rounds):
-            shift = turn % len(setups)
-            for setup in setups[shift:] + setups[:shift]:
-                measure_with_redis(context, client, services[setup], smtp, setup, concurrency)
+        in_rounds(context, services,
+                  lambda setup, herald: measure_with_redis(context, client, herald, smtp, setup, concurrency))
     context.remarks[LOAD_DURING_STATUS_COST] = f"{load_before} at the start of the section, {_load()} at its end"
+
+
+def in_rounds(context: Context, services: dict[str, HeraldProcess],
+              measure: Callable[[str, HeraldProcess], Measurement]) -> None:
+    """Each service measured once per round, `status_rounds` rounds, each round starting with the next one:
+    services that run at once and are measured seconds apart share the machine's load alike."""
+    setups = list(services)
+    for turn in range(context.budget.status_rounds):
+        shift = turn % len(setups)
+        for setup in setups[shift:] + setups[:shift]:
+            measure(setup, services[setup])
+
+
+def measure_dkim_cost(context: Context) -> None:
+    """DKIM signing: the signature alone, then herald-smtp without a key, with RSA 2048 and with Ed25519, running
+    at once against one SMTP server and one Redis and measured in turn."""
+    concurrency = CONCURRENCIES[-1]
+    context.say(f"DKIM signing: none / RSA 2048 / Ed25519, round trip 0 ms, PIPELINING on, concurrency "
+                f"{concurrency}, load average {_load()}")
+    load_before = _load()
+    keys = dkim_cost.write_keys(context.workdir / "dkim-keys")
+    budget = context.budget
+    for setup, key in ((SIGN_OFF, None), (SIGN_RSA, keys[DKIM_RSA]), (SIGN_ED25519, keys[DKIM_ED25519])):
+        latencies, cpu_ms = dkim_cost.signing_alone(key, budget.max_requests, min(budget.seconds, 2.0))
+        context.record(Measurement(setup, None, None, 1, "in-process", latencies, cpu_ms_per_request=cpu_ms))
+    with ExitStack() as stack:
+        smtp = stack.enter_context(BenchSmtpProcess(context.workdir, context.certs, workload.SMTP_USER,
+                                                    workload.SMTP_PASSWORD, 0.0, True))
+        env = herald_env(context, smtp)
+        services = {}
+        for setup, extra in ((DKIM_OFF, {}), (DKIM_RSA, dkim_cost.dkim_env(keys[DKIM_RSA])),
+                             (DKIM_ED25519, dkim_cost.dkim_env(keys[DKIM_ED25519]))):
+            services[setup] = stack.enter_context(herald_process(context.workdir, env | extra))
+            warm_up(context, services[setup])
+        in_rounds(context, services, lambda setup, herald: served(
+            context, herald, smtp, Measurement(setup, 0.0, True, concurrency, context.http_generator, None),
+            partial(http_measurement, context, herald, context.http_generator, concurrency)))
+    context.remarks[LOAD_DURING_DKIM_COST] = f"{load_before} at the start of the section, {_load()} at its end"
 
 
 def _status_variants(context: Context, smtp: BenchSmtpProcess):

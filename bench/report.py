@@ -1,5 +1,5 @@
 """docs/BENCHMARKS.md from a Run: the machine, the command, the targets, the round trips, the final dot, tracing,
-the cost of message status and the suppression list, the table, the growth.
+the cost of message status and the suppression list, the cost of DKIM signing, the table, the growth.
 
 Everything in the document comes from the Run; nothing is typed in by hand.
 """
@@ -11,9 +11,10 @@ import statistics
 from dataclasses import dataclass
 
 from .calibration import Calibration, calibration_of
-from .results import (CEILING, CONNECT_PER_MESSAGE, DOT_APART, DOT_APART_NODELAY, FLOOR, HERALD, REPLAY, SETUPS,
-                      LOAD_DURING_STATUS_COST, SKIPPED_BEFORE, STATUS_AFTER, STATUS_BEFORE, STATUS_COST,
-                      STATUS_NO_SUPPRESSION, TRACED, WARM, Measurement, Run)
+from .results import (CEILING, CONNECT_PER_MESSAGE, DKIM_COST, DKIM_ED25519, DKIM_OFF, DKIM_RSA, DOT_APART,
+                      DOT_APART_NODELAY, FLOOR, HERALD, LOAD_DURING_DKIM_COST, LOAD_DURING_STATUS_COST, REPLAY, SETUPS,
+                      SIGN_ED25519, SIGN_OFF, SIGN_RSA, SIGNING_ALONE, SKIPPED_BEFORE, STATUS_AFTER, STATUS_BEFORE,
+                      STATUS_COST, STATUS_NO_SUPPRESSION, TRACED, WARM, Measurement, Run)
 from .status_cost import BEFORE_COMMIT
 
 RSS_TARGET_MB = 80.0
@@ -114,7 +115,8 @@ def results_table(run: Run) -> list[str]:
     lines = ["| setup | RTT ms | server PIPELINING | concurrency | generator | requests | errors | req/s | "
              "p50 ms | p95 ms | p99 ms | CPU ms/req | peak RSS/worker MB |",
              "|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for m in sorted((m for m in run.measurements if m.setup not in STATUS_COST), key=_order):
+    own_sections = (*STATUS_COST, *DKIM_COST, *SIGNING_ALONE)
+    for m in sorted((m for m in run.measurements if m.setup not in own_sections), key=_order):
         lat = m.latencies
         lines.append(f"| {m.setup} | {_num(m.rtt_ms, 0)} | {_onoff(m.pipelining)} | {m.concurrency} | {m.generator} | "
                      f"{lat.requests} | {lat.errors} | {lat.rps:.1f} | {_num(lat.p50_ms, 2)} | {_num(lat.p95_ms, 2)} | "
@@ -362,6 +364,56 @@ def _status_calls(variants: dict[str, Variant]) -> list[str]:
     return lines
 
 
+DKIM_LABELS = {DKIM_OFF: "no DKIM", DKIM_RSA: "RSA 2048", DKIM_ED25519: "Ed25519"}
+SIGNING_LABELS = {SIGN_OFF: DKIM_OFF, SIGN_RSA: DKIM_RSA, SIGN_ED25519: DKIM_ED25519}
+
+
+def dkim_cost(run: Run) -> list[str]:
+    """DKIM signing (issue #24): CPU per mail without a key, with RSA 2048, with Ed25519."""
+    variants = {setup: Variant(setup, run.all(setup)) for setup in DKIM_COST if run.all(setup)}
+    alone = {SIGNING_LABELS[m.setup]: m for m in run.measurements if m.setup in SIGNING_ALONE}
+    if not variants and not alone:
+        return ["Not measured in this run."]
+    out = []
+    if alone:
+        out += ["The signature alone: Mail.payload_for(0) on the benchmark's mail, in the bench process (what a "
+                "request adds when DKIM_PRIVATE_KEY_FILE is set: dkimpy's dkim.sign, relaxed/relaxed, ten headers "
+                "signed; no HTTP, SMTP or Redis):", "",
+                "| key | mails | CPU ms/mail | p50 ms | p99 ms |", "|---|---:|---:|---:|---:|"]
+        for setup, m in alone.items():
+            out.append(f"| {DKIM_LABELS[setup]} | {m.latencies.requests} | {_num(m.cpu_ms_per_request, 3)} | "
+                       f"{_num(m.latencies.p50_ms, 3)} | {_num(m.latencies.p99_ms, 3)} |")
+        out.append("")
+    if variants:
+        first = variants[next(iter(variants))].rounds[0]
+        out += [f"The whole service: fresh sends at {_num(first.rtt_ms, 0)} ms round trip, PIPELINING server, "
+                f"Redis store, concurrency {first.concurrency}, {first.generator}; herald-smtp without a DKIM key, "
+                "with an RSA 2048 key and with an Ed25519 key, the three running at once against one SMTP server "
+                "and one Redis and measured in turn, each round in another order (as the section above); the "
+                "figures are the totals over the rounds, CPU is gunicorn's master and workers' (one request, one "
+                "mail).", "",
+                "| key | rounds | requests | errors | req/s (rounds' range) | p50 ms | CPU ms/mail | "
+                "CPU ms/mail over no DKIM | CPU / no DKIM (each round) |",
+                "|---|---:|---:|---:|---|---:|---:|---:|---|"]
+        base = variants.get(DKIM_OFF)
+        for v in variants.values():
+            rates = [m.latencies.rps for m in v.rounds]
+            extra = v.cpu_ms - base.cpu_ms if base and v.cpu_ms is not None and base.cpu_ms is not None else None
+            ratio = (f"{_num(_quotient(v.cpu_ms, base.cpu_ms), 2)} {_by_round(v, base, _cpu_ms)}"
+                     if base and v is not base else "-")
+            out.append(f"| {DKIM_LABELS[v.setup]} | {len(v.rounds)} | {v.requests} | {v.errors} | "
+                       f"{_num(v.rps)} ({min(rates):.0f}-{max(rates):.0f}) | {_num(v.p50_ms, 2)} | "
+                       f"{_num(v.cpu_ms, 2)} | {_num(extra, 2) if v is not base else '-'} | {ratio} |")
+    out += ["", "Without DKIM_PRIVATE_KEY_FILE nothing of this runs: Mail.signer is None and payload_for returns the "
+                "payload MailWriter built, without a copy (tests/test_dkim.py checks it). dkimpy signs RSA in "
+                "Python (its own ASN.1 parse of the key and pow() for every signature); Ed25519 goes through "
+                "libsodium (PyNaCl)."]
+    load = run.remarks.get(LOAD_DURING_DKIM_COST)
+    if load:
+        out += ["", f"Load average (1, 5, 15 min) during this section: {load}."]
+    return out
+
+
 def growth_table(run: Run) -> list[str]:
     lines = ["| setup | RTT ms | server PIPELINING | generator | req/s c=1 -> c=16 | throughput x | "
              "p50 ms c=1 -> c=16 | p50 x | CPU ms/req c=1 -> c=16 |",
@@ -441,6 +493,8 @@ def render(run: Run, plot_name: str | None = "benchmarks.png", recorded: Calibra
     out += tracing(run)
     out += ["", "## Message status and the suppression list: the cost", ""]
     out += status_cost(run)
+    out += ["", "## DKIM signing: the cost", ""]
+    out += dkim_cost(run)
     out += ["", "## Results", "",
             f"Latencies are the generator's, per request ({generator} for HTTP, smtplib's own timing for the raw "
             "SMTP clients). CPU ms/req is the CPU time of gunicorn's master and workers per request; peak RSS is "
@@ -471,6 +525,9 @@ def render(run: Run, plot_name: str | None = "benchmarks.png", recorded: Calibra
             f"- **{STATUS_BEFORE}**, **{STATUS_AFTER}**, **{STATUS_NO_SUPPRESSION}**: {HERALD} from the tree "
             f"before message status (commit {BEFORE_COMMIT}), from this tree, and from this tree with "
             "SUPPRESSION_TTL_SECONDS=0; measured in their own section, not in the Results table.",
+            f"- **{DKIM_OFF}**, **{DKIM_RSA}**, **{DKIM_ED25519}**: {HERALD} without DKIM_PRIVATE_KEY_FILE, and "
+            "with a key made for the run (DKIM_SELECTOR=bench); **Mail.payload_for, ...**: the signature alone in "
+            "the bench process. Measured in their own section, not in the Results table.",
             "",
             "The benchmark SMTP server (bench/smtp_server.py) runs in its own process. It answers all the commands "
             "of one read in one write, one round trip after the read arrived; the greeting (which stands for the "

@@ -29,8 +29,19 @@ STATUS_COST = (STATUS_BEFORE, STATUS_AFTER, STATUS_NO_SUPPRESSION)
 # Run.remarks of that section: why the tree before was not measured, and the load average around it.
 SKIPPED_BEFORE = "status-cost"
 LOAD_DURING_STATUS_COST = "status-cost load"
+# What DKIM signing costs (issue #24): one tree without a key, with RSA 2048, with Ed25519, measured alternately;
+# and the signature alone, in the bench process.
+DKIM_OFF = "herald-smtp, no DKIM"
+DKIM_RSA = "herald-smtp, DKIM RSA 2048"
+DKIM_ED25519 = "herald-smtp, DKIM Ed25519"
+DKIM_COST = (DKIM_OFF, DKIM_RSA, DKIM_ED25519)
+SIGN_OFF = "Mail.payload_for, no DKIM"
+SIGN_RSA = "Mail.payload_for, DKIM RSA 2048"
+SIGN_ED25519 = "Mail.payload_for, DKIM Ed25519"
+SIGNING_ALONE = (SIGN_OFF, SIGN_RSA, SIGN_ED25519)
+LOAD_DURING_DKIM_COST = "dkim load"
 SETUPS = (CONNECT_PER_MESSAGE, WARM, DOT_APART, DOT_APART_NODELAY, CEILING, FLOOR, HERALD, TRACED, REPLAY,
-          *STATUS_COST)
+          *STATUS_COST, *DKIM_COST, *SIGNING_ALONE)
 
 
 @dataclass
