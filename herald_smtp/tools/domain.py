@@ -265,7 +265,8 @@ def dkim_step(key: DkimKey | None, domain: str, txt: Txt) -> Step:
     problem = _dkim_problem(tags, kind, key)
     if problem:
         return Step("dkim", FAIL, f"{name}: {problem}", publish)
-    return Step("dkim", OK, f"{name}: v=DKIM1, k={kind}, p= matches DKIM_PRIVATE_KEY_FILE ({key.describe()})")
+    strength = "Ed25519" if key.algorithm == ED25519 else f"RSA {key.bits}"
+    return Step("dkim", OK, f"{name}: v=DKIM1, k={kind}, p= matches DKIM_PRIVATE_KEY_FILE ({strength})")
 
 
 def dkim_tags(record: str) -> dict[str, str]:
