@@ -172,7 +172,7 @@ def test_two_spf_records_fail_as_a_permerror(smtp, dns, keys):
 
 @pytest.mark.parametrize("record, term", [
     ("v=spf1 include -all", "'include': include needs a domain"),
-    ("v=spf1 ip4:192.0.2.300 -all", "'ip4:192.0.2.300': ip4: needs an ip4 address"),
+    ("v=spf1 ip4:192.0.2.300 -all", "'ip4:192.0.2.300': ip4: needs an IPv4 address"),
     ("v=spf1 ip4:2001:db8::1 -all", "'ip4:2001:db8::1'"),
     ("v=spf1 a:example.com/33 -all", "'a:example.com/33': a CIDR length out of range"),
     ("v=spf1 inlcude:_spf.google.com -all", "'inlcude:_spf.google.com': not an SPF mechanism"),

@@ -152,9 +152,10 @@ _LITERAL = re.compile(r"[\x21-\x24\x26-\x7e]*")
 _MACRO_AT_END = re.compile(r"(?:%\{[^}]*\}|%[%_-])$")
 _TOPLABEL = re.compile(r"[A-Za-z0-9]*[A-Za-z][A-Za-z0-9]*|[A-Za-z0-9]+-[A-Za-z0-9-]*[A-Za-z0-9]", re.ASCII)
 _MODIFIER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9\-_.]*")
-# mechanism name -> (the argument after ":" is required / allowed, the CIDR suffixes it may end with)
-_MECHANISMS = {"all": (None, ""), "include": (True, ""), "a": (False, "dual"), "mx": (False, "dual"),
-               "ptr": (False, ""), "exists": (True, ""), "ip4": (True, "ip4"), "ip6": (True, "ip6")}
+# The mechanisms that take a domain (RFC 7208 5): ":domain" required (True), optional (False), not allowed (None).
+_DOMAIN_ARGUMENT = {"all": None, "include": True, "exists": True, "a": False, "mx": False, "ptr": False}
+_IP_MECHANISMS = {"ip4": 4, "ip6": 6}
+_DUAL_CIDR_MECHANISMS = {"a", "mx"}  # may end in /prefix for IPv4, //prefix for IPv6
 _DUAL_CIDR = re.compile(r"(?:/([0-9]{1,2}))?(?://([0-9]{1,3}))?$")
 
 
@@ -184,34 +185,34 @@ def _mechanism_problem(term: str) -> str:
     body = term[1:] if term[:1] in "+-?~" else term
     match = re.match(r"[A-Za-z0-9]+", body)
     name = match.group(0).lower() if match else ""
-    if name not in _MECHANISMS:
-        return "not an SPF mechanism (all, include, a, mx, ptr, ip4, ip6, exists) nor a modifier (name=value)"
-    argument_rule, cidr = _MECHANISMS[name]
     rest = body[len(name):]
-    if name in ("ip4", "ip6"):
-        valid = rest.startswith(":") and _network(rest[1:], name)
-        return "" if valid else f"{name}: needs an {name} address or network"
-    if argument_rule is None:
-        return "" if not rest else "`all` takes no argument"
-    if cidr == "dual":
-        suffix = _DUAL_CIDR.search(rest)
-        v4, v6 = suffix.groups() if suffix else (None, None)
+    if name in _IP_MECHANISMS:
+        valid = rest.startswith(":") and _network(rest[1:], _IP_MECHANISMS[name])
+        return "" if valid else f"{name}: needs an IPv{_IP_MECHANISMS[name]} address or network"
+    if name not in _DOMAIN_ARGUMENT:
+        return "not an SPF mechanism (all, include, a, mx, ptr, ip4, ip6, exists) nor a modifier (name=value)"
+    if name in _DUAL_CIDR_MECHANISMS:
+        suffix = _DUAL_CIDR.search(rest)  # always matches, maybe empty
+        assert suffix is not None
+        v4, v6 = suffix.groups()
         if (v4 is not None and int(v4) > 32) or (v6 is not None and int(v6) > 128):
             return "a CIDR length out of range (/0-32, //0-128)"
-        rest = rest[:suffix.start()] if suffix else rest
+        rest = rest[:suffix.start()]
+    required = _DOMAIN_ARGUMENT[name]
+    if required is None:
+        return "" if not rest else f"`{name}` takes no argument"
     if not rest:
-        return f"{name} needs a domain (`{name}:example.com`)" if argument_rule else ""
+        return f"{name} needs a domain (`{name}:example.com`)" if required else ""
     if not rest.startswith(":") or not _domain_spec(rest[1:]):
         return f"{name}: expected `{name}:domain`"
     return ""
 
 
-def _network(text: str, kind: str) -> bool:
+def _network(text: str, version: int) -> bool:
     try:
-        network = ipaddress.ip_network(text, strict=False)
+        return ipaddress.ip_network(text, strict=False).version == version
     except ValueError:
         return False
-    return network.version == (4 if kind == "ip4" else 6)
 
 
 def _macro_string(text: str) -> bool:
