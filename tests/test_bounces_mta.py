@@ -130,7 +130,8 @@ def test_what_is_no_notification_goes_to_unrecognised_untouched(tmp_path, mta, r
 def test_the_doctor_walks_the_bounce_mailbox(mta, redis_url):
     lines: list[str] = []
     run_doctor(settings_from(env_for(mta, redis_url)), out=lines.append)
-    block = lines[next(i for i, line in enumerate(lines) if line.startswith("== bounce mailbox")):]
+    start = next(i for i, line in enumerate(lines) if line.startswith("== bounce mailbox"))
+    block = lines[start:next(i for i, line in enumerate(lines) if line.startswith("== sender domain"))]
     assert [line.split()[:2] for line in block[1:]] == [["ok", "connect"], ["ok", "login"], ["ok", "folders"],
                                                         ["ok", "inbox"]], block
     assert "created Processed, Unrecognised" in block[3] and "INBOX: 0 mail(s) waiting" in block[4]

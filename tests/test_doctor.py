@@ -14,11 +14,13 @@ from tests.support.net import free_port
 
 
 def doctor(env: dict, to: str | None = None) -> tuple[int, list[str]]:
-    """The exit status and the step lines of a one-relay setup (its block's header line checked and dropped)."""
+    """The exit status and the step lines of a one-relay setup's relay block (its header line checked and dropped;
+    the sender domain block after it is tests/test_doctor_domain.py's)."""
     lines: list[str] = []
     code = run_doctor(settings_from(env | {"SMTP_TIMEOUT_SECONDS": "1"}), to, out=lines.append)
     assert lines[0].startswith("== primary relay "), lines
-    return code, lines[1:]
+    end = next((i for i, line in enumerate(lines) if i and line.startswith("== ")), len(lines))
+    return code, lines[1:end]
 
 
 def failed_line(lines: list[str]) -> str:
@@ -102,7 +104,7 @@ def test_certificate_for_another_host(server_factory):
 
 
 def test_connection_refused():
-    env = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(free_port()), "SMTP_FROM": "a@example.com"}
+    env = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(free_port()), "SMTP_FROM": "a@herald.test"}
     code, lines = doctor(env)
     line = failed_line(lines)
     assert code == 1 and line.startswith("FAIL tcp") and "refused" in line and "SMTP_PORT" in line
@@ -208,10 +210,11 @@ def test_every_relay_gets_a_block_and_a_failing_one_does_not_stop_the_next(good,
                  f"smtps://fb%40example.com:p%40ss%3Aw%2Frd%25@127.0.0.1:{implicit.port}?ca_file={implicit.ca_file}")
     code, lines = all_lines(smtp_env(good) | {"SMTP_FALLBACK_URLS": fallbacks})
     assert code == 1, lines
-    primary, dead, third = blocks(lines)
+    primary, dead, third, domain = blocks(lines)
     assert primary[0] == f"== primary relay 127.0.0.1:{good.port}"
     assert dead[0] == f"== fallback relay 1 (SMTP_FALLBACK_URLS) 127.0.0.1:{dead_port}"
     assert third[0] == f"== fallback relay 2 (SMTP_FALLBACK_URLS) 127.0.0.1:{implicit.port}"
+    assert domain[0] == "== sender domain herald.test"  # one block for the From all three share
     assert not any(line.startswith("FAIL") for line in primary + third), lines
     assert dead[-1].startswith("FAIL tcp") and "refused" in dead[-1]
     assert any(line.startswith("ok   auth") and "fb@example.com" in line for line in third)
@@ -223,7 +226,7 @@ def test_exit_status_is_0_only_when_every_relay_passes_and_each_sends_a_test_mai
     code, lines = all_lines(smtp_env(good) | {
         "SMTP_FALLBACK_URLS": f"smtp+plain://127.0.0.1:{other.port}?from=alerts@fallback.test"}, to="ops@example.com")
     assert code == 0, lines
-    assert len(blocks(lines)) == 2
+    assert [block[0].split()[1] for block in blocks(lines)] == ["primary", "fallback", "sender", "sender"]
     [mail] = other.wait_for(1)
     assert mail.mail_from == "alerts@fallback.test" and "alerts@fallback.test" in str(mail.message["From"])
     assert len(good.wait_for(1)) == 1
@@ -233,7 +236,7 @@ def test_no_auth_mechanism_in_common_names_both_sides():
     from tests.support.scripted_server import ScriptedServer
 
     with ScriptedServer(extensions=("AUTH GSSAPI",)) as server:
-        env = {"SMTP_HOST": server.host, "SMTP_PORT": str(server.port), "SMTP_FROM": "a@example.com",
+        env = {"SMTP_HOST": server.host, "SMTP_PORT": str(server.port), "SMTP_FROM": "a@herald.test",
                "SMTP_USE_STARTTLS": "false", "SMTP_USER": "u", "SMTP_PASSWORD": "p"}
         code, lines = doctor(env)
     line = failed_line(lines)
@@ -254,7 +257,7 @@ def test_an_over_long_reply_line_is_named_as_such():
     from tests.support.scripted_server import ScriptedServer
 
     with ScriptedServer(script={"mail": [b"250 " + b"x" * 9000 + b"\r\n"]}) as server:
-        env = {"SMTP_HOST": server.host, "SMTP_PORT": str(server.port), "SMTP_FROM": "a@example.com",
+        env = {"SMTP_HOST": server.host, "SMTP_PORT": str(server.port), "SMTP_FROM": "a@herald.test",
                "SMTP_USE_STARTTLS": "false"}
         code, lines = doctor(env)
     line = failed_line(lines)

@@ -276,8 +276,9 @@ def test_the_doctor_fails_at_the_token_step_with_the_endpoints_refusal_and_its_f
     oauth.fail("invalid_client", times=5)
     lines: list[str] = []
     assert run_doctor(settings_from(oauth_env(relay, oauth)), None, out=lines.append) == 1
-    assert lines[-1].startswith("FAIL token") and "invalid_client" in lines[-1] and "AADSTS7000215" in lines[-1]
-    assert "-> fix: check SMTP_OAUTH_CLIENT_ID" in lines[-1]
+    [failed] = [line for line in lines if line.startswith("FAIL")]
+    assert failed.startswith("FAIL token") and "invalid_client" in failed and "AADSTS7000215" in failed
+    assert "-> fix: check SMTP_OAUTH_CLIENT_ID" in failed
     assert relay.oauth_logins == []  # it stopped before AUTH
 
 

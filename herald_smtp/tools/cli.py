@@ -14,7 +14,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="herald-smtp", description="Send Herald's mail over SMTP.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the HTTP service under gunicorn (settings from the environment and .env)")
-    doctor = commands.add_parser("doctor", help="check the SMTP setup step by step and name the fix")
+    doctor = commands.add_parser("doctor", help="check the SMTP setup step by step and the sender domain's SPF, "
+                                                "DKIM and DMARC records, and name the fix")
     doctor.add_argument("--to", metavar="ADDRESS", help="also send a test mail to ADDRESS")
     status = commands.add_parser("status", help="print what the relay said about a mail (GET /v1/messages/ID)")
     status.add_argument("message_id", metavar="MESSAGE_ID")

@@ -11,9 +11,14 @@ goes on with the next relay; the exit status is 0 only when no step of any
 relay failed. Secrets are never printed: the password is only ever handed to
 smtplib.
 
-With BOUNCE_IMAP_URL set, a last block checks the bounce reader's mailbox the
+With BOUNCE_IMAP_URL set, a block checks the bounce reader's mailbox the
 way `herald-smtp bounces` opens it: connect (TLS), login, the two folders
 (created when missing, as the reader would), the inbox.
+
+Last, one block per From domain in use (tools/domain.py): its SPF, DKIM and
+DMARC records and the alignment of the envelope sender, asked of DNS; those
+lines may also say WARN, which does not fail the doctor. They run whatever
+the relay blocks found.
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ from ..smtp.provider_replies import lookup
 from ..smtp.tokens import TokenError, TokenSource, fetch_token
 from ..smtp.transport import SmtpFailure, describe_error, is_timeout
 
-OK, FAIL, SKIP = "ok", "FAIL", "skip"
+# WARN: worth fixing, but mail may still go out (the sender domain checks); only FAIL fails the doctor.
+OK, FAIL, SKIP, WARN = "ok", "FAIL", "skip", "WARN"
 T = TypeVar("T")
 
 APP_PASSWORD_HINT = (
@@ -88,6 +94,14 @@ def run_doctor(settings: Settings, to: str | None = None, out: Callable[[str], N
     if settings.bounce_mailbox is not None:
         out(f"== bounce mailbox {settings.bounce_mailbox.where} (BOUNCE_IMAP_URL, read by `herald-smtp bounces`)")
         for step in bounce_mailbox_steps(settings):
+            out(step.line())
+            failed |= step.status == FAIL
+    # Imported here: it imports Step from this module (and it is the only place dnspython is used).
+    from .domain import domain_steps, sender_domains
+
+    for domain in sender_domains(settings):
+        out(f"== sender domain {domain}")
+        for step in domain_steps(settings, domain):
             out(step.line())
             failed |= step.status == FAIL
     return 1 if failed else 0
