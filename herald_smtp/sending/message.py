@@ -40,7 +40,6 @@ from ..addresses import Mailbox, parse_address
 from ..config import Relay, Settings
 from ..smtp.mailer import Mail
 from ..smtp.transport import needs_smtputf8
-from .dkim_signer import DkimSigner
 from .request import SendRequest
 
 _POLICY = email.policy.SMTP
@@ -70,7 +69,7 @@ class MailWriter:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.signer = DkimSigner(settings.dkim, settings.relays) if settings.dkim else None
+        self.signer = _signer(settings)
 
     @functools.cached_property
     def _from(self) -> str:
@@ -116,6 +115,16 @@ class MailWriter:
         if from_lines and not payload.startswith(from_lines[0]):
             raise AssertionError("the email package wrote the From header differently from MailWriter")
         return Mail(message_id, payload, from_lines, self.signer)
+
+
+def _signer(settings: Settings):
+    """The DkimSigner, or None without DKIM_PRIVATE_KEY_FILE. Imported only then: dkimpy brings dnspython's
+    resolver and its own crypto, which a service that does not sign should not load (memory, startup)."""
+    if settings.dkim is None:
+        return None
+    from .dkim_signer import DkimSigner
+
+    return DkimSigner(settings.dkim, settings.relays)
 
 
 def _from_address(relay: Relay) -> Address:
