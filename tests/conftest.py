@@ -17,6 +17,7 @@ from herald_smtp.config import Settings, settings_from
 from herald_smtp.web.app import create_app
 from tests.support.client import SMTP_PASSWORD, SMTP_USER, smtp_env
 from tests.support.clock import FakeClock
+from tests.support.dns_server import DnsTestServer
 from tests.support.mta import mta, mta_next_hop  # noqa: F401  (fixtures: the Postfix + Dovecot test bed)
 from tests.support.redis_server import RedisServer
 from tests.support.smtp_server import SmtpTestServer
@@ -110,3 +111,16 @@ def make_client():
         return create_app(settings, store=store, clock=clock).test_client()
 
     return make
+
+
+@pytest.fixture(scope="session")
+def _dns_server():
+    with DnsTestServer() as server:  # stopping one takes a second: one serves the session
+        yield server
+
+
+@pytest.fixture
+def dns_zone(_dns_server) -> DnsTestServer:
+    """A real DNS server on loopback (tests/support/dns_server.py), no records yet; DNS_RESOLVER: its .resolver."""
+    _dns_server.clear()
+    return _dns_server

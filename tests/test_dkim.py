@@ -55,19 +55,6 @@ def key_files(tmp_path_factory) -> dict[str, str]:
     return files
 
 
-@pytest.fixture(scope="module")
-def dns_server():
-    with DnsTestServer() as server:
-        yield server
-
-
-@pytest.fixture
-def dns_zone(dns_server):
-    dns_server.clear()
-    yield dns_server
-    dns_server.clear()
-
-
 def dkim_env(key_file: str, **extra: str) -> dict[str, str]:
     return {"DKIM_PRIVATE_KEY_FILE": key_file, "DKIM_SELECTOR": SELECTOR} | extra
 

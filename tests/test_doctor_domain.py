@@ -59,17 +59,9 @@ def keys(tmp_path_factory) -> dict[str, Key]:
     return made
 
 
-@pytest.fixture(scope="module")
-def _dns_module():
-    with DnsTestServer() as server:
-        yield server
-
-
 @pytest.fixture
-def dns(_dns_module):
-    """The module's DNS server with no records (stopping a server takes a second, so one serves every test)."""
-    _dns_module.clear()
-    return _dns_module
+def dns(dns_zone):
+    return dns_zone
 
 
 @pytest.fixture
