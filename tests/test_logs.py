@@ -125,3 +125,53 @@ def test_an_access_record_without_the_header_has_no_request_id():
     assert record.request_id is None
     record = make_record("gunicorn.access", "%(h)s", {"h": "127.0.0.1", "{x-request-id}o": "abc"})
     assert record.request_id == "abc"
+
+
+class _Reading:
+    """A value JSON has no type for: both formatters fall back to str()."""
+
+    def __str__(self) -> str:
+        return "a reading"
+
+
+def _records() -> list[logging.LogRecord]:
+    """Records like the service's: plain, with extras (None, numbers, nested, non-ASCII, a datetime, an object),
+    gunicorn's access record with its atoms, an exception, a stack, a dict as the message, private attributes."""
+    plain = make_record()
+    send_ok = make_record("herald_smtp.send", "send ok")
+    send_ok.__dict__.update(message_id="<a@b>", to="j***@example.com", relay="primary", relay_queue_id=None,
+                            duration_ms=2.5, limit=3, nested={"a": [1, 2.5, None, True]}, name_é="zé 例",
+                            at=datetime(2026, 12, 1, tzinfo=timezone.utc), reading=_Reading(), _private="hidden")
+    access = make_record("gunicorn.access", '%(h)s "%(r)s" %(s)s', {"h": "127.0.0.1", "r": "POST /v1/send HTTP/1.1",
+                                                                 "s": "200", "{x-request-id}o": "abc"})
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+        failed = logging.LogRecord("herald_smtp", logging.ERROR, __file__, 1, "failed %s", ("x",), sys.exc_info())
+    failed.stack_info = "Stack (most recent call last):\n  a frame"
+    ContextFilter().filter(failed)
+    as_dict = make_record("herald_smtp", "ignored")
+    as_dict.msg = {"event": "a dict", "n": 1}
+    with_text = make_record("herald_smtp", "cached")
+    with_text.exc_text = "Traceback text formatted earlier"
+    return [plain, send_ok, access, failed, as_dict, with_text]
+
+
+def test_the_json_lines_are_python_json_loggers_key_for_key():
+    # JsonLineFormatter replaced python-json-logger's JsonFormatter (less work per line): same keys, same values,
+    # in the same order, for the configured fmt and renames.
+    from pythonjsonlogger.json import JsonFormatter
+
+    options = dict(logging_dict(settings_from({"LOG_FORMAT": "json"}))["formatters"]["main"])
+    ours = options.pop("()")(**options)
+
+    class Reference(JsonFormatter):
+        def formatTime(self, record, datefmt=None):
+            return rfc3339(record.created)
+
+    reference = Reference(**options)
+    for record in _records():
+        theirs = reference.format(logging.makeLogRecord(dict(record.__dict__)))
+        assert ours.format(logging.makeLogRecord(dict(record.__dict__))) == theirs
+        assert "hidden" not in theirs and json.loads(theirs)["logger"] == record.name
