@@ -31,6 +31,7 @@ from collections.abc import Mapping, MutableMapping
 from datetime import datetime, timezone
 from urllib.parse import unquote
 
+from gunicorn import glogging
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonEncoder
 
@@ -55,6 +56,8 @@ _PATH_ATOMS = ("r", "U")
 _ACCESS_REQUEST_ID_ATOM = "{x-request-id}o"
 # A field of a %-style format, as python-json-logger finds them.
 _FMT_FIELD = re.compile(r"%\((.+?)\)")
+# The atoms AccessLogger builds: those of serve.ACCESS_LOG_FORMAT, the path atoms and the request id.
+_LEAN_ATOMS = frozenset({"h", "r", "s", "b", "M", *_PATH_ATOMS, _ACCESS_REQUEST_ID_ATOM})
 
 
 def rfc3339(created: float) -> str:
@@ -167,6 +170,37 @@ class GunicornRequestTextFilter(logging.Filter):
             what = leading_words(match.group(2)) or "malformed request"
             record.msg, record.args = f"{match.group(1)}: {what} (the rest is not logged: it quotes the request)", ()
         return True
+
+
+class AccessLogger(glogging.Logger):
+    """gunicorn's logger, building only the access-line atoms our format and filters read.
+
+    gunicorn's atoms() makes every atom for every request: the time in Apache's format, one per request header,
+    response header and environ variable, which the access line does not show. When the access format names only
+    the atoms of _LEAN_ATOMS, this builds those (the path atoms and the request id header with them, for the
+    filters above), with gunicorn's values; any other format gets gunicorn's full set (tests/test_logs.py compares).
+    """
+
+    def atoms(self, resp, req, environ, request_time):  # gunicorn-stubs type the dict as its own full set
+        if not _LEAN_ATOMS.issuperset(_FMT_FIELD.findall(self.cfg.access_log_format)):
+            return super().atoms(resp, req, environ, request_time)
+        status = resp.status
+        if isinstance(status, str):
+            status = status.split(None, 1)[0]
+        sent = getattr(resp, "sent", None)
+        atoms = {
+            "h": environ.get("REMOTE_ADDR", "-"),
+            "r": f"{environ['REQUEST_METHOD']} {environ['RAW_URI']} {environ['SERVER_PROTOCOL']}",
+            "s": status,
+            "b": str(sent) if sent is not None else "-",
+            "M": request_time.seconds * 1000 + int(request_time.microseconds / 1000),
+            "U": environ.get("PATH_INFO"),
+        }
+        headers = resp.headers.items() if hasattr(resp.headers, "items") else resp.headers
+        for name, value in headers:
+            if name.lower() == "x-request-id":  # the last one wins, as in gunicorn's dict
+                atoms[_ACCESS_REQUEST_ID_ATOM] = value
+        return atoms
 
 
 def _mask_path_addresses(atoms: MutableMapping) -> None:
