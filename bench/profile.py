@@ -193,21 +193,26 @@ def compare(services: dict, args, say) -> None:
     """Each service measured once per round, each round starting with the next: they share the load alike."""
     totals = {name: [0, 0.0] for name in services}
     names = list(services)
+    ratios = []  # per round, current / before: two measurements seconds apart, under much the same load
     for turn in range(args.rounds):
         shift = turn % len(names)
+        of_round = {}
         for name in names[shift:] + names[:shift]:
             prefix = f"r{turn}-{names.index(name)}"  # fresh keys: no earlier measurement of this run used it
             requests, errors, cpu_ms = measure(services[name], args.seconds, args.concurrency, prefix)
             totals[name][0] += requests
             totals[name][1] += cpu_ms * requests
+            of_round[name] = cpu_ms
             say(f"  round {turn + 1} {name:24} {requests:6} requests {errors} errors "
                 f"{requests / args.seconds:7.1f} req/s {cpu_ms:6.3f} CPU ms/req")
+        if len(of_round) == 2 and all(of_round.values()):
+            ratios.append(of_round[names[1]] / of_round[names[0]])
     figures = {name: cpu / requests for name, (requests, cpu) in totals.items() if requests}
     for name, cpu_ms in figures.items():
         say(f"{name:24} {totals[name][0]:6} requests {cpu_ms:.3f} herald-smtp CPU ms/req")
     if len(figures) == 2:
         before, after = figures.values()
-        say(f"current / before: {after / before:.3f}")
+        say(f"current / before: {after / before:.3f} (each round: {', '.join(f'{r:.2f}' for r in ratios)})")
 
 
 if __name__ == "__main__":
