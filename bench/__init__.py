@@ -7,5 +7,7 @@ Python load generator and the closed-loop thread runner), wrk (wrk with its
 Lua script), smtp_clients (raw smtplib baselines), usage (peak RSS and CPU of
 gunicorn's processes), plan (which measurements, in which order), results
 (the figures), calibration (the Python generator against wrk), report
-(BENCHMARKS.md), plot (benchmarks.png), __main__ (the command).
+(BENCHMARKS.md), plot (benchmarks.png), __main__ (the command). Beside it,
+`python -m bench.profile` (profile): py-spy on herald-smtp's workers under
+fresh sends, and CPU per request of the current tree against another commit's.
 """

@@ -5,7 +5,9 @@ request, `request_id`; while tracing is on and a span is active, also
 `trace_id` and `span_id` (W3C hex), so logs and traces join. The same dictConfig serves gunicorn (`logconfig_dict`)
 and the other entry points, so all output has one shape. `time` is RFC 3339
 in UTC with milliseconds (2026-12-01T08:52:38.562Z), so the lines sort and
-join with other systems' logs.
+join with other systems' logs. The JSON line is python-json-logger's, written
+by JsonLineFormatter with less work per line (a log line is a share of every
+request's CPU), and records skip the caller and thread lookups no line shows.
 
 Exception texts on the request path are request data: gunicorn's
 InvalidChunkSize quotes the bad line (which can be the JSON body), a decode
@@ -29,7 +31,9 @@ from collections.abc import Mapping, MutableMapping
 from datetime import datetime, timezone
 from urllib.parse import unquote
 
-from pythonjsonlogger.json import JsonFormatter
+from gunicorn import glogging
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.json import JsonEncoder
 
 from . import tracing
 from .addresses import aligned, mask_email
@@ -50,6 +54,10 @@ _ADDRESS_IN_PATH = re.compile(r"(/v1/suppressions/)([^\s?#]+)")
 _PATH_ATOMS = ("r", "U")
 # The gunicorn access-log atom of the X-Request-ID response header that web/app.py sets.
 _ACCESS_REQUEST_ID_ATOM = "{x-request-id}o"
+# A field of a %-style format, as python-json-logger finds them.
+_FMT_FIELD = re.compile(r"%\((.+?)\)")
+# The atoms AccessLogger builds: those of serve.ACCESS_LOG_FORMAT, the path atoms and the request id.
+_LEAN_ATOMS = frozenset({"h", "r", "s", "b", "M", *_PATH_ATOMS, _ACCESS_REQUEST_ID_ATOM})
 
 
 def rfc3339(created: float) -> str:
@@ -71,11 +79,54 @@ class TextFormatter(logging.Formatter):
         return f"{line}\n{traceback_text.rstrip()}" if isinstance(traceback_text, str) else line
 
 
-class JsonLineFormatter(JsonFormatter):
-    """One JSON object per line; `time` in RFC 3339."""
+class JsonLineFormatter(logging.Formatter):
+    """One JSON object per line; `time` in RFC 3339.
+
+    The line python-json-logger's JsonFormatter writes for the same `fmt` and `rename_fields`, key for key and
+    value for value (its reserved attributes, its encoder for values JSON has no type for), with less work per
+    line: the fields of `fmt` are found once, the record's fields are gathered in one pass, and one encoder
+    serves every line (tests/test_logs.py compares the two).
+    """
+
+    def __init__(self, fmt: str, rename_fields: Mapping[str, str] | None = None, timestamp: bool = False) -> None:
+        if timestamp:
+            raise ValueError("JsonLineFormatter writes `time` from fmt's asctime; timestamp=True is not supported")
+        super().__init__(fmt)
+        renames = dict(rename_fields or {})
+        fields = _FMT_FIELD.findall(fmt)
+        self._uses_asctime = "asctime" in fields
+        self._named = [(field, renames.get(field, field)) for field in fields]
+        self._renames = renames
+        self._skipped = frozenset(RESERVED_ATTRS) | frozenset(fields)
+        self._encoder = JsonEncoder(ensure_ascii=True)  # stateless between calls: one for every thread
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return rfc3339(record.created)
+
+    def format(self, record: logging.LogRecord) -> str:
+        attributes = record.__dict__
+        given: dict = {}
+        if isinstance(record.msg, dict):  # a dict logged as the message: its items are fields
+            given = dict(record.msg)
+            record.message = ""
+        else:
+            record.message = record.getMessage()
+        if self._uses_asctime:
+            record.asctime = rfc3339(record.created)
+        if record.exc_info and not given.get("exc_info"):
+            given["exc_info"] = self.formatException(record.exc_info)
+        if not given.get("exc_info") and record.exc_text:
+            given["exc_info"] = record.exc_text
+        if record.stack_info and not given.get("stack_info"):
+            given["stack_info"] = self.formatStack(record.stack_info)
+        renames, skipped = self._renames, self._skipped
+        line = {key: attributes.get(field) for field, key in self._named}
+        for key, value in given.items():
+            line[renames.get(key, key)] = value
+        for key, value in attributes.items():  # the extras: the renamed names are reserved, so never among them
+            if key not in skipped and not key.startswith("_"):
+                line[key] = value
+        return self._encoder.encode(line)
 
 
 class ContextFilter(logging.Filter):
@@ -119,6 +170,37 @@ class GunicornRequestTextFilter(logging.Filter):
             what = leading_words(match.group(2)) or "malformed request"
             record.msg, record.args = f"{match.group(1)}: {what} (the rest is not logged: it quotes the request)", ()
         return True
+
+
+class AccessLogger(glogging.Logger):
+    """gunicorn's logger, building only the access-line atoms our format and filters read.
+
+    gunicorn's atoms() makes every atom for every request: the time in Apache's format, one per request header,
+    response header and environ variable, which the access line does not show. When the access format names only
+    the atoms of _LEAN_ATOMS, this builds those (the path atoms and the request id header with them, for the
+    filters above), with gunicorn's values; any other format gets gunicorn's full set (tests/test_logs.py compares).
+    """
+
+    def atoms(self, resp, req, environ, request_time):  # gunicorn-stubs type the dict as its own full set
+        if not _LEAN_ATOMS.issuperset(_FMT_FIELD.findall(self.cfg.access_log_format)):
+            return super().atoms(resp, req, environ, request_time)
+        status = resp.status
+        if isinstance(status, str):
+            status = status.split(None, 1)[0]
+        sent = getattr(resp, "sent", None)
+        atoms = {
+            "h": environ.get("REMOTE_ADDR", "-"),
+            "r": f"{environ['REQUEST_METHOD']} {environ['RAW_URI']} {environ['SERVER_PROTOCOL']}",
+            "s": status,
+            "b": str(sent) if sent is not None else "-",
+            "M": request_time.seconds * 1000 + int(request_time.microseconds / 1000),
+            "U": environ.get("PATH_INFO"),
+        }
+        headers = resp.headers.items() if hasattr(resp.headers, "items") else resp.headers
+        for name, value in headers:
+            if name.lower() == "x-request-id":  # the last one wins, as in gunicorn's dict
+                atoms[_ACCESS_REQUEST_ID_ATOM] = value
+        return atoms
 
 
 def _mask_path_addresses(atoms: MutableMapping) -> None:
@@ -218,6 +300,17 @@ def logging_dict(settings: Settings) -> dict:
 
 def configure_logging(settings: Settings) -> None:
     logging.config.dictConfig(logging_dict(settings))
+    lean_records()
+
+
+def lean_records() -> None:
+    """Records without what no line of ours shows: the caller's file, line and function (a walk up the stack for
+    every record), and the thread's, process's and multiprocessing process's names and ids. These are the switches
+    the logging HOWTO's "Optimization" section names; gunicorn's workers fork from the process that set them."""
+    logging._srcfile = None  # the documented switch: no sys._getframe() per record
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
 
 
 def log_startup(settings: Settings) -> None:

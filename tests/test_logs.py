@@ -11,7 +11,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from herald_smtp.logs import ContextFilter, JsonLineFormatter, TextFormatter, logging_dict, rfc3339
+from herald_smtp.logs import (ContextFilter, GunicornRequestTextFilter, JsonLineFormatter, TextFormatter, logging_dict,
+                              rfc3339)
 from herald_smtp.config import settings_from
 from tests.support.client import API_KEY, post, smtp_env
 from tests.support.herald_process import HeraldProcess
@@ -125,3 +126,107 @@ def test_an_access_record_without_the_header_has_no_request_id():
     assert record.request_id is None
     record = make_record("gunicorn.access", "%(h)s", {"h": "127.0.0.1", "{x-request-id}o": "abc"})
     assert record.request_id == "abc"
+
+
+class _Reading:
+    """A value JSON has no type for: both formatters fall back to str()."""
+
+    def __str__(self) -> str:
+        return "a reading"
+
+
+def _records() -> list[logging.LogRecord]:
+    """Records like the service's: plain, with extras (None, numbers, nested, non-ASCII, a datetime, an object),
+    gunicorn's access record with its atoms, an exception, a stack, a dict as the message, private attributes."""
+    plain = make_record()
+    send_ok = make_record("herald_smtp.send", "send ok")
+    send_ok.__dict__.update(message_id="<a@b>", to="j***@example.com", relay="primary", relay_queue_id=None,
+                            duration_ms=2.5, limit=3, nested={"a": [1, 2.5, None, True]}, name_é="zé 例",
+                            at=datetime(2026, 12, 1, tzinfo=timezone.utc), reading=_Reading(), _private="hidden")
+    access = make_record("gunicorn.access", '%(h)s "%(r)s" %(s)s', {"h": "127.0.0.1", "r": "POST /v1/send HTTP/1.1",
+                                                                 "s": "200", "{x-request-id}o": "abc"})
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+        failed = logging.LogRecord("herald_smtp", logging.ERROR, __file__, 1, "failed %s", ("x",), sys.exc_info())
+    failed.stack_info = "Stack (most recent call last):\n  a frame"
+    ContextFilter().filter(failed)
+    as_dict = make_record("herald_smtp", "ignored")
+    as_dict.msg = {"event": "a dict", "n": 1}
+    with_text = make_record("herald_smtp", "cached")
+    with_text.exc_text = "Traceback text formatted earlier"
+    return [plain, send_ok, access, failed, as_dict, with_text]
+
+
+def test_the_json_lines_are_python_json_loggers_key_for_key():
+    # JsonLineFormatter replaced python-json-logger's JsonFormatter (less work per line): same keys, same values,
+    # in the same order, for the configured fmt and renames.
+    from pythonjsonlogger.json import JsonFormatter
+
+    options = dict(logging_dict(settings_from({"LOG_FORMAT": "json"}))["formatters"]["main"])
+    ours = options.pop("()")(**options)
+
+    class Reference(JsonFormatter):
+        def formatTime(self, record, datefmt=None):
+            return rfc3339(record.created)
+
+    reference = Reference(**options)
+    for record in _records():
+        theirs = reference.format(logging.makeLogRecord(dict(record.__dict__)))
+        assert ours.format(logging.makeLogRecord(dict(record.__dict__))) == theirs
+        assert "hidden" not in theirs and json.loads(theirs)["logger"] == record.name
+
+
+def _access_atoms(logger_class, access_log_format: str, headers) -> dict:
+    """What gunicorn's access() wraps, for a request like the service's (the objects gunicorn passes: its
+    response's status, bytes sent and headers, the WSGI environ, the request's duration)."""
+    from types import SimpleNamespace
+
+    from gunicorn.config import Config
+
+    cfg = Config()
+    cfg.set("access_log_format", access_log_format)
+    cfg.set("accesslog", "-")
+    response = SimpleNamespace(status="404 NOT FOUND", sent=123, headers=headers)
+    environ = {"REMOTE_ADDR": "127.0.0.1", "REQUEST_METHOD": "GET", "RAW_URI": "/v1/suppressions/a%40b.example?x=1",
+               "SERVER_PROTOCOL": "HTTP/1.1", "PATH_INFO": "/v1/suppressions/a@b.example", "QUERY_STRING": "x=1",
+               "HTTP_USER_AGENT": 'agent "quoted"'}
+    request = SimpleNamespace(headers=[("HOST", "127.0.0.1"), ("USER-AGENT", 'agent "quoted"')])
+    return logger_class(cfg).atoms(response, request, environ, timedelta(seconds=1, microseconds=234_567))
+
+
+@pytest.mark.parametrize("headers", [
+    [("Content-Type", "application/json"), ("X-Request-ID", "req-1")],
+    [("Content-Type", "text/html")],  # gunicorn's own answers carry no id
+    [("x-request-id", "first"), ("X-REQUEST-ID", "last")],
+])
+def test_the_access_logger_gives_gunicorns_atoms_for_the_line_and_the_filters(headers):
+    from gunicorn.glogging import Logger, SafeAtoms
+
+    from herald_smtp.logs import AccessLogger
+    from herald_smtp.tools.serve import ACCESS_LOG_FORMAT, gunicorn_options
+
+    assert gunicorn_options(settings_from({}))["logger_class"] is AccessLogger
+    ours = SafeAtoms(_access_atoms(AccessLogger, ACCESS_LOG_FORMAT, headers))
+    gunicorns = SafeAtoms(_access_atoms(Logger, ACCESS_LOG_FORMAT, headers))
+    assert ACCESS_LOG_FORMAT % ours == ACCESS_LOG_FORMAT % gunicorns
+    for atom in ("h", "r", "s", "b", "M", "U", "{x-request-id}o", "{X-Request-ID}o"):
+        assert ours[atom] == gunicorns[atom], atom
+    # The filters read the same atoms from both: the masked path and the request id.
+    for atoms in (ours, gunicorns):
+        GunicornRequestTextFilter().filter(make_record("gunicorn.access", ACCESS_LOG_FORMAT, atoms))
+    assert ours["r"] == gunicorns["r"] == "GET /v1/suppressions/a***@b.example?x=1 HTTP/1.1"
+    assert make_record("gunicorn.access", ACCESS_LOG_FORMAT, ours).request_id == \
+        make_record("gunicorn.access", ACCESS_LOG_FORMAT, gunicorns).request_id
+
+
+def test_another_access_format_gets_all_of_gunicorns_atoms():
+    from gunicorn.glogging import Logger
+
+    from herald_smtp.logs import AccessLogger
+
+    headers = [("X-Request-ID", "req-1")]
+    fmt = '%(h)s %(t)s "%(a)s" %({host}i)s'
+    ours, gunicorns = _access_atoms(AccessLogger, fmt, headers), _access_atoms(Logger, fmt, headers)
+    assert ours.keys() == gunicorns.keys() and ours["a"] == 'agent "quoted"' and ours["{host}i"] == "127.0.0.1"

@@ -19,7 +19,7 @@ from dataclasses import replace
 from gunicorn.app.base import BaseApplication
 
 from ..config import Settings
-from ..logs import log_startup, logging_dict
+from ..logs import AccessLogger, log_startup, logging_dict
 from ..timing import gunicorn_timeouts
 
 # What gunicorn writes per request. The request id that ties it to the app's lines is not in the
@@ -68,6 +68,7 @@ def gunicorn_options(settings: Settings) -> dict:
         "graceful_timeout": graceful_timeout,
         "accesslog": "-",
         "access_log_format": ACCESS_LOG_FORMAT,
+        "logger_class": AccessLogger,  # gunicorn's logger, building only the atoms that format reads
         "limit_request_line": LIMIT_REQUEST_LINE,
         "limit_request_fields": LIMIT_REQUEST_FIELDS,
         "limit_request_field_size": LIMIT_REQUEST_FIELD_SIZE,
