@@ -17,8 +17,8 @@ server does with a pipelined group.
 Observations: connections, received (every byte each connection sent, in
 order), reads (each connection's reads, as they arrived: what came in one
 write), commands (the command lines, outside DATA and BDAT chunks) and
-messages (the content of each DATA whose final dot, or each BDAT ... LAST,
-was answered 2xx: what a real server stores). hang_up_idle() closes every
+messages (the content of each DATA, dot-stuffing undone, whose final dot,
+or of each BDAT ... LAST, was answered 2xx: what a real server stores). hang_up_idle() closes every
 open connection, after a farewell such as a 421, as a server does with idle
 sessions.
 """
@@ -170,7 +170,7 @@ class ScriptedServer(LoopbackListener):
                         self.messages.append(bytes(content))
                 conn.sendall(reply)
                 return True
-            content += line + b"\r\n"
+            content += (line[1:] if line.startswith(b".") else line) + b"\r\n"  # undo dot-stuffing
         return False
 
     def _reply(self, verb: str) -> bytes | None:
