@@ -516,7 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     options = ServerOptions(
         user=args.user, password=os.environ.get(args.password_env, ""), delay=args.delay_ms / 1000.0,
-        pipelining=not args.no_pipelining, chunking=args.chunking, tls=server_tls(args.cert, args.key) if args.cert else None,
+        pipelining=not args.no_pipelining, chunking=args.chunking,
+        tls=server_tls(args.cert, args.key) if args.cert else None,
     )
     asyncio.run(serve(options, args.host, args.port, args.control_port))
     return 0
