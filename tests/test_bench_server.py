@@ -17,8 +17,9 @@ from bench import wrk
 from bench.calibration import Calibration, calibration_of
 from bench.processes import BenchSmtpProcess, Certificates
 from bench.report import final_dot, generator_check, ratios, render, round_trip_table
-from bench.results import (CONNECT_PER_MESSAGE, DOT_APART, DOT_APART_NODELAY, FLOOR, HERALD, REPLAY, WARM, Latencies,
-                           Machine, Measurement, Run)
+from bench.report import chunking
+from bench.results import (CONNECT_PER_MESSAGE, CONNECT_PER_MESSAGE_CHUNKING, DOT_APART, DOT_APART_NODELAY, FLOOR,
+                           HERALD, HERALD_CHUNKING, REPLAY, WARM, Latencies, Machine, Measurement, Run)
 
 USER, PASSWORD = "bench-user", "bench-pa55word"
 
@@ -292,3 +293,20 @@ def test_the_python_generator_is_read_against_wrk(tmp_path):
     assert quoted[0].startswith("This run did not use wrk") and "| 16 | 3000.0 | 2250.0 | 0.75 |" in "\n".join(quoted)
     assert generator_check(python_only, Calibration.load(tmp_path / "absent.json"))[0].startswith(
         "This run did not use wrk and no comparison")
+
+
+def test_the_report_gives_the_chunking_ratio_and_its_round_trips():
+    run = _run(herald_p50_at_20ms=30.0, transaction_writes=200)
+    assert chunking(run) == ["Not measured in this run."]
+    smtp = {"mails": 100, "reply_writes": 110, "transaction_writes": 100, "reads": 100, "commands": 300,
+            "multi_command_reads": 100, "bdat_commands": 100, "server_cpu_seconds": 0.05}
+    per_message = {**smtp, "transaction_writes": 400, "reads": 900, "bdat_commands": 0, "mails": 10}
+    run.measurements += [
+        Measurement(CONNECT_PER_MESSAGE_CHUNKING, 20.0, True, 1, "smtplib", _lat(10, 2.0, 200.0), smtp=per_message),
+        Measurement(HERALD_CHUNKING, 20.0, True, 1, "wrk", _lat(100, 2.0, 24.0), smtp=smtp)]
+    ratio = next(r for r in ratios(run) if "CHUNKING" in r.name)
+    assert ratio.value == pytest.approx(0.12) and ratio.verdict == "PASS" and ratio.target == 0.15
+    lines = chunking(run)
+    assert "| herald-smtp, CHUNKING server | 20 | 1 | 100 | 24.00 | 1.00 | 1.00 | 1.00 |" in lines
+    assert "| connect-per-message, CHUNKING server | 20 | 1 | 10 | 200.00 | 40.00 | 90.00 | 0.00 |" in lines
+    assert "## CHUNKING: one round trip a mail" in render(run)
