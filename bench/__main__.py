@@ -1,5 +1,5 @@
-"""python -m bench [--quick] [--only status-cost|dkim] [--generator auto|wrk|python] [--report F] [--plot F] [--json F]
-                   [--calibration F] [--from-json F]
+"""python -m bench [--quick] [--only status-cost|dkim|chunking] [--generator auto|wrk|python] [--report F]
+                   [--plot F] [--json F] [--calibration F] [--from-json F]
 
 Runs the measurements (bench/plan.py) against servers it starts itself on
 127.0.0.1, prints each figure as it comes, and writes the Markdown report,
@@ -83,7 +83,7 @@ def measure(args, say) -> Run:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 s per measurement: a smoke test of the bench")
-    parser.add_argument("--only", choices=(plan.STATUS_COST, plan.DKIM),
+    parser.add_argument("--only", choices=(plan.STATUS_COST, plan.DKIM, plan.CHUNKING),
                         help="measure this section alone (a quick look during development, not the report's run)")
     parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto",
                         help="HTTP load generator (auto: wrk when on PATH)")

@@ -18,6 +18,9 @@
 4. DKIM signing (issue #24): the signature alone in this process (bench/dkim_cost.py), then the same
    setup as 3 with herald-smtp without a key, with RSA 2048 and with Ed25519, all three running at once
    and measured in turn, `status_rounds` times. `--only dkim` runs this alone.
+5. One round trip (issue #25): a benchmark SMTP server offering PIPELINING and CHUNKING at 20 ms, the
+   connect-per-message baseline on it, then herald-smtp at each concurrency. `--only chunking` runs this
+   alone.
 
 Every measurement is bounded by Budget.max_requests and Budget.seconds; the
 server's counts are reset before and read after each one, and the gunicorn
@@ -45,6 +48,7 @@ from . import dkim_cost, loadgen, smtp_clients, status_cost, workload
 from . import wrk as wrk_runner
 from .usage import cpu_seconds, worker_peak_rss_mb
 from .processes import REPO_ROOT, BenchSmtpProcess, Certificates, floor_process, herald_process
+from .results import CONNECT_PER_MESSAGE_CHUNKING, HERALD_CHUNKING
 from .results import (CEILING, CONNECT_PER_MESSAGE, DKIM_ED25519, DKIM_OFF, DKIM_RSA, DOT_APART, DOT_APART_NODELAY,
                       FLOOR, HERALD, LOAD_DURING_DKIM_COST, LOAD_DURING_STATUS_COST, REPLAY, SIGN_ED25519, SIGN_OFF,
                       SIGN_RSA, SKIPPED_BEFORE, STATUS_AFTER, STATUS_BEFORE, STATUS_NO_SUPPRESSION, TRACED, WARM,
@@ -52,7 +56,8 @@ from .results import (CEILING, CONNECT_PER_MESSAGE, DKIM_ED25519, DKIM_OFF, DKIM
 
 CONCURRENCIES = (1, 4, 16)
 ROUND_TRIPS_MS = (0.0, 20.0)
-STATUS_COST, DKIM = "status-cost", "dkim"  # the sections --only can name
+STATUS_COST, DKIM, CHUNKING = "status-cost", "dkim", "chunking"  # the sections --only can name
+CHUNKING_RTT_MS = 20.0
 OLD_TREE_DIR = REPO_ROOT / "var" / "bench" / "before-status"
 
 
@@ -119,6 +124,8 @@ def run(budget: Budget, use_wrk: bool, say: Callable[[str], None],
                 measure_status_cost(context)
             if only in (None, DKIM):
                 measure_dkim_cost(context)
+            if only in (None, CHUNKING):
+                measure_chunking(context)
             return context.measurements, context.remarks
 
 
@@ -171,6 +178,29 @@ def measure_smtp_setups(context: Context, rtt_ms: float, pipelining: bool) -> No
                 measure_replay(context, smtp, herald)
         if pipelining and rtt_ms == 0:
             measure_traced(context, smtp)
+
+
+def measure_chunking(context: Context) -> None:
+    """herald-smtp against a server that offers CHUNKING: MAIL, RCPT and BDAT LAST with the message in one write,
+    next to the connect-per-message baseline on the same server (smtplib does not use BDAT)."""
+    rtt_ms = CHUNKING_RTT_MS
+    context.say(f"SMTP server: round trip {rtt_ms:g} ms, PIPELINING and CHUNKING on")
+    with BenchSmtpProcess(context.workdir, context.certs, workload.SMTP_USER, workload.SMTP_PASSWORD,
+                          rtt_ms, pipelining=True, chunking=True) as smtp:
+        budget = context.budget
+        target = smtp_clients.SmtpTarget(smtp.host, smtp.port, str(context.certs.ca_file), workload.SMTP_USER,
+                                         workload.SMTP_PASSWORD)
+        smtp.reset()
+        server_cpu = cpu_seconds(smtp.pid)
+        latencies = smtp_clients.connect_per_message(target, budget.max_requests, budget.seconds)
+        context.record(Measurement(CONNECT_PER_MESSAGE_CHUNKING, rtt_ms, True, 1, "smtplib", latencies,
+                                   smtp=smtp_counts(smtp, server_cpu)))
+        with herald_process(context.workdir, herald_env(context, smtp)) as herald:
+            warm_up(context, herald)
+            for concurrency in CONCURRENCIES:
+                served(context, herald, smtp,
+                       Measurement(HERALD_CHUNKING, rtt_ms, True, concurrency, context.http_generator, None),
+                       partial(http_measurement, context, herald, context.http_generator, concurrency))
 
 
 def measure_raw_smtp(context: Context, smtp: BenchSmtpProcess) -> None:

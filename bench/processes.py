@@ -61,10 +61,10 @@ class BenchSmtpProcess:
     """bench/smtp_server.py in its own process, with its control port."""
 
     def __init__(self, workdir: Path, certs: Certificates, user: str, password: str,
-                 delay_ms: float = 0.0, pipelining: bool = True):
+                 delay_ms: float = 0.0, pipelining: bool = True, chunking: bool = False):
         self.workdir, self.certs = workdir, certs
         self.user, self.password = user, password
-        self.delay_ms, self.pipelining = delay_ms, pipelining
+        self.delay_ms, self.pipelining, self.chunking = delay_ms, pipelining, chunking
         self.host = LOCALHOST
         self.port = free_port()
         self.control_port = free_port()
@@ -80,6 +80,8 @@ class BenchSmtpProcess:
                 "--key", str(self.certs.key_file), "--user", self.user, "--delay-ms", str(self.delay_ms)]
         if not self.pipelining:
             argv.append("--no-pipelining")
+        if self.chunking:
+            argv.append("--chunking")
         log = open(self.workdir / f"bench-smtp-{self.port}.log", "ab")
         with log:
             self._proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log,

@@ -1,5 +1,6 @@
 """docs/BENCHMARKS.md from a Run: the machine, the command, the targets, the round trips, the final dot, tracing,
-the cost of message status and the suppression list, the cost of DKIM signing, the table, the growth.
+the cost of message status and the suppression list, the cost of DKIM signing, one round trip with CHUNKING,
+the table, the growth.
 
 Everything in the document comes from the Run; nothing is typed in by hand.
 """
@@ -11,6 +12,7 @@ import statistics
 from dataclasses import dataclass
 
 from .calibration import Calibration, calibration_of
+from .results import CONNECT_PER_MESSAGE_CHUNKING, HERALD_CHUNKING
 from .results import (CEILING, CONNECT_PER_MESSAGE, DKIM_COST, DKIM_ED25519, DKIM_OFF, DKIM_RSA, DOT_APART,
                       DOT_APART_NODELAY, FLOOR, HERALD, LOAD_DURING_DKIM_COST, LOAD_DURING_STATUS_COST, REPLAY, SETUPS,
                       SIGN_ED25519, SIGN_OFF, SIGN_RSA, SIGNING_ALONE, SKIPPED_BEFORE, STATUS_AFTER, STATUS_BEFORE,
@@ -73,6 +75,8 @@ def ratios(run: Run) -> list[Ratio]:
     herald_fast = run.find(HERALD, rtt_ms=0.0, pipelining=True, concurrency=16)
     floor16 = run.find(FLOOR, concurrency=16, generator=gen)
     replay16 = run.find(REPLAY, concurrency=16)
+    chunked = run.find(HERALD_CHUNKING, rtt_ms=20.0, concurrency=1)
+    chunked_per_message = run.find(CONNECT_PER_MESSAGE_CHUNKING, rtt_ms=20.0, concurrency=1)
     served = [m for m in run.measurements if m.setup in (HERALD, REPLAY) and m.peak_rss_mb is not None]
     peak = max((m.peak_rss_mb for m in served), default=None)
     return [
@@ -87,6 +91,9 @@ def ratios(run: Run) -> list[Ratio]:
               f"{_rps(_lat(replay16, 'rps'))} / {_rps(_lat(floor16, 'rps'))} ({gen})"),
         Ratio("peak RSS per herald-smtp worker, MB", peak, RSS_TARGET_MB, True,
               f"max VmHWM over the workers, over {len(served)} herald-smtp measurements"),
+        Ratio("20 ms RTT, CHUNKING server, concurrency 1: herald-smtp p50 / connect-per-message p50",
+              _quotient(_lat(chunked, "p50_ms"), _lat(chunked_per_message, "p50_ms")), 0.15, True,
+              f"{_ms(_lat(chunked, 'p50_ms'))} / {_ms(_lat(chunked_per_message, 'p50_ms'))}"),
     ]
 
 
@@ -191,6 +198,27 @@ def final_dot(run: Run) -> list[str]:
         lines += ["", f"At {rtt_ms:g} ms the dot written apart costs {stall:.1f} ms per mail more than one write, "
                       f"{with_nodelay:.1f} ms with TCP_NODELAY. herald-smtp's server saw {extra_reads:.2f} more "
                       f"reads than round trips per mail ({verdict})."]
+    return lines
+
+
+def chunking(run: Run) -> list[str]:
+    """herald-smtp against a server offering CHUNKING, next to the connect-per-message baseline on it."""
+    rows = sorted((m for m in run.measurements if m.setup in (CONNECT_PER_MESSAGE_CHUNKING, HERALD_CHUNKING)
+                   and m.smtp.get("mails")), key=_order)
+    if not rows:
+        return ["Not measured in this run."]
+    lines = ["With PIPELINING and CHUNKING offered, herald-smtp commits the idempotency key first and writes MAIL, "
+             "RCPT and BDAT LAST with the message in one write: one transaction round trip a mail. The baseline "
+             "is smtplib connecting for every mail on the same server (it does not use BDAT).", "",
+             "| client | RTT ms | concurrency | mails | p50 ms | transaction writes / mail | reads / mail | "
+             "BDAT / mail |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for m in rows:
+        s = m.smtp
+        lines.append(f"| {m.setup} | {_num(m.rtt_ms, 0)} | {m.concurrency} | {s['mails']} | "
+                     f"{_num(_lat(m, 'p50_ms'), 2)} | {_num(m.transaction_round_trips_per_mail(), 2)} | "
+                     f"{_num(_quotient(s['reads'], s['mails']), 2)} | "
+                     f"{_num(_quotient(s.get('bdat_commands', 0), s['mails']), 2)} |")
     return lines
 
 
@@ -495,6 +523,8 @@ def render(run: Run, plot_name: str | None = "benchmarks.png", recorded: Calibra
     out += status_cost(run)
     out += ["", "## DKIM signing: the cost", ""]
     out += dkim_cost(run)
+    out += ["", "## CHUNKING: one round trip a mail", ""]
+    out += chunking(run)
     out += ["", "## Results", "",
             f"Latencies are the generator's, per request ({generator} for HTTP, smtplib's own timing for the raw "
             "SMTP clients). CPU ms/req is the CPU time of gunicorn's master and workers per request; peak RSS is "
@@ -532,7 +562,8 @@ def render(run: Run, plot_name: str | None = "benchmarks.png", recorded: Calibra
             "The benchmark SMTP server (bench/smtp_server.py) runs in its own process. It answers all the commands "
             "of one read in one write, one round trip after the read arrived; the greeting (which stands for the "
             "TCP connect too) and the TLS handshake cost one round trip each. PIPELINING off leaves it out of the "
-            "EHLO. Every measurement is bounded in requests and seconds; all servers run on 127.0.0.1 and are "
+            "EHLO; CHUNKING (BDAT) is offered only by the server of the CHUNKING section. Every measurement is "
+            "bounded in requests and seconds; all servers run on 127.0.0.1 and are "
             "started and stopped by the run.",
             ""]
     return "\n".join(out)

@@ -40,8 +40,11 @@ SIGN_RSA = "Mail.payload_for, DKIM RSA 2048"
 SIGN_ED25519 = "Mail.payload_for, DKIM Ed25519"
 SIGNING_ALONE = (SIGN_OFF, SIGN_RSA, SIGN_ED25519)
 LOAD_DURING_DKIM_COST = "dkim load"
+# One round trip a mail (issue #25): a server that offers CHUNKING too, and the smtplib baseline on that server.
+CONNECT_PER_MESSAGE_CHUNKING = "connect-per-message, CHUNKING server"
+HERALD_CHUNKING = "herald-smtp, CHUNKING server"
 SETUPS = (CONNECT_PER_MESSAGE, WARM, DOT_APART, DOT_APART_NODELAY, CEILING, FLOOR, HERALD, TRACED, REPLAY,
-          *STATUS_COST, *DKIM_COST, *SIGNING_ALONE)
+          *STATUS_COST, *DKIM_COST, *SIGNING_ALONE, CONNECT_PER_MESSAGE_CHUNKING, HERALD_CHUNKING)
 
 
 @dataclass

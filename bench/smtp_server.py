@@ -1,6 +1,8 @@
-"""The benchmark SMTP server: STARTTLS, AUTH PLAIN/LOGIN, optional PIPELINING, a simulated round trip, counts.
+"""The benchmark SMTP server: STARTTLS, AUTH PLAIN/LOGIN, optional PIPELINING and CHUNKING, a simulated round
+trip, counts.
 
     python -m bench.smtp_server --port P --control-port C --cert F --key F [--delay-ms 20] [--no-pipelining]
+                                [--chunking]
 
 One asyncio process (so it shares no GIL with the load generator), cheap per
 command, and faithful where a client's round trips are concerned:
@@ -12,6 +14,12 @@ command, and faithful where a client's round trips are concerned:
   connect as well) and the TLS handshake cost one delay each.
 - PIPELINING is in the EHLO unless --no-pipelining. The server answers a
   pipelined group either way; what a client does with the EHLO is the point.
+- CHUNKING (RFC 3030: BDAT) is in the EHLO only with --chunking, so runs
+  without it stay comparable with earlier ones. BDAT takes exactly the
+  octets it announces, as they are (no dot-stuffing); `BDAT n LAST` ends
+  the mail and is answered like the final dot. A BDAT without a sender
+  and a recipient is refused after its octets are read, so the session
+  stays in step. Each BDAT is counted (bdat_commands).
 - AUTH is offered only after STARTTLS, as real submission servers do; MAIL
   before AUTH is 530.
 - Mail bodies are not kept: each is counted, only the last one is held
@@ -41,7 +49,7 @@ MAX_MESSAGE_BYTES = 10 * 1024 * 1024
 READ_BYTES = 65536
 
 # Replies to these belong to a mail transaction; the rest (greeting, EHLO, STARTTLS, AUTH, QUIT) to the session.
-TRANSACTION_VERBS = {"MAIL", "RCPT", "DATA", "RSET", "NOOP", "."}
+TRANSACTION_VERBS = {"MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "."}
 
 
 @dataclass
@@ -56,7 +64,8 @@ class Counts:
     reads: int = 0
     multi_command_reads: int = 0  # reads that carried more than one command: the proof of pipelining
     reply_writes: int = 0  # one per round trip
-    transaction_writes: int = 0  # writes carrying a reply to MAIL, RCPT, DATA, the final dot, RSET or NOOP
+    transaction_writes: int = 0  # writes carrying a reply to MAIL, RCPT, DATA, BDAT, the final dot, RSET or NOOP
+    bdat_commands: int = 0  # BDAT chunks announced (CHUNKING)
     protocol_errors: int = 0
 
 
@@ -74,6 +83,7 @@ class ServerOptions:
     delay: float  # seconds per round trip
     pipelining: bool
     tls: ssl.SSLContext | None
+    chunking: bool = False
     hostname: str = "bench.invalid"
 
 
@@ -99,6 +109,12 @@ class Session:
         self.message: bytearray | None = None  # while receiving DATA; begins with CRLF to find a leading dot
         self.scan_from = 0
         self.too_big = False
+        # BDAT (CHUNKING): the octets the current chunk still owes, its refusal (read, then refused), LAST,
+        # and the mail's chunks so far.
+        self.chunk_left: int | None = None
+        self.chunk_refusal: str | None = None
+        self.chunk_last = False
+        self.chunks: bytearray | None = None
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -133,6 +149,10 @@ class Session:
         commands = 0
         try:
             while True:
+                if self.chunk_left is not None:
+                    if not self._chunk_part():
+                        break
+                    continue
                 if self.message is not None:
                     if not self._message_part():
                         break
@@ -177,13 +197,46 @@ class Session:
         if self.too_big:
             self._reply("552 5.3.4 message too big")
         else:
-            self.counts.mails += 1
-            self.counts.message_bytes += len(body)
-            self.last.sender, self.last.recipients = self.sender or "", list(self.recipients)
-            self.last.message = body.replace(b"\r\n..", b"\r\n.").decode("utf-8", "replace")  # undo dot-stuffing
+            self._accept(body.replace(b"\r\n..", b"\r\n."))  # undo dot-stuffing
             self._reply("250 2.0.0 queued")
         self.sender, self.recipients, self.too_big = None, [], False
         return True
+
+    def _chunk_part(self) -> bool:
+        """Move the current BDAT chunk's octets out of the buffer; True when the chunk is complete (answered)."""
+        take = min(self.chunk_left, len(self.buffer))
+        if self.chunk_refusal is None and not self.too_big:
+            self.chunks.extend(self.buffer[:take])
+            if len(self.chunks) > MAX_MESSAGE_BYTES:
+                self.too_big = True
+                self.chunks.clear()
+        del self.buffer[:take]
+        self.chunk_left -= take
+        if self.chunk_left:
+            return False
+        self.chunk_left = None
+        self.transaction_reply = True
+        if self.chunk_refusal is not None:
+            self._reply(self.chunk_refusal)
+            if self.chunk_last:
+                self._reset_transaction()
+        elif not self.chunk_last:
+            self._reply(f"250 2.0.0 {len(self.chunks)} octets received")
+        elif self.too_big:
+            self._reply("552 5.3.4 message too big")
+            self._reset_transaction()
+        else:
+            self._accept(bytes(self.chunks))
+            self._reply("250 2.0.0 queued")
+            self._reset_transaction()
+        return True
+
+    def _accept(self, body: bytes) -> None:
+        """A whole mail arrived: count it and keep it as the last one."""
+        self.counts.mails += 1
+        self.counts.message_bytes += len(body)
+        self.last.sender, self.last.recipients = self.sender or "", list(self.recipients)
+        self.last.message = body.decode("utf-8", "replace")
 
     def _line(self, line: str) -> bool:
         if self.auth_step is not None:
@@ -207,6 +260,8 @@ class Session:
         lines = [self.options.hostname, "8BITMIME", "SMTPUTF8", f"SIZE {MAX_MESSAGE_BYTES}", "ENHANCEDSTATUSCODES"]
         if self.options.pipelining:
             lines.append("PIPELINING")
+        if self.options.chunking:
+            lines.append("CHUNKING")
         if self.options.tls is not None and not self.secure:
             lines.append("STARTTLS")
         if self._auth_offered():
@@ -302,6 +357,26 @@ class Session:
         self.scan_from = 0
         self._reply("354 end data with <CR><LF>.<CR><LF>")
 
+    def _cmd_bdat(self, argument: str) -> None:
+        words = argument.split()
+        if (not self.options.chunking or not 1 <= len(words) <= 2 or not words[0].isdigit()
+                or (len(words) == 2 and words[1].upper() != "LAST")):
+            # Without a size we cannot tell the chunk from the commands after it: the session is over.
+            self.counts.protocol_errors += 1
+            self._reply("501 5.5.4 syntax: BDAT <size> [LAST]")
+            raise Stop
+        self.counts.bdat_commands += 1
+        self.chunk_left, self.chunk_last = int(words[0]), len(words) == 2
+        if self.options.user and not self.authenticated:
+            self.chunk_refusal = "530 5.7.0 authentication required"
+        elif self.sender is None or not self.recipients:
+            # In a pipelined group a refused MAIL or RCPT makes BDAT fail here, as DATA would.
+            self.chunk_refusal = "554 5.5.1 no valid recipients"
+        else:
+            self.chunk_refusal = None
+            if self.chunks is None:
+                self.chunks = bytearray()
+
     def _cmd_rset(self, argument: str) -> None:
         self._reset_transaction()
         self._reply("250 2.0.0 ok")
@@ -323,6 +398,7 @@ class Session:
 
     def _reset_transaction(self) -> None:
         self.sender, self.recipients = None, []
+        self.chunks, self.too_big = None, False
 
     def _reply(self, *lines: str) -> None:
         self.replies.append("".join(f"{line}\r\n" for line in lines).encode())
@@ -436,10 +512,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="environment variable holding the AUTH password (kept off the command line)")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="simulated round trip per reply")
     parser.add_argument("--no-pipelining", action="store_true", help="leave PIPELINING out of the EHLO")
+    parser.add_argument("--chunking", action="store_true", help="offer CHUNKING (BDAT, RFC 3030) in the EHLO")
     args = parser.parse_args(argv)
     options = ServerOptions(
         user=args.user, password=os.environ.get(args.password_env, ""), delay=args.delay_ms / 1000.0,
-        pipelining=not args.no_pipelining, tls=server_tls(args.cert, args.key) if args.cert else None,
+        pipelining=not args.no_pipelining, chunking=args.chunking,
+        tls=server_tls(args.cert, args.key) if args.cert else None,
     )
     asyncio.run(serve(options, args.host, args.port, args.control_port))
     return 0

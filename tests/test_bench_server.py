@@ -17,8 +17,9 @@ from bench import wrk
 from bench.calibration import Calibration, calibration_of
 from bench.processes import BenchSmtpProcess, Certificates
 from bench.report import final_dot, generator_check, ratios, render, round_trip_table
-from bench.results import (CONNECT_PER_MESSAGE, DOT_APART, DOT_APART_NODELAY, FLOOR, HERALD, REPLAY, WARM, Latencies,
-                           Machine, Measurement, Run)
+from bench.report import chunking
+from bench.results import (CONNECT_PER_MESSAGE, CONNECT_PER_MESSAGE_CHUNKING, DOT_APART, DOT_APART_NODELAY, FLOOR,
+                           HERALD, HERALD_CHUNKING, REPLAY, WARM, Latencies, Machine, Measurement, Run)
 
 USER, PASSWORD = "bench-user", "bench-pa55word"
 
@@ -38,6 +39,13 @@ def server(certs, tmp_path_factory):
 def plain_server(certs, tmp_path_factory):
     with BenchSmtpProcess(tmp_path_factory.mktemp("bench-smtp-off"), certs, USER, PASSWORD,
                           delay_ms=5, pipelining=False) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def chunking_server(certs, tmp_path_factory):
+    with BenchSmtpProcess(tmp_path_factory.mktemp("bench-smtp-chunking"), certs, USER, PASSWORD,
+                          chunking=True) as process:
         yield process
 
 
@@ -114,6 +122,64 @@ def test_a_pipelined_group_is_answered_in_one_write_and_counted(server, certs):
     last = server.control("last")
     assert last["sender"] == "a@herald.test" and last["recipients"] == ["b@example.com", "c@example.com"]
     assert last["message"] == "Subject: pipelined\r\n\r\nline one\r\n.a line starting with a dot\r\n"
+
+
+def test_chunking_is_offered_only_when_switched_on(server, chunking_server, certs):
+    conn = _connect(server, certs)
+    assert not conn.has_extn("chunking")
+    # Switched off, BDAT is unknown: its size cannot be trusted to find the next command, so the session ends.
+    assert conn.docmd("BDAT", "5 LAST")[0] == 501
+    conn.close()
+    conn = _connect(chunking_server, certs)
+    assert conn.has_extn("chunking") and conn.has_extn("pipelining")
+    conn.quit()
+
+
+def test_mail_rcpt_and_bdat_last_with_the_content_are_one_round_trip(chunking_server, certs):
+    conn = _connect(chunking_server, certs)
+    before = chunking_server.stats()
+    # Taken as it is: a line starting with a dot stays one dot, and ".\r\n" inside is no end of data.
+    content = b"Subject: chunked\r\n\r\n.a line starting with a dot\r\n.\r\nlast line\r\n"
+    conn.send(b"MAIL FROM:<a@herald.test>\r\nRCPT TO:<b@example.com>\r\n"
+              + f"BDAT {len(content)} LAST\r\n".encode() + content)
+    assert conn.sock.recv(4096) == b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.0.0 queued\r\n"
+    group = _delta(chunking_server.stats(), before)
+    assert group["reads"] == 1 and group["reply_writes"] == 1 and group["transaction_writes"] == 1
+    assert group["bdat_commands"] == 1 and group["mails"] == 1 and group["commands"] == 3
+    assert group["message_bytes"] == len(content)
+    last = chunking_server.control("last")
+    assert last["sender"] == "a@herald.test" and last["recipients"] == ["b@example.com"]
+    assert last["message"] == content.decode()
+    # The session is in step: the next transaction goes on it.
+    assert not conn.sendmail("a@herald.test", ["c@example.com"], b"Subject: next\r\n\r\nbody\r\n")
+    conn.quit()
+
+
+def test_chunks_across_reads_make_one_mail(chunking_server, certs):
+    conn = _connect(chunking_server, certs)
+    before = chunking_server.stats()
+    assert conn.mail("a@herald.test")[0] == 250 and conn.rcpt("b@example.com")[0] == 250
+    conn.send(b"BDAT 12\r\nSubject: ")  # the first chunk arrives in two reads
+    conn.send(b"x\r\n")
+    assert conn.getreply() == (250, b"2.0.0 12 octets received")
+    conn.send(b"BDAT 8 LAST\r\n\r\nbody\r\n")
+    assert conn.getreply() == (250, b"2.0.0 queued")
+    counts = _delta(chunking_server.stats(), before)
+    assert counts["bdat_commands"] == 2 and counts["mails"] == 1
+    assert chunking_server.control("last")["message"] == "Subject: x\r\n\r\nbody\r\n"
+    conn.quit()
+
+
+def test_bdat_after_a_refused_mail_is_refused_once_its_octets_are_read(chunking_server, certs):
+    conn = _connect(chunking_server, certs, login=False)
+    before = chunking_server.stats()
+    conn.send(b"MAIL FROM:<a@herald.test>\r\nRCPT TO:<b@example.com>\r\nBDAT 6 LAST\r\nNOOP\r\nNOOP\r\n")
+    # The octets of the chunk ("NOOP\r\n") are not a command; the NOOP after them is.
+    assert conn.sock.recv(4096) == (b"530 5.7.0 authentication required\r\n503 5.5.1 need MAIL first\r\n"
+                                    b"530 5.7.0 authentication required\r\n250 2.0.0 ok\r\n")
+    counts = _delta(chunking_server.stats(), before)
+    assert counts["bdat_commands"] == 1 and counts["mails"] == 0 and counts["commands"] == 4
+    conn.quit()
 
 
 def test_counts_of_a_session_without_pipelining(plain_server, certs):
@@ -227,3 +293,20 @@ def test_the_python_generator_is_read_against_wrk(tmp_path):
     assert quoted[0].startswith("This run did not use wrk") and "| 16 | 3000.0 | 2250.0 | 0.75 |" in "\n".join(quoted)
     assert generator_check(python_only, Calibration.load(tmp_path / "absent.json"))[0].startswith(
         "This run did not use wrk and no comparison")
+
+
+def test_the_report_gives_the_chunking_ratio_and_its_round_trips():
+    run = _run(herald_p50_at_20ms=30.0, transaction_writes=200)
+    assert chunking(run) == ["Not measured in this run."]
+    smtp = {"mails": 100, "reply_writes": 110, "transaction_writes": 100, "reads": 100, "commands": 300,
+            "multi_command_reads": 100, "bdat_commands": 100, "server_cpu_seconds": 0.05}
+    per_message = {**smtp, "transaction_writes": 400, "reads": 900, "bdat_commands": 0, "mails": 10}
+    run.measurements += [
+        Measurement(CONNECT_PER_MESSAGE_CHUNKING, 20.0, True, 1, "smtplib", _lat(10, 2.0, 200.0), smtp=per_message),
+        Measurement(HERALD_CHUNKING, 20.0, True, 1, "wrk", _lat(100, 2.0, 24.0), smtp=smtp)]
+    ratio = next(r for r in ratios(run) if "CHUNKING" in r.name)
+    assert ratio.value == pytest.approx(0.12) and ratio.verdict == "PASS" and ratio.target == 0.15
+    lines = chunking(run)
+    assert "| herald-smtp, CHUNKING server | 20 | 1 | 100 | 24.00 | 1.00 | 1.00 | 1.00 |" in lines
+    assert "| connect-per-message, CHUNKING server | 20 | 1 | 10 | 200.00 | 40.00 | 90.00 | 0.00 |" in lines
+    assert "## CHUNKING: one round trip a mail" in render(run)

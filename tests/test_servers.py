@@ -390,3 +390,33 @@ def test_idle_timeout_closes_a_silent_connection(smtp_factory):
     with pytest.raises(smtplib.SMTPServerDisconnected):
         client.mail("a@example.com")
     client.close()
+
+
+# --- the scripted server's CHUNKING (BDAT)
+
+
+def test_scripted_server_takes_bdat_octets_as_they_are_and_refuses_bdat_without_a_recipient():
+    from tests.support.scripted_server import HANG_UP, ScriptedServer
+
+    with ScriptedServer(extensions=("PIPELINING", "CHUNKING"), script={"bdat": [b"250 ok\r\n"]}) as server:
+        conn = smtplib.SMTP(server.host, server.port, timeout=5)
+        conn.ehlo()
+        assert conn.has_extn("chunking")
+        body = b"Subject: x\r\n\r\n.a dot\r\n.\r\n"
+        conn.send(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nBDAT %d LAST\r\n" % len(body) + body)
+        assert [conn.getreply()[0] for _ in range(3)] == [250, 250, 250]
+        assert server.messages == [body]  # no dot-stuffing undone, ".\r\n" is no end of data
+        assert body in server.reads[0][-1]  # the group arrived in one read
+        conn.send(b"MAIL FROM:<a@b.test>\r\nBDAT 3 LAST\r\nabc")
+        assert [conn.getreply()[0] for _ in range(2)] == [250, 554]  # no recipient: refused
+        server.script["bdat"] = [HANG_UP]
+        conn.send(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nBDAT 3 LAST\r\nabc")
+        assert [conn.getreply()[0] for _ in range(2)] == [250, 250]
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            conn.getreply()  # HANG_UP: the chunk was read, no reply
+        assert server.messages == [body]
+    with ScriptedServer() as server:
+        conn = smtplib.SMTP(server.host, server.port, timeout=5)
+        conn.ehlo()
+        server.hang_up_idle(b"421 4.4.2 idle too long\r\n")
+        assert conn.getreply() == (421, b"4.4.2 idle too long")

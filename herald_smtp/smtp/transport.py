@@ -10,6 +10,20 @@ own phase, so a refusal names MAIL, RCPT or DATA as the sequential exchange
 would, and the content is sent only after a 354 that followed two
 acceptances.
 
+When the server offers CHUNKING (RFC 3030) as well, one round trip is
+enough (transmit_chunked): the idempotency commit (`before_dot`) runs FIRST,
+then MAIL, RCPT and `BDAT <size> LAST` go in one write with the message as it
+is (no dot-stuffing: BDAT counts octets), and the three replies are read. The
+reply to BDAT ... LAST is the server's verdict on the message, as the reply
+to the final dot is. A refusal of MAIL or RCPT (the BDAT is refused with it)
+means nothing was accepted: it is raised for its phase as in the pipelined
+exchange, and the key is released or kept as for that refusal. From the
+write on, a lost connection is an unknown outcome, so the group only goes
+into a connection known to be alive: a non-blocking look at the socket just
+before the commit must find neither a pending reply (a 421) nor an EOF, else
+the connection is closed and the failure raised at MAIL, where the relay
+replaces a dead pooled connection at once, before anything was committed.
+
 A mail to a non-ASCII address (a UTF-8 local part) goes with SMTPUTF8 (RFC
 6531): mail_from checks the EHLO for it first and, when the server does not
 offer it, stops before MAIL FROM (SmtpUtf8NotOffered: nothing was sent, the
@@ -37,7 +51,9 @@ handshake is its child), smtp.tls (STARTTLS and the second EHLO), smtp.auth,
 smtp.mail, smtp.rcpt, smtp.data (the DATA command and its 354), smtp.dot (the
 message, the commit point, the final dot and its reply). Pipelined, the three
 envelope spans stay: smtp.mail holds the one write and MAIL's reply, smtp.rcpt
-and smtp.data their replies (herald.smtp.pipelined: true). A refusal marks its
+and smtp.data their replies (herald.smtp.pipelined: true); with CHUNKING
+smtp.dot holds the reply to BDAT ... LAST instead of smtp.data (the commit's
+own span comes before smtp.mail). A refusal marks its
 phase's span ERROR with the detail masked (addresses.mask_addresses).
 """
 
@@ -45,6 +61,7 @@ from __future__ import annotations
 
 import functools
 import re
+import select
 import smtplib
 import socket
 import ssl
@@ -159,6 +176,9 @@ def transmit(conn: DeadlineSMTP, sender: str, recipient: str, payload: bytes, de
     """
     smtputf8 = needs_smtputf8(sender, recipient)
     mail_parameters, rcpt_parameters = dsn_parameters(conn, recipient, envid)
+    if conn.has_extn("pipelining") and conn.has_extn("chunking"):
+        return transmit_chunked(conn, sender, recipient, payload, deadline, before_dot, span_attributes, smtputf8,
+                                mail_parameters, rcpt_parameters)
     if conn.has_extn("pipelining"):
         envelope_pipelined(conn, sender, recipient, deadline, smtputf8, span_attributes, mail_parameters,
                            rcpt_parameters)
@@ -444,14 +464,7 @@ def envelope_pipelined(conn: DeadlineSMTP, sender: str, recipient: str, deadline
     a server waiting for content that must never be sent) is closed before raising.
     """
     _check_smtputf8(conn, smtputf8)
-    mail = "".join(f" {p}" for p in (("SMTPUTF8",) if smtputf8 else ()) + mail_parameters)
-    rcpt = "".join(f" {p}" for p in rcpt_parameters)
-    # Plain addr-specs, validated by addresses.py: smtplib.quoteaddr's full RFC 2822 parse would cost more
-    # than the rest of the group.
-    group = f"MAIL FROM:<{sender}>{mail}\r\nRCPT TO:<{recipient}>{rcpt}\r\nDATA\r\n"
-    if group.count("\n") != 3:  # addresses are validated long before; a line break here would inject commands
-        raise ValueError("line break in an envelope address")
-    encoded = group.encode("utf-8" if smtputf8 else "ascii")
+    encoded = _envelope_group(sender, recipient, "DATA", smtputf8, mail_parameters, rcpt_parameters)
     refusal: SmtpFailure | None = None
     for phase, address in ((MAIL, sender), (RCPT, recipient), (DATA, "")):
         with _phase(phase, span_attributes, pipelined=True):
@@ -473,6 +486,101 @@ def envelope_pipelined(conn: DeadlineSMTP, sender: str, recipient: str, deadline
         if code == 354:
             conn.close()
         raise refusal
+
+
+def _envelope_group(sender: str, recipient: str, last: str, smtputf8: bool, mail_parameters: tuple[str, ...],
+                    rcpt_parameters: tuple[str, ...]) -> bytes:
+    """MAIL FROM, RCPT TO and `last` (DATA, or BDAT), one line each, encoded for the wire."""
+    mail = "".join(f" {p}" for p in (("SMTPUTF8",) if smtputf8 else ()) + mail_parameters)
+    rcpt = "".join(f" {p}" for p in rcpt_parameters)
+    # Plain addr-specs, validated by addresses.py: smtplib.quoteaddr's full RFC 2822 parse would cost more
+    # than the rest of the group.
+    group = f"MAIL FROM:<{sender}>{mail}\r\nRCPT TO:<{recipient}>{rcpt}\r\n{last}\r\n"
+    if group.count("\n") != 3:  # addresses are validated long before; a line break here would inject commands
+        raise ValueError("line break in an envelope address")
+    return group.encode("utf-8" if smtputf8 else "ascii")
+
+
+def transmit_chunked(conn: DeadlineSMTP, sender: str, recipient: str, payload: bytes, deadline: float,
+                     before_dot=None, span_attributes: dict | None = None, smtputf8: bool = False,
+                     mail_parameters: tuple[str, ...] = (), rcpt_parameters: tuple[str, ...] = ()) -> tuple[int, str]:
+    """The commit, then MAIL, RCPT and `BDAT <size> LAST` with the message in one write; the BDAT's reply.
+
+    Only into a connection the look at its socket finds alive (check_alive): a dead one fails at MAIL
+    before the commit. The commit point comes first because the server may accept the mail as soon as
+    the last octet arrives. A write that fails never delivered the last octet, so nothing can have been
+    accepted: that fails at MAIL too. Once the group is written, a lost connection is an unknown
+    outcome (AFTER_DATA), unless MAIL or RCPT was refused already.
+    """
+    _check_smtputf8(conn, smtputf8)
+    message = payload if payload.endswith(b"\r\n") else payload + b"\r\n"  # as the DATA path ends it
+    group = _envelope_group(sender, recipient, f"BDAT {len(message)} LAST", smtputf8, mail_parameters,
+                            rcpt_parameters) + message
+    check_alive(conn)
+    if before_dot is not None:
+        before_dot()
+    _check_budget_after_commit(deadline)
+    refusal: SmtpFailure | None = None
+    for phase, address in ((MAIL, sender), (RCPT, recipient), (AFTER_DATA, "")):
+        with _phase(phase, span_attributes, pipelined=True):
+            if phase == MAIL:
+                _write_group(conn, group, deadline)
+            try:
+                # Read as AFTER_DATA: a connection lost now may have carried the whole mail.
+                code, reply = _command(conn, AFTER_DATA, conn.getreply, deadline)
+            except SmtpFailure:
+                if refusal is None:
+                    raise
+                conn.close()  # lost after a refusal of the envelope: nothing was accepted
+                raise refusal from None
+            if refusal is not None or phase == AFTER_DATA:
+                _note_reply(code)
+                if refusal is None and code != 250 and tracing.active():
+                    tracing.fail(f"{code} to BDAT LAST")
+                continue
+            try:
+                _check_reply(phase, address, code, reply)
+            except SmtpFailure as failure:
+                _note_failure(failure)
+                refusal = failure
+    if refusal is not None:
+        if code < 400:  # a server that took the message after refusing its envelope is out of step
+            conn.close()
+        raise refusal
+    return code, reply
+
+
+def check_alive(conn: DeadlineSMTP) -> None:
+    """A non-blocking look at an idle connection: a pending reply (a 421) or an EOF means the server has
+    hung up. Raised at MAIL with the connection closed: nothing was sent."""
+    sock = _socket(conn)
+    if not select.select([sock], [], [], 0)[0] and not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+        return
+    try:
+        sock.settimeout(0)
+        pending = sock.recv(4096)
+    except (ssl.SSLWantReadError, BlockingIOError):
+        return  # TLS housekeeping (a session ticket), no data: alive
+    except OSError as exc:
+        conn.close()
+        raise _failure(MAIL, exc) from None
+    conn.close()
+    text = _text(pending)
+    if pending[:3] == b"421":
+        raise SmtpFailure(MAIL, f"the server closed the idle connection: {text}", 421, reply=text[4:])
+    raise SmtpFailure(MAIL, "connection failed: the server closed the idle connection" + (
+        f" after {text[:80]!r}" if pending else ""), error=smtplib.SMTPServerDisconnected("closed while idle"))
+
+
+def _write_group(conn: DeadlineSMTP, group: bytes, deadline: float) -> None:
+    """The group in one write. A failed write never delivered the last octet of the chunk: nothing can have
+    been accepted, so it fails at MAIL, with the connection closed (a QUIT now would be message octets)."""
+    try:
+        _arm(conn, MAIL, deadline)
+        conn.sock.sendall(group)
+    except OSError as exc:
+        conn.close()
+        raise _failure(MAIL, exc) from None
 
 
 # What each envelope phase accepts, and how its refusal reads.
@@ -517,11 +625,7 @@ def _send_final_dot(conn: DeadlineSMTP, deadline: float) -> None:
     """The commit point may have used up the budget: that is found out before a byte of the dot leaves,
     so it is still DATA (nothing transmitted, the key released). From the first byte of the final dot on,
     the server may accept the mail: a failure is an unknown outcome."""
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise SmtpFailure(DATA, "the time budget ran out before the final dot (at the idempotency commit "
-                                "point); the final dot was not sent, so nothing was transmitted",
-                          error=BudgetSpentBeforeDot())
+    left = _check_budget_after_commit(deadline)
     if conn.sock is None:
         raise SmtpFailure(DATA, "connection failed: closed before the final dot",
                           error=smtplib.SMTPServerDisconnected("not connected"))
@@ -530,6 +634,16 @@ def _send_final_dot(conn: DeadlineSMTP, deadline: float) -> None:
         conn.send(b".\r\n")
     except _ERRORS as exc:
         raise _failure(AFTER_DATA, exc) from None
+
+
+def _check_budget_after_commit(deadline: float) -> float:
+    """What is left of the budget after the commit point; a DATA failure (nothing transmitted) when none."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise SmtpFailure(DATA, "the time budget ran out before the final dot (at the idempotency commit "
+                                "point); the final dot was not sent, so nothing was transmitted",
+                          error=BudgetSpentBeforeDot())
+    return left
 
 
 # RSET and QUIT are housekeeping: never wait long for a server that may be gone.
