@@ -577,7 +577,7 @@ def _write_group(conn: DeadlineSMTP, group: bytes, deadline: float) -> None:
     been accepted, so it fails at MAIL, with the connection closed (a QUIT now would be message octets)."""
     try:
         _arm(conn, MAIL, deadline)
-        conn.sock.sendall(group)
+        _socket(conn).sendall(group)
     except OSError as exc:
         conn.close()
         raise _failure(MAIL, exc) from None
