@@ -169,11 +169,7 @@ def measure_smtp_setups(context: Context, rtt_ms: float, pipelining: bool) -> No
         if pipelining:
             measure_raw_smtp(context, smtp)
         with herald_process(context.workdir, herald_env(context, smtp)) as herald:
-            warm_up(context, herald)
-            for concurrency in CONCURRENCIES:
-                served(context, herald, smtp,
-                       Measurement(HERALD, rtt_ms, pipelining, concurrency, context.http_generator, None),
-                       partial(http_measurement, context, herald, context.http_generator, concurrency))
+            measure_herald(context, smtp, herald, HERALD)
             if pipelining and rtt_ms == 0:
                 measure_replay(context, smtp, herald)
         if pipelining and rtt_ms == 0:
@@ -188,25 +184,25 @@ def measure_chunking(context: Context) -> None:
     with BenchSmtpProcess(context.workdir, context.certs, workload.SMTP_USER, workload.SMTP_PASSWORD,
                           rtt_ms, pipelining=True, chunking=True) as smtp:
         budget = context.budget
-        target = smtp_clients.SmtpTarget(smtp.host, smtp.port, str(context.certs.ca_file), workload.SMTP_USER,
-                                         workload.SMTP_PASSWORD)
-        smtp.reset()
-        server_cpu = cpu_seconds(smtp.pid)
-        latencies = smtp_clients.connect_per_message(target, budget.max_requests, budget.seconds)
-        context.record(Measurement(CONNECT_PER_MESSAGE_CHUNKING, rtt_ms, True, 1, "smtplib", latencies,
-                                   smtp=smtp_counts(smtp, server_cpu)))
+        target = smtp_target(context, smtp)
+        measure_smtplib(context, smtp, CONNECT_PER_MESSAGE_CHUNKING, 1,
+                        lambda: smtp_clients.connect_per_message(target, budget.max_requests, budget.seconds))
         with herald_process(context.workdir, herald_env(context, smtp)) as herald:
-            warm_up(context, herald)
-            for concurrency in CONCURRENCIES:
-                served(context, herald, smtp,
-                       Measurement(HERALD_CHUNKING, rtt_ms, True, concurrency, context.http_generator, None),
-                       partial(http_measurement, context, herald, context.http_generator, concurrency))
+            measure_herald(context, smtp, herald, HERALD_CHUNKING)
+
+
+def measure_herald(context: Context, smtp: BenchSmtpProcess, herald: HeraldProcess, setup: str) -> None:
+    """Warm `herald` up, then measure fresh sends at each concurrency against `smtp`."""
+    warm_up(context, herald)
+    for concurrency in CONCURRENCIES:
+        served(context, herald, smtp,
+               Measurement(setup, smtp.delay_ms, smtp.pipelining, concurrency, context.http_generator, None),
+               partial(http_measurement, context, herald, context.http_generator, concurrency))
 
 
 def measure_raw_smtp(context: Context, smtp: BenchSmtpProcess) -> None:
     budget = context.budget
-    target = smtp_clients.SmtpTarget(smtp.host, smtp.port, str(context.certs.ca_file), workload.SMTP_USER,
-                                     workload.SMTP_PASSWORD)
+    target = smtp_target(context, smtp)
     runs = [(CONNECT_PER_MESSAGE, 1, lambda: smtp_clients.connect_per_message(
         target, budget.max_requests, budget.seconds))]
     runs.append((WARM, 1, lambda: smtp_clients.warm_connections(target, 1, budget.max_requests, budget.seconds)))
@@ -217,11 +213,22 @@ def measure_raw_smtp(context: Context, smtp: BenchSmtpProcess) -> None:
         runs.append((CEILING, concurrency, lambda c=concurrency: smtp_clients.warm_connections(
             target, c, budget.max_requests, budget.seconds)))
     for setup, concurrency, measure in runs:
-        smtp.reset()
-        server_cpu = cpu_seconds(smtp.pid)
-        latencies = measure()
-        context.record(Measurement(setup, smtp.delay_ms, smtp.pipelining, concurrency, "smtplib", latencies,
-                                   smtp=smtp_counts(smtp, server_cpu)))
+        measure_smtplib(context, smtp, setup, concurrency, measure)
+
+
+def smtp_target(context: Context, smtp: BenchSmtpProcess) -> smtp_clients.SmtpTarget:
+    return smtp_clients.SmtpTarget(smtp.host, smtp.port, str(context.certs.ca_file), workload.SMTP_USER,
+                                   workload.SMTP_PASSWORD)
+
+
+def measure_smtplib(context: Context, smtp: BenchSmtpProcess, setup: str, concurrency: int,
+                    measure: Callable[[], Latencies]) -> None:
+    """One raw smtplib baseline against `smtp`, with the server's counts and CPU."""
+    smtp.reset()
+    server_cpu = cpu_seconds(smtp.pid)
+    latencies = measure()
+    context.record(Measurement(setup, smtp.delay_ms, smtp.pipelining, concurrency, "smtplib", latencies,
+                               smtp=smtp_counts(smtp, server_cpu)))
 
 
 def smtp_counts(smtp: BenchSmtpProcess, cpu_before: float) -> dict:

@@ -23,12 +23,12 @@ masks the address in the path of gunicorn's access line for
 
 from __future__ import annotations
 
+import functools
 import logging
 import logging.config
 import re
 import traceback
 from collections.abc import Mapping, MutableMapping
-from datetime import datetime, timezone
 from urllib.parse import unquote
 
 from gunicorn import glogging
@@ -38,7 +38,7 @@ from pythonjsonlogger.json import JsonEncoder
 from . import tracing
 from .addresses import aligned, mask_email
 from .config import SERVICE_NAME, Settings
-from .timing import DEADLINE_SLACK_SECONDS, HERALD_CLIENT_TIMEOUT_SECONDS, worst_case_answer_seconds
+from .timing import DEADLINE_SLACK_SECONDS, HERALD_CLIENT_TIMEOUT_SECONDS, rfc3339, worst_case_answer_seconds
 
 log = logging.getLogger("herald_smtp")
 
@@ -58,12 +58,6 @@ _ACCESS_REQUEST_ID_ATOM = "{x-request-id}o"
 _FMT_FIELD = re.compile(r"%\((.+?)\)")
 # The atoms AccessLogger builds: those of serve.ACCESS_LOG_FORMAT, the path atoms and the request id.
 _LEAN_ATOMS = frozenset({"h", "r", "s", "b", "M", *_PATH_ATOMS, _ACCESS_REQUEST_ID_ATOM})
-
-
-def rfc3339(created: float) -> str:
-    """A record's time as RFC 3339 in UTC with milliseconds: 2026-12-01T08:52:38.562Z."""
-    stamp = datetime.fromtimestamp(created, tz=timezone.utc).isoformat(timespec="milliseconds")
-    return stamp.replace("+00:00", "Z")
 
 
 class TextFormatter(logging.Formatter):
@@ -182,7 +176,7 @@ class AccessLogger(glogging.Logger):
     """
 
     def atoms(self, resp, req, environ, request_time):  # gunicorn-stubs type the dict as its own full set
-        if not _LEAN_ATOMS.issuperset(_FMT_FIELD.findall(self.cfg.access_log_format)):
+        if not _lean_enough(self.cfg.access_log_format):
             return super().atoms(resp, req, environ, request_time)
         status = resp.status
         if isinstance(status, str):
@@ -201,6 +195,12 @@ class AccessLogger(glogging.Logger):
             if name.lower() == "x-request-id":  # the last one wins, as in gunicorn's dict
                 atoms[_ACCESS_REQUEST_ID_ATOM] = value
         return atoms
+
+
+@functools.lru_cache(maxsize=8)
+def _lean_enough(access_log_format: str) -> bool:
+    """Does the format read only _LEAN_ATOMS? Decided once per format, not per request."""
+    return _LEAN_ATOMS.issuperset(_FMT_FIELD.findall(access_log_format))
 
 
 def _mask_path_addresses(atoms: MutableMapping) -> None:

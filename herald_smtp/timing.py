@@ -26,11 +26,15 @@ capped at 1 s), hence DEADLINE_SLACK_SECONDS. Sized from that worst case:
                         sending, nor after a crash at the commit point; and a
                         final record outlives every duplicate still waiting
                         for it.
+
+And rfc3339(): how every time the service writes is written (log lines, status
+records, suppression entries, bounce events).
 """
 
 from __future__ import annotations
 
 import math
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # config checks IDEMPOTENCY_TTL_SECONDS against minimum_ttl_seconds() at load time
@@ -75,3 +79,8 @@ def gunicorn_timeouts(settings: Settings) -> tuple[int, int]:
     busy = worst_case_answer_seconds(settings)
     return (int(max(MIN_WORKER_TIMEOUT_SECONDS, busy + WORKER_TIMEOUT_MARGIN_SECONDS)),
             int(max(MIN_WORKER_TIMEOUT_SECONDS, busy + GRACEFUL_TIMEOUT_MARGIN_SECONDS)))
+
+
+def rfc3339(seconds: float, timespec: str = "milliseconds") -> str:
+    """A time.time() value as RFC 3339 in UTC: 2026-12-01T08:52:38.562Z (timespec="seconds": ...38Z)."""
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec=timespec).replace("+00:00", "Z")

@@ -14,13 +14,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 from ..addresses import InvalidAddress, mask_email, parse_address
 from ..config import Settings
 from ..idempotency.base import Store
 from ..metrics import BounceMetrics
 from ..sending import suppression
+from ..timing import rfc3339
 from .notification import Notification, RecipientReport, read
 
 log = logging.getLogger("herald_smtp.bounces")
@@ -85,8 +85,7 @@ class Recorder:
             "remote_mta": report.remote_mta or None,
             "reporting_mta": notification.reporting_mta or None,
             "arrived_at": notification.arrived_at or None,
-            "recorded_at": datetime.fromtimestamp(self.clock(), timezone.utc).isoformat(timespec="seconds")
-            .replace("+00:00", "Z"),
+            "recorded_at": rfc3339(self.clock(), "seconds"),
             "recipient": mask_email(report.address),
             "notification_id": notification.notification_id,
         }

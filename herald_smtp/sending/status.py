@@ -13,10 +13,10 @@ provider's console for.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
 
 from ..addresses import mask_addresses, mask_email
 from ..outcomes import Result
+from ..timing import rfc3339
 
 STATUSES = ("accepted", "delayed", "bounced", "delivered")
 # The most telling event wins: a bounce after a delay is a bounce, a delivery after a delay a delivery.
@@ -30,7 +30,7 @@ def accepted(result: Result, to: str, now: float) -> dict:
     enhanced = _ENHANCED.match(text)
     return {
         "message_id": result.message_id,
-        "accepted_at": _iso(now),
+        "accepted_at": rfc3339(now),
         "relay": result.relay,
         "reply": {"code": result.smtp_code, "enhanced_code": enhanced[1] if enhanced else None, "text": text},
         "relay_queue_id": result.relay_queue_id,
@@ -45,6 +45,3 @@ def view(record: dict) -> dict:
     status = next((kind for kind in _PRECEDENCE if kind in kinds), "accepted")
     return {"status": status, **record}
 
-
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -19,13 +19,13 @@ import hmac
 import logging
 import re
 import time
-from datetime import datetime, timezone
 
 from ..addresses import Mailbox, mask_addresses, mask_email
 from ..config import Settings
 from ..idempotency.base import Store, StoreUnavailable
 from ..metrics import Metrics
 from ..outcomes import Outcome, Result
+from ..timing import rfc3339
 
 log = logging.getLogger("herald_smtp.send")
 
@@ -68,7 +68,7 @@ def _entry(to: str, reason: dict, message_id: str | None, relay: str | None, now
         "recipient": mask_email(to),
         "source": source,
         "reason": reason,
-        "since": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "since": rfc3339(now, "seconds"),
         "message_id": message_id,
         "relay": relay,
     }

@@ -27,8 +27,7 @@ import smtplib
 import socket
 import ssl
 import time
-from dataclasses import dataclass
-from typing import Callable, Iterator, NoReturn, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from ..addresses import InvalidAddress, parse_address
 from ..bounces import mailbox as imap
@@ -44,9 +43,9 @@ from ..smtp.deadline import DeadlineSMTP, NotSmtpReply, ReplyTooLong
 from ..smtp.provider_replies import lookup
 from ..smtp.tokens import TokenError, TokenSource, fetch_token
 from ..smtp.transport import SmtpFailure, describe_error, is_timeout
+from .domain import domain_steps, sender_domains
+from .steps import FAIL, OK, SKIP, Failed, Step, fail
 
-# WARN: worth fixing, but mail may still go out (the sender domain checks); only FAIL fails the doctor.
-OK, FAIL, SKIP, WARN = "ok", "FAIL", "skip", "WARN"
 T = TypeVar("T")
 
 APP_PASSWORD_HINT = (
@@ -64,47 +63,28 @@ PLAIN_FIRST_PORT_HINT = (
 RETRY_HINT = "retry; if it persists ask the provider"
 
 
-@dataclass(frozen=True)
-class Step:
-    name: str
-    status: str
-    detail: str
-    fix: str = ""
-
-    def line(self) -> str:
-        text = f"{self.status:<4} {self.name:<10} {self.detail}"
-        return f"{text} -> fix: {self.fix}" if self.fix else text
-
-
-class _Failed(Exception):
-    def __init__(self, step: Step):
-        self.step = step
-
-
 def run_doctor(settings: Settings, to: str | None = None, out: Callable[[str], None] = print) -> int:
     failed = False
+    for header, steps in _blocks(settings, to):
+        out(f"== {header}")
+        for step in steps:
+            out(step.line())
+            failed |= step.status == FAIL
+    return 1 if failed else 0
+
+
+def _blocks(settings: Settings, to: str | None) -> Iterator[tuple[str, Iterable[Step]]]:
+    """(header, its steps) of every block, in the order printed; each block's steps run as it is printed."""
     # Without SMTP_HOST there is no relay to check: the primary's block says what is missing.
     relays = settings.relays if settings.smtp_configured else settings.relays[:1]
     for index, relay in enumerate(relays):
         role = "primary relay" if index == 0 else f"fallback relay {index} (SMTP_FALLBACK_URLS)"
-        out(f"== {role} {relay.name}")
-        for step in Doctor(settings, to, index).steps():
-            out(step.line())
-            failed |= step.status == FAIL
+        yield f"{role} {relay.name}", Doctor(settings, to, index).steps()
     if settings.bounce_mailbox is not None:
-        out(f"== bounce mailbox {settings.bounce_mailbox.where} (BOUNCE_IMAP_URL, read by `herald-smtp bounces`)")
-        for step in bounce_mailbox_steps(settings):
-            out(step.line())
-            failed |= step.status == FAIL
-    # Imported here: it imports Step from this module (and it is the only place dnspython is used).
-    from .domain import domain_steps, sender_domains
-
+        yield (f"bounce mailbox {settings.bounce_mailbox.where} (BOUNCE_IMAP_URL, read by `herald-smtp bounces`)",
+               bounce_mailbox_steps(settings))
     for domain in sender_domains(settings):
-        out(f"== sender domain {domain}")
-        for step in domain_steps(settings, domain):
-            out(step.line())
-            failed |= step.status == FAIL
-    return 1 if failed else 0
+        yield f"sender domain {domain}", domain_steps(settings, domain)
 
 
 def bounce_mailbox_steps(settings: Settings) -> Iterator[Step]:
@@ -132,7 +112,7 @@ def bounce_mailbox_steps(settings: Settings) -> Iterator[Step]:
         yield Step("folders", OK, detail)
         waiting = _imap_step("inbox", box.select, f"check the folder in BOUNCE_IMAP_URL ({mailbox.folder})")
         yield Step("inbox", OK, f"{mailbox.folder}: {waiting} mail(s) waiting")
-    except _Failed as failed:
+    except Failed as failed:
         yield failed.step
     finally:
         if box is not None:
@@ -143,7 +123,7 @@ def _imap_step(name: str, call: Callable[[], T], fix: str) -> T:
     try:
         return call()
     except imap.ERRORS as exc:
-        _fail(name, f"{type(exc).__name__}: {exc}", fix)
+        fail(name, f"{type(exc).__name__}: {exc}", fix)
 
 
 class Doctor:
@@ -176,7 +156,7 @@ class Doctor:
             yield self._auth()
             yield self._mail_from()
             yield from self._recipient_and_test_mail()
-        except _Failed as failed:
+        except Failed as failed:
             yield failed.step
         finally:
             if self._conn is not None:
@@ -195,12 +175,12 @@ class Doctor:
         if not self.s.smtp_configured:
             missing = [name for name, value in (("SMTP_HOST", self.s.smtp_host), ("SMTP_FROM", self.s.smtp_from))
                        if not value]
-            _fail("config", f"{' and '.join(missing)} empty", "set them in .env or the environment")
+            fail("config", f"{' and '.join(missing)} empty", "set them in .env or the environment")
         if self.to:
             try:
                 parse_address(self.to)
             except InvalidAddress as exc:
-                _fail("config", f"--to {self.to!r} is not a valid email address: {exc}", "pass one plain address")
+                fail("config", f"--to {self.to!r} is not a valid email address: {exc}", "pass one plain address")
         mode = {IMPLICIT_TLS: "implicit TLS", STARTTLS: "STARTTLS", PLAIN: "plain (no TLS)"}[self.r.tls]
         auth = f"AUTH as {self.r.user}" if self.r.user else "no AUTH"
         return Step("config", OK, f"{self.where}, {mode}, {auth}, from {self.r.from_address}")
@@ -209,9 +189,9 @@ class Doctor:
         try:
             infos = socket.getaddrinfo(self.r.host, self.r.port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
-            _fail("dns", f"cannot resolve {self.r.host}: {exc.strerror}", "check SMTP_HOST and DNS")
+            fail("dns", f"cannot resolve {self.r.host}: {exc.strerror}", "check SMTP_HOST and DNS")
         except UnicodeError as exc:  # a name IDNA cannot encode, e.g. an empty label
-            _fail("dns", f"SMTP_HOST {self.r.host!r} is not a valid host name ({exc})", "check SMTP_HOST")
+            fail("dns", f"SMTP_HOST {self.r.host!r} is not a valid host name ({exc})", "check SMTP_HOST")
         addresses = sorted({str(info[4][0]) for info in infos})
         return Step("dns", OK, f"{self.r.host} -> {', '.join(addresses)}")
 
@@ -220,13 +200,13 @@ class Doctor:
         try:
             socket.create_connection((self.r.host, self.r.port), timeout=self.timeout).close()
         except ConnectionRefusedError:
-            _fail("tcp", f"connection to {self.where} refused",
+            fail("tcp", f"connection to {self.where} refused",
                   "nothing listens there: check SMTP_HOST and SMTP_PORT (587 STARTTLS, 465 implicit TLS, 25 relay)")
         except (TimeoutError, socket.timeout):
-            _fail("tcp", f"no answer from {self.where} within {self.timeout:g}s",
+            fail("tcp", f"no answer from {self.where} within {self.timeout:g}s",
                   "a firewall may drop the traffic (many clouds block port 25); check SMTP_PORT")
         except OSError as exc:
-            _fail("tcp", f"cannot connect to {self.where}: {describe_error(exc)}", "check SMTP_HOST and SMTP_PORT")
+            fail("tcp", f"cannot connect to {self.where}: {describe_error(exc)}", "check SMTP_HOST and SMTP_PORT")
         return Step("tcp", OK, f"connected to {self.where} in {(time.monotonic() - started) * 1000:.0f} ms")
 
     # --- the transport's steps, one at a time
@@ -236,7 +216,7 @@ class Doctor:
         try:
             return step(time.monotonic() + self.timeout)
         except SmtpFailure as failure:
-            _fail(name, *self._diagnose(name, failure))
+            fail(name, *self._diagnose(name, failure))
 
     def _connect(self) -> Iterator[Step]:
         # smtplib opens TCP, the implicit-TLS handshake and reads the greeting in one call.
@@ -279,7 +259,7 @@ class Doctor:
             fix = ("check SMTP_OAUTH_CLIENT_ID, SMTP_OAUTH_CLIENT_SECRET (or SMTP_OAUTH_REFRESH_TOKEN) and "
                    "SMTP_OAUTH_SCOPE against the app registration" if error.setup else
                    f"check that this host reaches {client.token_host} on port 443; {RETRY_HINT}")
-            _fail("token", error.detail, fix)
+            fail("token", error.detail, fix)
         answer = self._token_answers[-1] if self._token_answers else {}
         scope = answer.get("scope") or client.scope or "(none named)"
         return Step("token", OK, f"{client.grant} grant from {client.token_host}: a token for "
@@ -297,7 +277,7 @@ class Doctor:
     def _recipient_and_test_mail(self) -> Iterator[Step]:
         if not self.to:
             if not transport.reset(self.conn):
-                _fail("rset", "RSET after MAIL FROM was refused or the connection dropped", RETRY_HINT)
+                fail("rset", "RSET after MAIL FROM was refused or the connection dropped", RETRY_HINT)
             yield Step("rcpt", SKIP, "no test mail (add --to ADDRESS to send one)")
             return
         to = self.to
@@ -310,7 +290,7 @@ class Doctor:
         code, reply = self._run("test mail", lambda deadline: transport.data(self.conn, payload, deadline))
         if code != 250:
             failure = SmtpFailure(transport.AFTER_DATA, reply, code, reply=reply)
-            _fail("test mail", *self._diagnose("test mail", failure))
+            fail("test mail", *self._diagnose("test mail", failure))
         yield Step("test mail", OK, f"accepted: {code} {reply} (Message-ID <{message_id}>)")
 
     def _diagnose(self, step: str, failure: SmtpFailure) -> tuple[str, str]:
@@ -416,10 +396,6 @@ HINTS: tuple[tuple[tuple[str, ...] | str, str, str, str], ...] = (
     (("test mail",), "reply", "message refused: {code} {reply}", "the server's reply says why"),
     (ANY, ANY, "connection failed: {error}", RETRY_HINT),
 )
-
-
-def _fail(name: str, detail: str, fix: str) -> NoReturn:
-    raise _Failed(Step(name, FAIL, detail, fix))
 
 
 def _certificate_hint(exc: ssl.SSLCertVerificationError, relay: Relay) -> str:

@@ -34,7 +34,7 @@ from ..addresses import aligned, organisational_domain, parse_address
 from ..config import Settings
 from ..config.dkim import ED25519, DkimKey
 from ..network import host_port
-from .doctor import FAIL, OK, SKIP, WARN, Step
+from .steps import FAIL, OK, SKIP, WARN, Step
 
 QUERY_TIMEOUT_SECONDS = 3.0  # one try at one server
 LOOKUP_LIFETIME_SECONDS = 5.0  # one name, retries included: the doctor must stay quick
