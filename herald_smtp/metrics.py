@@ -9,10 +9,15 @@ MultiProcessCollector over the directory given to Metrics.
 
 from __future__ import annotations
 
+import glob
+import os
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
 
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
+# A multiprocess value file starts with how much of it is used (4 bytes) and padding (4 bytes).
+_FILE_HEADER_BYTES = 8
 # SMTP sends take milliseconds to tens of seconds.
 _DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30)
 
@@ -91,8 +96,25 @@ class Metrics:
         if not self.multiprocess_dir:
             return generate_latest(self.registry), CONTENT_TYPE_LATEST
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)
+        _SettledFilesCollector(registry, path=self.multiprocess_dir)
         return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _SettledFilesCollector(multiprocess.MultiProcessCollector):
+    """prometheus_client's collector over the workers' files, but those a worker is creating at this very moment:
+    such a file is empty until prometheus_client sizes it, holds no value yet, and reading it fails the whole
+    scrape (struct.error: a 500 from /metrics, seen when a worker's first use of a metric races a scrape)."""
+
+    def collect(self):
+        files = [path for path in glob.glob(os.path.join(self._path, "*.db")) if _settled(path)]
+        return self.merge(files, accumulate=True)
+
+
+def _settled(path: str) -> bool:
+    try:
+        return os.path.getsize(path) >= _FILE_HEADER_BYTES
+    except OSError:  # removed meanwhile (mark_process_dead)
+        return False
 
 
 class BounceMetrics:

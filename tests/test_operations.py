@@ -232,3 +232,13 @@ def test_not_ready_while_the_circuit_is_open_and_ready_again_after_the_cooldown(
     response = client.get("/readyz")
     assert response.status_code == 200 and response.get_json()["checks"]["circuit"]["detail"].endswith(" half_open")
     assert metric(client.get("/metrics").get_data(as_text=True), "herald_smtp_smtp_circuit_state") == 1
+
+
+def test_a_scrape_while_a_worker_creates_its_value_file_still_answers(tmp_path):
+    """A worker's first use of a metric creates its file empty, then sizes it: a scrape in between used to fail
+    whole (struct.error, a 500). The empty file holds no value yet and is passed over."""
+    from herald_smtp.metrics import Metrics
+
+    (tmp_path / "counter_424242.db").write_bytes(b"")  # as a worker has just opened it
+    body, content_type = Metrics(str(tmp_path)).exposition()  # before: struct.error
+    assert body == b"" and content_type.startswith("text/plain")  # no value anywhere yet, and no error
