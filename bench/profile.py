@@ -1,11 +1,12 @@
-"""python -m bench.profile [--seconds S] [--concurrency N] [--before COMMIT] [--rounds R] [--no-spy] [--top K]
+"""python -m bench.profile [--seconds S] [--concurrency N] [--replays K] [--before COMMIT] [--rounds R] [--no-spy]
+    [--top K]
 
 Where a herald-smtp worker's CPU goes on a fresh send, and what a send costs in CPU (issue #25).
 
 The setup is bench's status-cost one: a Redis server, the benchmark SMTP
 server at 0 ms round trip with PIPELINING, herald-smtp (gunicorn, Redis store)
 started against them, all on 127.0.0.1; the Python load generator sends fresh
-keys at `--concurrency`. py-spy (on PATH or in the venv) samples the gunicorn
+keys at `--concurrency` (or, with `--replays K`, replays of K keys). py-spy (on PATH or in the venv) samples the gunicorn
 master and its workers (`--subprocesses`) while the load runs and the top of
 the profile is printed: the functions with the most samples on their own
 (self) and with their callees (total), as a share of the workers' samples.
@@ -107,15 +108,16 @@ GROUPS = {
 }
 
 
-def measure(herald, seconds: float, concurrency: int, prefix: str) -> tuple[int, int, float]:
-    """(requests, errors, herald-smtp CPU ms per request) of one bounded run of fresh sends."""
+def measure(herald, seconds: float, concurrency: int, prefix: str, replays: int = 0) -> tuple[int, int, float]:
+    """(requests, errors, herald-smtp CPU ms per request) of one bounded run of fresh sends (of replays of
+    `replays` keys, sent once first, when given)."""
     cpu = cpu_seconds(herald.pid)
-    latencies = loadgen.http_load("127.0.0.1", herald.port, concurrency, 10_000_000, seconds, prefix)
+    latencies = loadgen.http_load("127.0.0.1", herald.port, concurrency, 10_000_000, seconds, prefix, replays)
     used = cpu_seconds(herald.pid) - cpu
     return latencies.requests, latencies.errors, (used * 1000 / latencies.requests if latencies.requests else 0.0)
 
 
-def profile(herald, seconds: float, concurrency: int, workdir: Path, top: int, say) -> None:
+def profile(herald, seconds: float, concurrency: int, workdir: Path, top: int, say, replays: int = 0) -> None:
     spy = py_spy()
     if spy is None:
         say("py-spy is not installed (pip install py-spy): no profile")
@@ -126,7 +128,7 @@ def profile(herald, seconds: float, concurrency: int, workdir: Path, top: int, s
     with open(workdir / "py-spy.log", "wb") as log:
         spy_proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         try:
-            requests, errors, cpu_ms = measure(herald, seconds, concurrency, "p-spy")
+            requests, errors, cpu_ms = measure(herald, seconds, concurrency, "p-spy", replays)
             spy_proc.wait(seconds + 30)
         finally:
             if spy_proc.poll() is None:
@@ -154,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.splitlines()[2])
     parser.add_argument("--seconds", type=float, default=15.0, help="each measurement's length")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--replays", type=int, default=0,
+                        help="replays of this many keys instead of fresh sends")
     parser.add_argument("--before", help="a commit to measure next to the current tree (CPU ms/req, no profile)")
     parser.add_argument("--rounds", type=int, default=3, help="with --before: measurements of each, in turn")
     parser.add_argument("--no-spy", action="store_true", help="no py-spy profile")
@@ -184,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.before:
             compare(services, args, say)
         if not args.no_spy:
-            profile(services["current tree"], args.seconds, args.concurrency, workdir, args.top, say)
+            profile(services["current tree"], args.seconds, args.concurrency, workdir, args.top, say, args.replays)
     say(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     return 0
 
@@ -199,7 +203,7 @@ def compare(services: dict, args, say) -> None:
         of_round = {}
         for name in names[shift:] + names[:shift]:
             prefix = f"r{turn}-{names.index(name)}"  # fresh keys: no earlier measurement of this run used it
-            requests, errors, cpu_ms = measure(services[name], args.seconds, args.concurrency, prefix)
+            requests, errors, cpu_ms = measure(services[name], args.seconds, args.concurrency, prefix, args.replays)
             totals[name][0] += requests
             totals[name][1] += cpu_ms * requests
             of_round[name] = cpu_ms

@@ -33,8 +33,9 @@ records, suppression entries, bounce events).
 
 from __future__ import annotations
 
+import functools
 import math
-from datetime import datetime, timezone
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # config checks IDEMPOTENCY_TTL_SECONDS against minimum_ttl_seconds() at load time
@@ -82,5 +83,20 @@ def gunicorn_timeouts(settings: Settings) -> tuple[int, int]:
 
 
 def rfc3339(seconds: float, timespec: str = "milliseconds") -> str:
-    """A time.time() value as RFC 3339 in UTC: 2026-12-01T08:52:38.562Z (timespec="seconds": ...38Z)."""
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec=timespec).replace("+00:00", "Z")
+    """A time.time() value as RFC 3339 in UTC: 2026-12-01T08:52:38.562Z (timespec="seconds": ...38Z).
+
+    What datetime.fromtimestamp(seconds, utc).isoformat(timespec) writes (microseconds rounded as it rounds
+    them, then cut to milliseconds), with the date and time of day made once a second: every log line writes one.
+    """
+    whole = math.floor(seconds)
+    micros = round((seconds - whole) * 1_000_000)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    if timespec == "seconds":
+        return f"{_utc_second(whole)}Z"
+    return f"{_utc_second(whole)}.{micros // 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _utc_second(whole: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))

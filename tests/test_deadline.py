@@ -85,3 +85,24 @@ def test_startup_warns_when_the_worst_case_answer_outlasts_herald_s_client(caplo
         log_startup(settings_from({"SMTP_TIMEOUT_SECONDS": "25", "IDEMPOTENCY_WAIT_SECONDS": "10"}))
     [line] = [m for m in caplog.messages if warning in m]
     assert "36s" in line
+
+
+def test_a_socket_timeout_is_re_armed_only_when_it_would_outlast_what_is_left_by_more_than_the_slack():
+    import socket as sockets
+
+    from herald_smtp.smtp.deadline import _REARM_SLACK, set_timeout
+
+    first, second = sockets.socketpair()
+    with first, second:
+        set_timeout(first, 5.0)
+        assert first.gettimeout() == 5.0
+        set_timeout(first, 5.0 - _REARM_SLACK / 2)  # within the slack: kept (no system call)
+        assert first.gettimeout() == 5.0
+        set_timeout(first, 5.0 - 2 * _REARM_SLACK)  # a wait could outlast the deadline: re-armed
+        assert first.gettimeout() == 5.0 - 2 * _REARM_SLACK
+        first.settimeout(0)  # e.g. after a non-blocking look: a shorter timeout is never kept
+        set_timeout(first, 1.0)
+        assert first.gettimeout() == 1.0
+        first.settimeout(None)
+        set_timeout(first, 1.0)
+        assert first.gettimeout() == 1.0

@@ -88,6 +88,17 @@ def test_redis_final_record_is_written_with_a_ttl(redis_client):
     assert 290 <= redis_client.ttl("test:idempotency:k") <= 300
 
 
+def test_a_redis_that_lost_its_scripts_gets_them_again(redis_client):
+    # A restarted or failed-over Redis has no scripts: EVALSHA answers NOSCRIPT, and each script is loaded again.
+    store = RedisStore(redis_client, "test:")
+    store.release(store.reserve("before", "fp", 30))
+    redis_client.script_flush()
+    claim = store.reserve("k", "fp", 30, suppression="someone")
+    assert store.commit(claim, Record("fp"), 300) is claim
+    store.finish(claim, Record("fp", 200, {"ok": True}), 300)
+    assert store.get("k").status == 200
+    assert store.release(store.reserve("other", "fp", 30)) is True
+
 def test_concurrent_reserves_have_exactly_one_winner(store):
     results, barrier = [], threading.Barrier(16)
 

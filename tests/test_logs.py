@@ -10,6 +10,7 @@ import urllib.request
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, strategies as st
 
 from herald_smtp.logs import (ContextFilter, GunicornRequestTextFilter, JsonLineFormatter, TextFormatter, logging_dict,
                               rfc3339)
@@ -105,6 +106,14 @@ def make_record(name: str = "herald_smtp.test", msg: str = "hello", args=None) -
 def test_rfc3339_is_utc_with_milliseconds():
     assert rfc3339(datetime(2026, 12, 1, 8, 52, 38, 562_900, tzinfo=timezone.utc).timestamp()) \
         == "2026-12-01T08:52:38.562Z"
+
+
+@given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False, allow_infinity=False))
+def test_rfc3339_writes_what_datetime_writes(seconds):
+    # The date and time of day are made once a second; the line must still be datetime's, to the millisecond.
+    expected = datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert rfc3339(seconds) == expected
+    assert rfc3339(seconds, "seconds") == expected[:19] + "Z"
 
 
 def test_the_configured_formatters_write_rfc3339():

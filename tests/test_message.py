@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, assume, given, settings as hsettings, strate
 
 from herald_smtp.addresses import InvalidAddress
 from herald_smtp.config import settings_from
-from herald_smtp.sending.message import MailWriter, build_message, now_header_date
+from herald_smtp.sending.message import MailWriter, _header_date, build_message, now_header_date
 from herald_smtp.sending.request import InvalidRequest, SendRequest, parse_send_request
 
 DATE = "Tue, 01 Dec 2026 12:00:00 +0000"
@@ -163,3 +163,11 @@ def test_every_mail_says_it_is_automatic(case):
     assert head.count(b"Auto-Submitted: auto-generated") == 1
     assert head.count(b"X-Auto-Response-Suppress: All") == 1
     assert not any(line.lower().startswith(b"list-unsubscribe") for line in head)
+
+
+@given(st.integers(min_value=0, max_value=4_102_444_800))
+def test_the_date_header_made_once_a_second_is_the_email_package_s(second):
+    from datetime import datetime, timezone
+    from email.utils import format_datetime
+
+    assert _header_date(second) == format_datetime(datetime.fromtimestamp(second, timezone.utc))

@@ -23,16 +23,17 @@ StoreUnavailable (and IDEMPOTENCY_FAILURE_MODE), not a worker that cannot boot.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import secrets
 import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
 import redis
 from redis.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 from .. import redis_clients
 from .base import Claim, Record, StatusWrite, StoreUnavailable
@@ -149,13 +150,21 @@ def _decode(raw: str | bytes) -> Record:
                   data.get("hold_until"))
 
 
-@contextmanager
-def _translate_errors():
-    """redis-py errors -> StoreUnavailable with the cause, for the failure mode to act on."""
-    try:
-        yield
-    except redis_clients.ERRORS as exc:
-        raise StoreUnavailable(f"idempotency store (Redis) unavailable: {type(exc).__name__}: {exc}") from None
+class _TranslateErrors:
+    """redis-py errors -> StoreUnavailable with the cause, for the failure mode to act on.
+
+    A class, not @contextmanager: it wraps every store call, and a generator per call was a measurable
+    share of a send's CPU (issue #25)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, traceback) -> None:
+        if exc is not None and isinstance(exc, redis_clients.ERRORS):
+            raise StoreUnavailable(f"idempotency store (Redis) unavailable: {type(exc).__name__}: {exc}") from None
+
+
+_translate_errors = _TranslateErrors
 
 
 RedisClient = redis.Redis | RedisCluster
@@ -178,11 +187,31 @@ class _Bound:
     reserve_and_look: Callable | None  # None on a Cluster
 
 
+class _Lua:
+    """One Lua script run by EVALSHA through the client's execute_command (its retry and routing included).
+
+    What redis-py's Script object does, with less work per call: a send runs three of these, and Script's own
+    checks were a measurable share of a worker's CPU (issue #25). A server without the script (restarted,
+    failed over) gets it loaded, then the call again.
+    """
+
+    def __init__(self, client: RedisClient, source: str):
+        self._client, self._source = client, source
+        self._sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
+
+    def __call__(self, keys: list[str], args: list) -> object:
+        try:
+            return self._client.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
+        except NoScriptError:
+            self._client.script_load(self._source)
+            return self._client.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
+
+
 def _two_key_scripts(client: RedisClient) -> tuple[Callable | None, Callable | None]:
     """finish_with_status and reserve_and_look: on a single Redis only (a Cluster has them as two commands)."""
     if isinstance(client, RedisCluster):
         return None, None
-    return client.register_script(_FINISH_WITH_STATUS), client.register_script(_RESERVE_AND_LOOK)
+    return _Lua(client, _FINISH_WITH_STATUS), _Lua(client, _RESERVE_AND_LOOK)
 
 
 class RedisStore:
@@ -222,9 +251,8 @@ class RedisStore:
             with self._lock:
                 if self._bound is None:
                     client = self._connect()
-                    self._bound = _Bound(client, client.register_script(_RESERVE),
-                                         client.register_script(_REPLACE), client.register_script(_RELEASE),
-                                         client.register_script(_ADD_EVENT),
+                    self._bound = _Bound(client, _Lua(client, _RESERVE), _Lua(client, _REPLACE),
+                                         _Lua(client, _RELEASE), _Lua(client, _ADD_EVENT),
                                          *_two_key_scripts(client))
         return self._bound
 

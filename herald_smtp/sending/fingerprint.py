@@ -31,12 +31,11 @@ from .request import SendRequest
 NOT_FINGERPRINTED = ("idempotency_key", "timeout_seconds")
 
 
+_FINGERPRINTED = tuple(field.name for field in dataclasses.fields(SendRequest) if field.name not in NOT_FINGERPRINTED)
+
+
 def fingerprint(request: SendRequest, secret: str = "") -> str:
-    fields = {
-        field.name: getattr(request, field.name)
-        for field in dataclasses.fields(SendRequest)
-        if field.name not in NOT_FINGERPRINTED
-    }
+    fields = {name: getattr(request, name) for name in _FINGERPRINTED}
     # "channel" is not a field (always email) but was in the first version's form; kept so fingerprints stay the same.
     canonical = json.dumps({"channel": "email", **fields}, sort_keys=True, ensure_ascii=False,
                            default=_json_value).encode("utf-8")

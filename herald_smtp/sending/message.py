@@ -30,6 +30,7 @@ import binascii
 import email.policy
 import functools
 import re
+import time
 import uuid
 from datetime import datetime, timezone
 from email.headerregistry import Address
@@ -61,7 +62,13 @@ def new_message_id(settings: Settings) -> str:
 
 
 def now_header_date() -> str:
-    return format_datetime(datetime.now(timezone.utc))
+    return _header_date(int(time.time()))
+
+
+@functools.lru_cache(maxsize=4)
+def _header_date(whole: int) -> str:
+    """The Date header's value for a second (it has no finer part): made once a second, not once a mail."""
+    return format_datetime(datetime.fromtimestamp(whole, timezone.utc))
 
 
 class MailWriter:

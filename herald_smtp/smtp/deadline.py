@@ -52,6 +52,19 @@ def left(deadline: float) -> float:
     return remaining
 
 
+# CPython's settimeout is a system call each time (it sets the socket's blocking mode again), and one that
+# lets another thread take the GIL: a mail re-arms before every read and send. A timeout armed within this
+# many seconds of what is left is kept: a wait can then outlast the deadline by at most this.
+_REARM_SLACK = 0.01
+
+
+def set_timeout(sock: socket.socket, seconds: float) -> None:
+    """The socket's timeout at `seconds`, unless it is already there (within _REARM_SLACK above it)."""
+    current = sock.gettimeout()
+    if current is None or not seconds <= current <= seconds + _REARM_SLACK:
+        sock.settimeout(seconds)
+
+
 class DeadlineSMTP(smtplib.SMTP):
     """smtplib.SMTP that reads every reply against `deadline` and refuses replies that are not SMTP.
 
@@ -108,7 +121,7 @@ class _DeadlineReader(io.RawIOBase):
         sock = self._conn.sock  # read each time: STARTTLS replaces the socket
         if sock is None:  # closed under the reader: read as a hang-up (getreply reports it so)
             raise smtplib.SMTPServerDisconnected("not connected")
-        sock.settimeout(left(self._conn.deadline))
+        set_timeout(sock, left(self._conn.deadline))
         return sock.recv_into(buffer)
 
 

@@ -73,7 +73,7 @@ from ..addresses import mask_addresses
 from ..config import IMPLICIT_TLS, PLAIN, STARTTLS, Relay
 from ..config.oauth import AuthMechanism
 from . import deadline as bounded
-from .deadline import DeadlineSMTP, NotSmtpReply
+from .deadline import DeadlineSMTP, NotSmtpReply, set_timeout
 from .tokens import AccessToken, TokenError, TokenSource
 
 # The AUTH mechanisms we use, in order of preference (smtplib implements each). One is tried per
@@ -630,7 +630,7 @@ def _send_final_dot(conn: DeadlineSMTP, deadline: float) -> None:
         raise SmtpFailure(DATA, "connection failed: closed before the final dot",
                           error=smtplib.SMTPServerDisconnected("not connected"))
     try:
-        conn.sock.settimeout(left)
+        set_timeout(conn.sock, left)
         conn.send(b".\r\n")
     except _ERRORS as exc:
         raise _failure(AFTER_DATA, exc) from None
@@ -731,7 +731,7 @@ def _command(conn: DeadlineSMTP, phase: str, call, deadline: float):
 
 def _arm(conn: DeadlineSMTP, phase: str, deadline: float) -> None:
     conn.deadline = deadline  # every read re-arms the socket timeout to what is left
-    _socket(conn).settimeout(_remaining(phase, deadline))  # for the sends
+    set_timeout(_socket(conn), _remaining(phase, deadline))  # for the sends
 
 
 def _failure(phase: str, exc: BaseException, failed: str = "connection failed", refused: str = "") -> SmtpFailure:
