@@ -331,3 +331,27 @@ def test_a_bug_during_the_send_frees_the_key(settings, make_client, smtp):
     retry = send(client, payload)
     assert retry.status_code == 200 and "Idempotent-Replayed" not in retry.headers
     assert len(smtp.wait_for(1)) == 1
+
+
+def test_a_forked_process_does_not_use_its_parent_s_redis_connection(redis_client):
+    # Each thread keeps one connection (RedisStore._redis); a process forked after the store's first use (a
+    # gunicorn worker) must open its own: on its parent's socket the two would read each other's replies.
+    import os
+
+    store = RedisStore(redis_client, "test:")
+    store.release(store.reserve("parent", "fp", 30))
+    pid = os.fork()
+    if pid == 0:
+        try:
+            for round_ in range(200):
+                assert store.reserve(f"child-{round_}", "fp", 30).token
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    for round_ in range(200):
+        claim = store.reserve(f"parent-{round_}", "fp", 30)
+        assert claim.token and claim.existing is None
+        assert store.release(claim) is True
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert redis_client.exists("test:idempotency:child-199")

@@ -26,14 +26,15 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import secrets
 import threading
-from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError
+from redis.sentinel import SentinelConnectionPool
 
 from .. import redis_clients
 from .base import Claim, Record, StatusWrite, StoreUnavailable
@@ -174,44 +175,32 @@ def _same(client: RedisClient) -> RedisClient:
     return client
 
 
-@dataclass(frozen=True)
-class _Bound:
-    """The client and the scripts registered on it, made at the first operation."""
-
-    client: RedisClient
-    reserve: Callable
-    replace: Callable
-    release: Callable
-    add_event: Callable
-    finish_with_status: Callable | None  # None on a Cluster
-    reserve_and_look: Callable | None  # None on a Cluster
-
-
 class _Lua:
-    """One Lua script run by EVALSHA through the client's execute_command (its retry and routing included).
+    """One Lua script, run by EVALSHA through a client's execute_command (its retry and routing included).
 
     What redis-py's Script object does, with less work per call: a send runs three of these, and Script's own
     checks were a measurable share of a worker's CPU (issue #25). A server without the script (restarted,
     failed over) gets it loaded, then the call again.
     """
 
-    def __init__(self, client: RedisClient, source: str):
-        self._client, self._source = client, source
+    def __init__(self, source: str):
+        self._source = source
         self._sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
 
-    def __call__(self, keys: list[str], args: list) -> object:
+    def __call__(self, client: RedisClient, keys: list[str], args: list) -> Any:
         try:
-            return self._client.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
+            return client.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
         except NoScriptError:
-            self._client.script_load(self._source)
-            return self._client.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
+            client.script_load(self._source)
+            return client.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
 
 
-def _two_key_scripts(client: RedisClient) -> tuple[Callable | None, Callable | None]:
-    """finish_with_status and reserve_and_look: on a single Redis only (a Cluster has them as two commands)."""
-    if isinstance(client, RedisCluster):
-        return None, None
-    return _Lua(client, _FINISH_WITH_STATUS), _Lua(client, _RESERVE_AND_LOOK)
+_SCRIPT_RESERVE = _Lua(_RESERVE)
+_SCRIPT_RESERVE_AND_LOOK = _Lua(_RESERVE_AND_LOOK)  # a single Redis only: two keys
+_SCRIPT_REPLACE = _Lua(_REPLACE)
+_SCRIPT_FINISH_WITH_STATUS = _Lua(_FINISH_WITH_STATUS)  # a single Redis only: two keys
+_SCRIPT_RELEASE = _Lua(_RELEASE)
+_SCRIPT_ADD_EVENT = _Lua(_ADD_EVENT)
 
 
 class RedisStore:
@@ -229,7 +218,8 @@ class RedisStore:
         self._status_prefix = prefix + "message:"
         self._suppression_prefix = prefix + "suppression:"
         self._lock = threading.Lock()
-        self._bound: _Bound | None = None
+        self._shared: RedisClient | None = None
+        self._of_thread = threading.local()
 
     @classmethod
     def from_target(cls, target: RedisTarget, prefix: str) -> "RedisStore":
@@ -242,44 +232,54 @@ class RedisStore:
             raise ValueError("a Redis URL, not the in-process store's")
         return cls.from_target(target, prefix)
 
+    def _shared_client(self) -> RedisClient:
+        if self._shared is None:
+            with self._lock:
+                if self._shared is None:
+                    self._shared = self._connect()
+        return self._shared
+
     @property
     def _redis(self) -> RedisClient:
-        return self._scripts().client
+        """This thread's client, made at its first operation (a Cluster client dials its nodes then).
 
-    def _scripts(self) -> "_Bound":
-        if self._bound is None:
-            with self._lock:
-                if self._bound is None:
-                    client = self._connect()
-                    self._bound = _Bound(client, _Lua(client, _RESERVE), _Lua(client, _REPLACE),
-                                         _Lua(client, _RELEASE), _Lua(client, _ADD_EVENT),
-                                         *_two_key_scripts(client))
-        return self._bound
+        On a single Redis, a client holding one connection of the shared pool for as long as the thread lives
+        (single_connection_client): a send runs three commands, and taking a connection from the pool and giving
+        it back around each was a third of each command's CPU (issue #25). Its commands keep redis-py's retry,
+        health check and reconnection. Shared on a Cluster (the client routes each key to its node) and behind
+        Sentinel: after a failover, the pool hands every thread the connection that found the new master, where
+        threads of their own would each ask the sentinels again, some of which may not have seen it yet.
+        """
+        of_thread = self._of_thread
+        if getattr(of_thread, "pid", None) == os.getpid():  # a forked worker must not use its parent's socket
+            return of_thread.client
+        shared = self._shared_client()
+        if isinstance(shared, RedisCluster) or isinstance(shared.connection_pool, SentinelConnectionPool):
+            client: RedisClient = shared
+        else:
+            client = redis.Redis(connection_pool=shared.connection_pool, single_connection_client=True)
+        of_thread.client, of_thread.pid = client, os.getpid()
+        return client
 
-    def _reserve(self, keys, args):
-        return self._scripts().reserve(keys=keys, args=args)
-
-    def _replace(self, keys, args):
-        return self._scripts().replace(keys=keys, args=args)
-
-    def _release(self, keys, args):
-        return self._scripts().release(keys=keys, args=args)
+    @property
+    def _on_cluster(self) -> bool:
+        return isinstance(self._shared_client(), RedisCluster)
 
     def reserve(self, key: str, fingerprint: str, hold_seconds: float, suppression: str | None = None) -> Claim:
         token = secrets.token_hex(16)
         reservation = _encode(Record(fingerprint), token)
         args = [reservation, max(1, int(hold_seconds * 1000))]
         with _translate_errors():  # the first operation builds the client: a Cluster client dials its nodes
-            look = self._scripts().reserve_and_look
+            client, on_cluster = self._redis, self._on_cluster
         entry: dict | None = None
-        if suppression is not None and look is not None:
+        if suppression is not None and not on_cluster:
             with _translate_errors():
-                existing, suppressed = look(keys=[self._prefix + key, self._suppression_prefix + suppression],
-                                            args=args)
+                existing, suppressed = _SCRIPT_RESERVE_AND_LOOK(
+                    client, [self._prefix + key, self._suppression_prefix + suppression], args)
             entry = None if suppressed is None else json.loads(suppressed)
         else:
             with _translate_errors():
-                existing = self._reserve(keys=[self._prefix + key], args=args)
+                existing = _SCRIPT_RESERVE(client, [self._prefix + key], args)
             if suppression is not None:  # a Cluster: the entry lives in another slot, maybe on another node
                 entry = self._on_another_node(lambda: self.get_suppression(suppression), "suppression lookup")
         if existing is None:
@@ -296,15 +296,15 @@ class RedisStore:
         if status is None:
             return self._replace_with(claim, final, ttl_seconds)
         with _translate_errors():
-            folded = self._scripts().finish_with_status
-        if folded is None:  # a Cluster: two slots, two commands; the final record first, it is what protects the key
+            on_cluster = self._on_cluster
+        if on_cluster:  # two slots, two commands; the final record first, it is what protects the key
             finished = self._replace_with(claim, final, ttl_seconds)
             self._on_another_node(lambda: self.put_status(status), "message status write")
             return finished
         keys = [self._prefix + claim.key, self._status_prefix + status.message_id]
         args = [claim.token, final, int(ttl_seconds), _json(status.record), int(status.ttl_seconds)]
         with _translate_errors():
-            return bool(folded(keys=keys, args=args))
+            return bool(_SCRIPT_FINISH_WITH_STATUS(self._redis, keys, args))
 
     @staticmethod
     def _on_another_node(call: Callable, what: str):
@@ -319,11 +319,12 @@ class RedisStore:
 
     def release(self, claim: Claim) -> bool:
         with _translate_errors():
-            return bool(self._release(keys=[self._prefix + claim.key], args=[claim.token]))
+            return bool(_SCRIPT_RELEASE(self._redis, [self._prefix + claim.key], [claim.token]))
 
     def _replace_with(self, claim: Claim, value: str, ttl_seconds: int) -> bool:
         with _translate_errors():
-            return bool(self._replace(keys=[self._prefix + claim.key], args=[claim.token, value, int(ttl_seconds)]))
+            return bool(_SCRIPT_REPLACE(self._redis, [self._prefix + claim.key],
+                                        [claim.token, value, int(ttl_seconds)]))
 
     def put_status(self, status: StatusWrite) -> None:
         with _translate_errors():
@@ -337,7 +338,7 @@ class RedisStore:
 
     def add_event(self, message_id: str, event: dict) -> str:
         with _translate_errors():
-            added = self._scripts().add_event(keys=[self._status_prefix + message_id], args=[_json(event)])
+            added = _SCRIPT_ADD_EVENT(self._redis, [self._status_prefix + message_id], [_json(event)])
         return added.decode() if isinstance(added, bytes) else str(added)
 
     def get_suppression(self, key: str) -> dict | None:
