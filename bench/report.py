@@ -433,9 +433,10 @@ def dkim_cost(run: Run) -> list[str]:
                        f"{_num(v.rps)} ({min(rates):.0f}-{max(rates):.0f}) | {_num(v.p50_ms, 2)} | "
                        f"{_num(v.cpu_ms, 2)} | {_num(extra, 2) if v is not base else '-'} | {ratio} |")
     out += ["", "Without DKIM_PRIVATE_KEY_FILE nothing of this runs: Mail.signer is None and payload_for returns the "
-                "payload MailWriter built, without a copy (tests/test_dkim.py checks it). dkimpy signs RSA in "
-                "Python (its own ASN.1 parse of the key and pow() for every signature); Ed25519 goes through "
-                "libsodium (PyNaCl)."]
+                "payload MailWriter built, without a copy (tests/test_dkim.py checks it). dkimpy builds the header "
+                "(canonicalisation, hashes, folding) and, for RSA, still parses the key's PEM on every call (its "
+                "own ASN.1 reader); the RSA signature itself is OpenSSL's (cryptography), Ed25519's libsodium's "
+                "(PyNaCl)."]
     load = run.remarks.get(LOAD_DURING_DKIM_COST)
     if load:
         out += ["", f"Load average (1, 5, 15 min) during this section: {load}."]
