@@ -107,6 +107,8 @@ def plot(run: Run, path: Path) -> None:
                 labels.append(label)
     figure.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
     what = "latency, p50 solid, p95 dashed" if latency_axes else "CPU per send"
+    if latency_axes and bars:
+        what += "; CPU per send by feature set"
     figure.suptitle(f"herald-smtp {what} ({run.machine.cores} cores, HTTP by {generator})")
     figure.tight_layout(rect=(0, 0.2 if handles else 0, 1, 0.95))  # the bottom holds the latency legend
     path.parent.mkdir(parents=True, exist_ok=True)
