@@ -1,11 +1,11 @@
-"""python -m bench [--quick] [--only status-cost|dkim|chunking] [--generator auto|wrk|python] [--report F]
+"""python -m bench [--quick] [--only status-cost|dkim|chunking|features] [--generator auto|wrk|python] [--report F]
                    [--plot F] [--json F] [--calibration F] [--from-json F]
 
 Runs the measurements (bench/plan.py) against servers it starts itself on
 127.0.0.1, prints each figure as it comes, and writes the Markdown report,
 the PNG plot and the raw figures as JSON. --from-json renders the report and
 the plot again from a saved run without measuring; --only status-cost (or
-dkim) measures that section alone (1 to 2 minutes, for development: the
+dkim, chunking, features) measures that section alone (1 to 2 minutes, for development: the
 report it writes has only that section's figures). The whole run is bounded:
 a watchdog ends it (stopping every server it started) after MAX_SECONDS.
 """
@@ -83,7 +83,7 @@ def measure(args, say) -> Run:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 s per measurement: a smoke test of the bench")
-    parser.add_argument("--only", choices=(plan.STATUS_COST, plan.DKIM, plan.CHUNKING),
+    parser.add_argument("--only", choices=(plan.STATUS_COST, plan.DKIM, plan.CHUNKING, plan.FEATURES),
                         help="measure this section alone (a quick look during development, not the report's run)")
     parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto",
                         help="HTTP load generator (auto: wrk when on PATH)")

@@ -21,6 +21,11 @@
 5. One round trip (issue #25): a benchmark SMTP server offering PIPELINING and CHUNKING at 20 ms, the
    connect-per-message baseline on it, then herald-smtp at each concurrency. `--only chunking` runs this
    alone.
+6. CPU per send by feature set (issue #25): at 0 ms, PIPELINING, concurrency 16, herald-smtp from the tree
+   before #25 (every feature on), from the current tree with the suppression list off, with every feature on
+   and a password, with XOAUTH2 (a token from a real token endpoint on loopback, cached), and with DKIM
+   Ed25519 and RSA 2048 keys, and the HTTP floor, all running at once and measured in turn,
+   `feature_rounds` times. `--only features` runs this alone.
 
 Every measurement is bounded by Budget.max_requests and Budget.seconds; the
 server's counts are reset before and read after each one, and the gunicorn
@@ -41,6 +46,7 @@ from typing import Callable
 import redis
 
 from tests.support.herald_process import HeraldProcess
+from tests.support.oauth_server import OAuthTestServer
 from tests.support.otlp_receiver import OtlpReceiver
 from tests.support.redis_server import RedisServer
 
@@ -49,6 +55,8 @@ from . import wrk as wrk_runner
 from .usage import cpu_seconds, worker_peak_rss_mb
 from .processes import REPO_ROOT, BenchSmtpProcess, Certificates, floor_process, herald_process
 from .results import CONNECT_PER_MESSAGE_CHUNKING, HERALD_CHUNKING
+from .results import (FEATURES_BEFORE, FEATURES_ED25519, FEATURES_FLOOR, FEATURES_NO_SUPPRESSION, FEATURES_OAUTH,
+                      FEATURES_PASSWORD, FEATURES_RSA, LOAD_DURING_FEATURES, SKIPPED_FEATURES_BEFORE)
 from .results import (CEILING, CONNECT_PER_MESSAGE, DKIM_ED25519, DKIM_OFF, DKIM_RSA, DOT_APART, DOT_APART_NODELAY,
                       FLOOR, HERALD, LOAD_DURING_DKIM_COST, LOAD_DURING_STATUS_COST, REPLAY, SIGN_ED25519, SIGN_OFF,
                       SIGN_RSA, SKIPPED_BEFORE, STATUS_AFTER, STATUS_BEFORE, STATUS_NO_SUPPRESSION, TRACED, WARM,
@@ -56,9 +64,15 @@ from .results import (CEILING, CONNECT_PER_MESSAGE, DKIM_ED25519, DKIM_OFF, DKIM
 
 CONCURRENCIES = (1, 4, 16)
 ROUND_TRIPS_MS = (0.0, 20.0)
-STATUS_COST, DKIM, CHUNKING = "status-cost", "dkim", "chunking"  # the sections --only can name
+STATUS_COST, DKIM, CHUNKING, FEATURES = "status-cost", "dkim", "chunking", "features"  # the sections --only can name
 CHUNKING_RTT_MS = 20.0
 OLD_TREE_DIR = REPO_ROOT / "var" / "bench" / "before-status"
+BEFORE_25_TREE_DIR = REPO_ROOT / "var" / "bench" / "before-25"
+# The XOAUTH2 variant's client at the token endpoint (tests/support/oauth_server.py, in this process).
+OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET, OAUTH_SCOPE = "bench-client", "bench-client-secret", "https://mail.bench/.default"
+OAUTH_TOKEN_PREFIX = "at-"  # what that endpoint's access tokens begin with; the bench SMTP server checks it
+OAUTH_TOKEN_LIFETIME = 3600.0  # as Entra ID and Google issue: no token expires during a run
+IDEMPOTENCY_SECRET = "bench-idempotency-secret-0123456789abcdef"  # production sets one (docs/DEPLOYMENT.md)
 
 
 @dataclass(frozen=True)
@@ -68,10 +82,13 @@ class Budget:
     warmup_requests: int  # per herald-smtp instance, before its first measurement, not reported
     replay_keys: int  # finished keys the replay measurement cycles through
     status_rounds: int  # how often each variant of the status cost measurement is measured, in turn
+    feature_rounds: int  # the same for the feature-set section (7 services: fewer rounds keep it near 2 minutes)
 
 
-FULL = Budget(max_requests=50_000, seconds=5.0, warmup_requests=96, replay_keys=200, status_rounds=4)
-QUICK = Budget(max_requests=5_000, seconds=1.0, warmup_requests=32, replay_keys=20, status_rounds=2)
+FULL = Budget(max_requests=50_000, seconds=5.0, warmup_requests=96, replay_keys=200, status_rounds=4,
+              feature_rounds=3)
+QUICK = Budget(max_requests=5_000, seconds=1.0, warmup_requests=32, replay_keys=20, status_rounds=2,
+               feature_rounds=2)
 
 
 @dataclass
@@ -126,6 +143,8 @@ def run(budget: Budget, use_wrk: bool, say: Callable[[str], None],
                 measure_dkim_cost(context)
             if only in (None, CHUNKING):
                 measure_chunking(context)
+            if only in (None, FEATURES):
+                measure_features(context)
             return context.measurements, context.remarks
 
 
@@ -319,11 +338,11 @@ def measure_status_cost(context: Context) -> None:
 
 
 def in_rounds(context: Context, services: dict[str, HeraldProcess],
-              measure: Callable[[str, HeraldProcess], Measurement]) -> None:
-    """Each service measured once per round, `status_rounds` rounds, each round starting with the next one:
-    services that run at once and are measured seconds apart share the machine's load alike."""
+              measure: Callable[[str, HeraldProcess], Measurement], rounds: int | None = None) -> None:
+    """Each service measured once per round, `rounds` rounds (`status_rounds` unless given), each round starting
+    with the next one: services that run at once and are measured seconds apart share the machine's load alike."""
     setups = list(services)
-    for turn in range(context.budget.status_rounds):
+    for turn in range(context.budget.status_rounds if rounds is None else rounds):
         shift = turn % len(setups)
         for setup in setups[shift:] + setups[:shift]:
             measure(setup, services[setup])
@@ -359,25 +378,106 @@ def measure_dkim_cost(context: Context) -> None:
 def _status_variants(context: Context, smtp: BenchSmtpProcess):
     """(setup, herald-smtp not started yet) for each variant that can run; why one cannot goes to the remarks."""
     env = herald_env(context, smtp)
-    tree = status_cost.old_tree(REPO_ROOT, OLD_TREE_DIR, status_cost.BEFORE_COMMIT)
-    if tree.missing:
-        _skip(context, f"the tree before ({tree.commit}) was not measured: {tree.missing}")
-    else:
-        old = herald_process(context.workdir, env, first_on_path=tree.path)
-        found = status_cost.imported_from(old.env, context.workdir)
-        if found is not None and found == tree.path.resolve() / "herald_smtp":
-            context.say(f"  the tree before is imported from {found}")
-            yield STATUS_BEFORE, old
-        else:
-            _skip(context, f"the tree before ({tree.commit}) was not measured: with it first on PYTHONPATH, "
-                           f"herald_smtp was imported from {found}, not from {tree.path}")
+    old = _old_tree_process(context, env, status_cost.BEFORE_COMMIT, OLD_TREE_DIR, "the tree before", SKIPPED_BEFORE)
+    if old is not None:
+        yield STATUS_BEFORE, old
     yield STATUS_AFTER, herald_process(context.workdir, env)
     yield STATUS_NO_SUPPRESSION, herald_process(context.workdir, env | {"SUPPRESSION_TTL_SECONDS": "0"})
 
 
-def _skip(context: Context, why: str) -> None:
-    context.remarks[SKIPPED_BEFORE] = why
+def _old_tree_process(context: Context, env: dict[str, str], commit: str, into: Path, name: str,
+                      remark: str) -> HeraldProcess | None:
+    """herald-smtp (not started) from `commit`'s tree, extracted under `into` and first on PYTHONPATH; None, with
+    why in the remarks under `remark`, when it cannot run."""
+    tree = status_cost.old_tree(REPO_ROOT, into, commit)
+    if tree.missing:
+        _skip(context, f"{name} ({tree.commit}) was not measured: {tree.missing}", remark)
+        return None
+    old = herald_process(context.workdir, env, first_on_path=tree.path)
+    found = status_cost.imported_from(old.env, context.workdir)
+    if found is None or found != tree.path.resolve() / "herald_smtp":
+        _skip(context, f"{name} ({tree.commit}) was not measured: with it first on PYTHONPATH, herald_smtp was "
+                       f"imported from {found}, not from {tree.path}", remark)
+        return None
+    context.say(f"  {name} is imported from {found}")
+    return old
+
+
+def _skip(context: Context, why: str, remark: str = SKIPPED_BEFORE) -> None:
+    context.remarks[remark] = why
     context.say(f"  {why}")
+
+
+def measure_features(context: Context) -> None:
+    """CPU per send by feature set (issue #25): herald-smtp's variants and the HTTP floor run at once against one SMTP
+    server (XOAUTH2 offered too) and one Redis, and are measured in turn; the floor in the same rounds, so every
+    ratio to it is of figures measured under the same load."""
+    concurrency = CONCURRENCIES[-1]
+    context.say(f"CPU per send by feature set: before #25 ({status_cost.BEFORE_25_COMMIT}) / current, round trip 0 ms, "
+                f"PIPELINING on, concurrency {concurrency}, load average {_load()}")
+    load_before = _load()
+    keys = dkim_cost.write_keys(context.workdir / "dkim-keys")
+    with ExitStack() as stack:
+        smtp = stack.enter_context(BenchSmtpProcess(context.workdir, context.certs, workload.SMTP_USER,
+                                                    workload.SMTP_PASSWORD, 0.0, True,
+                                                    oauth_token_prefix=OAUTH_TOKEN_PREFIX))
+        oauth = stack.enter_context(OAuthTestServer(token_lifetime=OAUTH_TOKEN_LIFETIME))
+        oauth.register_client(OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET, OAUTH_SCOPE)
+        services = {}
+        for setup, service in _feature_variants(context, smtp, oauth, keys):
+            try:
+                services[setup] = stack.enter_context(service)
+            except RuntimeError as exc:  # the old tree may not start here: say so, measure the others
+                if setup != FEATURES_BEFORE:
+                    raise
+                _skip(context, f"the tree before #25 ({status_cost.BEFORE_25_COMMIT}) was not measured: it did not "
+                               f"start ({str(exc).splitlines()[0]})", SKIPPED_FEATURES_BEFORE)
+                continue
+            if setup != FEATURES_FLOOR:
+                warm_up(context, services[setup])
+        in_rounds(context, services, lambda setup, service: _measure_feature_set(context, setup, service, smtp, oauth),
+                  context.budget.feature_rounds)
+    context.remarks[LOAD_DURING_FEATURES] = f"{load_before} at the start of the section, {_load()} at its end"
+
+
+def _feature_variants(context: Context, smtp: BenchSmtpProcess, oauth: OAuthTestServer, keys: dict[str, Path]):
+    """(setup, service not started yet) for each variant of the feature-set section that can run."""
+    every = herald_env(context, smtp) | {"IDEMPOTENCY_SECRET": IDEMPOTENCY_SECRET}
+    old = _old_tree_process(context, every, status_cost.BEFORE_25_COMMIT, BEFORE_25_TREE_DIR, "the tree before #25",
+                            SKIPPED_FEATURES_BEFORE)
+    if old is not None:
+        yield FEATURES_BEFORE, old
+    yield FEATURES_NO_SUPPRESSION, herald_process(context.workdir, every | {"SUPPRESSION_TTL_SECONDS": "0"})
+    yield FEATURES_PASSWORD, herald_process(context.workdir, every)
+    with_oauth = {name: value for name, value in every.items() if name != "SMTP_PASSWORD"}
+    with_oauth |= {"SMTP_OAUTH_TOKEN_URL": oauth.token_url, "SMTP_OAUTH_CLIENT_ID": OAUTH_CLIENT_ID,
+                   "SMTP_OAUTH_CLIENT_SECRET": OAUTH_CLIENT_SECRET, "SMTP_OAUTH_SCOPE": OAUTH_SCOPE}
+    yield FEATURES_OAUTH, herald_process(context.workdir, with_oauth)
+    yield FEATURES_ED25519, herald_process(context.workdir, every | dkim_cost.dkim_env(keys[DKIM_ED25519]))
+    yield FEATURES_RSA, herald_process(context.workdir, every | dkim_cost.dkim_env(keys[DKIM_RSA]))
+    yield FEATURES_FLOOR, floor_process(context.workdir, herald_env(context, None))
+
+
+def _measure_feature_set(context: Context, setup: str, service: HeraldProcess, smtp: BenchSmtpProcess,
+                         oauth: OAuthTestServer) -> Measurement:
+    """served() at c=16 with fresh keys; the floor without the SMTP server's counts, the XOAUTH2 variant with the
+    token endpoint's requests during it (0 when the token is cached, as it should be)."""
+    concurrency = CONCURRENCIES[-1]
+    measure = partial(http_measurement, context, service, context.http_generator, concurrency)
+    if setup == FEATURES_FLOOR:
+        measurement = served(context, service, None,
+                             Measurement(setup, None, None, concurrency, context.http_generator, None), measure)
+        context.say(f"  {'':36} HTTP floor {_fixed(measurement.cpu_ms_per_request)} CPU ms/req")
+        return measurement
+    fetches = oauth.fetches
+    measurement = served(context, service, smtp,
+                         Measurement(setup, 0.0, True, concurrency, context.http_generator, None), measure)
+    if setup == FEATURES_OAUTH:
+        measurement.smtp["oauth_token_fetches"] = oauth.fetches - fetches
+        if not measurement.smtp.get("oauth_auths") and measurement.smtp.get("auths"):
+            raise RuntimeError("the XOAUTH2 variant logged in with a password")
+    context.say(f"  {'':36} herald-smtp {_fixed(measurement.cpu_ms_per_request)} CPU ms/req")
+    return measurement
 
 
 def measure_with_redis(context: Context, client: redis.Redis, herald: HeraldProcess, smtp: BenchSmtpProcess,

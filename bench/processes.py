@@ -61,10 +61,11 @@ class BenchSmtpProcess:
     """bench/smtp_server.py in its own process, with its control port."""
 
     def __init__(self, workdir: Path, certs: Certificates, user: str, password: str,
-                 delay_ms: float = 0.0, pipelining: bool = True, chunking: bool = False):
+                 delay_ms: float = 0.0, pipelining: bool = True, chunking: bool = False, oauth_token_prefix: str = ""):
         self.workdir, self.certs = workdir, certs
         self.user, self.password = user, password
         self.delay_ms, self.pipelining, self.chunking = delay_ms, pipelining, chunking
+        self.oauth_token_prefix = oauth_token_prefix  # XOAUTH2 offered when set (bench/smtp_server.py)
         self.host = LOCALHOST
         self.port = free_port()
         self.control_port = free_port()
@@ -82,6 +83,8 @@ class BenchSmtpProcess:
             argv.append("--no-pipelining")
         if self.chunking:
             argv.append("--chunking")
+        if self.oauth_token_prefix:
+            argv += ["--oauth-token-prefix", self.oauth_token_prefix]
         log = open(self.workdir / f"bench-smtp-{self.port}.log", "ab")
         with log:
             self._proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log,

@@ -1,6 +1,6 @@
-"""docs/BENCHMARKS.md from a Run: the machine, the command, the targets, the round trips, the final dot, tracing,
-the cost of message status and the suppression list, the cost of DKIM signing, one round trip with CHUNKING,
-the table, the growth.
+"""docs/BENCHMARKS.md from a Run: the machine, the command, the targets, CPU per send by feature set, the round
+trips, the final dot, tracing, the cost of message status and the suppression list, the cost of DKIM signing, one
+round trip with CHUNKING, the table, the growth.
 
 Everything in the document comes from the Run; nothing is typed in by hand.
 """
@@ -13,13 +13,16 @@ from dataclasses import dataclass
 
 from .calibration import Calibration, calibration_of
 from .results import CONNECT_PER_MESSAGE_CHUNKING, HERALD_CHUNKING
+from .results import (FEATURE_SETS, FEATURES_BEFORE, FEATURES_ED25519, FEATURES_FLOOR, FEATURES_NO_SUPPRESSION,
+                      FEATURES_OAUTH, FEATURES_PASSWORD, FEATURES_RSA, LOAD_DURING_FEATURES, SKIPPED_FEATURES_BEFORE)
 from .results import (CEILING, CONNECT_PER_MESSAGE, DKIM_COST, DKIM_ED25519, DKIM_OFF, DKIM_RSA, DOT_APART,
                       DOT_APART_NODELAY, FLOOR, HERALD, LOAD_DURING_DKIM_COST, LOAD_DURING_STATUS_COST, REPLAY, SETUPS,
                       SIGN_ED25519, SIGN_OFF, SIGN_RSA, SIGNING_ALONE, SKIPPED_BEFORE, STATUS_AFTER, STATUS_BEFORE,
                       STATUS_COST, STATUS_NO_SUPPRESSION, TRACED, WARM, Measurement, Run)
-from .status_cost import BEFORE_COMMIT
+from .status_cost import BEFORE_25_COMMIT, BEFORE_COMMIT
 
 RSS_TARGET_MB = 80.0
+CPU_TARGET = 2.5  # issue #25: herald-smtp's CPU per fresh send, every feature on, over the HTTP floor's per request
 
 
 @dataclass
@@ -80,6 +83,7 @@ def ratios(run: Run) -> list[Ratio]:
     served = [m for m in run.measurements if m.setup in (HERALD, REPLAY) and m.peak_rss_mb is not None]
     peak = max((m.peak_rss_mb for m in served), default=None)
     return [
+        *feature_targets(run, gen),
         Ratio("20 ms RTT, PIPELINING server, concurrency 1: herald-smtp p50 / connect-per-message p50",
               _quotient(_lat(herald_slow, "p50_ms"), _lat(per_message, "p50_ms")), 0.25, True,
               f"{_ms(_lat(herald_slow, 'p50_ms'))} / {_ms(_lat(per_message, 'p50_ms'))}"),
@@ -122,7 +126,7 @@ def results_table(run: Run) -> list[str]:
     lines = ["| setup | RTT ms | server PIPELINING | concurrency | generator | requests | errors | req/s | "
              "p50 ms | p95 ms | p99 ms | CPU ms/req | peak RSS/worker MB |",
              "|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    own_sections = (*STATUS_COST, *DKIM_COST, *SIGNING_ALONE)
+    own_sections = (*STATUS_COST, *DKIM_COST, *SIGNING_ALONE, *FEATURE_SETS)
     for m in sorted((m for m in run.measurements if m.setup not in own_sections), key=_order):
         lat = m.latencies
         lines.append(f"| {m.setup} | {_num(m.rtt_ms, 0)} | {_onoff(m.pipelining)} | {m.concurrency} | {m.generator} | "
@@ -443,6 +447,140 @@ def dkim_cost(run: Run) -> list[str]:
     return out
 
 
+FEATURE_LABELS = {
+    FEATURES_FLOOR: "HTTP floor (bench/floor_app.py)",
+    FEATURES_BEFORE: f"before #25 ({BEFORE_25_COMMIT}), every feature on",
+    FEATURES_NO_SUPPRESSION: "status records, suppression off (SUPPRESSION_TTL_SECONDS=0)",
+    FEATURES_PASSWORD: "every feature on, password AUTH",
+    FEATURES_OAUTH: "every feature on, XOAUTH2 token cached",
+    FEATURES_ED25519: "every feature on + DKIM Ed25519",
+    FEATURES_RSA: "every feature on + DKIM RSA 2048",
+}
+FEATURE_ORDER = (FEATURES_FLOOR, *(setup for setup in FEATURE_SETS if setup != FEATURES_FLOOR))  # the reference first
+# The login with the higher CPU stands for "every feature on" in the Targets: a deployment has one or the other.
+EVERY_FEATURE_ON = (FEATURES_PASSWORD, FEATURES_OAUTH)
+
+
+def feature_variants(run: Run) -> dict[str, Variant]:
+    return {setup: Variant(setup, run.all(setup)) for setup in FEATURE_ORDER if run.all(setup)}
+
+
+def _cpu_row_name(features: str) -> str:
+    return f"0 ms RTT, concurrency 16, {features}: herald-smtp CPU ms per fresh send / HTTP floor CPU ms per request"
+
+
+def feature_targets(run: Run, generator: str) -> list[Ratio]:
+    """Issue #25's CPU target, without and with DKIM signing: the feature-set section's herald-smtp CPU per send
+    over the HTTP floor's at c=16 in the Results table (the floor of the section's own rounds when the run has no
+    Results table, as an --only features run)."""
+    variants = feature_variants(run)
+    floor_ms, floor_text = _floor_cpu(run, variants, generator)
+    rows = []
+    for features, candidates in (("every feature on", EVERY_FEATURE_ON),
+                                 ("every feature on + DKIM Ed25519", (FEATURES_ED25519,)),
+                                 ("every feature on + DKIM RSA 2048", (FEATURES_RSA,))):
+        measured = [variants[setup] for setup in candidates if setup in variants and variants[setup].cpu_ms is not None]
+        costliest = max(measured, key=lambda v: v.cpu_ms, default=None)
+        if costliest is None:
+            rows.append(Ratio(_cpu_row_name(features), None, CPU_TARGET, True, f"- / {floor_text}"))
+            continue
+        rows.append(Ratio(_cpu_row_name(features), _quotient(costliest.cpu_ms, floor_ms), CPU_TARGET, True,
+                          f"{costliest.cpu_ms:.2f} ms ({FEATURE_LABELS[costliest.setup]}) / {floor_text}"))
+    return rows
+
+
+def _floor_cpu(run: Run, variants: dict[str, Variant], generator: str) -> tuple[float | None, str]:
+    main = run.find(FLOOR, concurrency=16, generator=generator)
+    if main is not None and main.cpu_ms_per_request is not None:
+        return main.cpu_ms_per_request, f"{main.cpu_ms_per_request:.2f} ms (HTTP floor, concurrency 16, {generator}, " \
+                                        "the Results table)"
+    own = variants.get(FEATURES_FLOOR)
+    if own is not None and own.cpu_ms is not None:
+        first = own.rounds[0]
+        return own.cpu_ms, (f"{own.cpu_ms:.2f} ms (HTTP floor, concurrency {first.concurrency}, {first.generator}, "
+                            "measured in the feature-set rounds: no Results-table floor in this run)")
+    return None, "- (the HTTP floor was not measured)"
+
+
+def feature_sets(run: Run) -> list[str]:
+    """CPU per send by feature set (issue #25): herald-smtp's variants and the HTTP floor, measured in turn."""
+    variants = feature_variants(run)
+    remark = run.remarks.get(SKIPPED_FEATURES_BEFORE)
+    if not any(setup != FEATURES_FLOOR for setup in variants):
+        return [f"Not measured in this run{': ' + remark if remark else '.'}"]
+    first = next(v for v in variants.values() if v.setup != FEATURES_FLOOR).rounds[0]
+    out = [f"Fresh sends (a new Idempotency-Key each) at {_num(first.rtt_ms, 0)} ms round trip, PIPELINING server, "
+           f"Redis store, concurrency {first.concurrency}, {first.generator}. Every variant and the HTTP floor run at "
+           "once (one SMTP server, one Redis) and are measured in turn, each round in another order, so the "
+           "machine's load falls on all of them alike; the figures are the totals over the rounds, and a ratio's "
+           "brackets hold each round's. CPU is gunicorn's master and workers' per request (one request, one mail). "
+           "Every feature on: message status records and the suppression list (their defaults), IDEMPOTENCY_SECRET "
+           f"set; the tree before #25 is commit {BEFORE_25_COMMIT}, run from a copy of it first on PYTHONPATH. "
+           "XOAUTH2: a client_credentials token from a real token endpoint on loopback (tests/support/oauth_server.py, "
+           "one-hour tokens) that each worker fetched once and then reuses. Status records cannot be turned off "
+           "(MESSAGE_STATUS_TTL_SECONDS is 60 s at the least), so the lightest variant turns off the suppression "
+           "list only.", ""]
+    if remark:
+        out += [f"> {remark[0].upper()}{remark[1:]}.", ""]
+    floor, before = variants.get(FEATURES_FLOOR), variants.get(FEATURES_BEFORE)
+    out += ["| variant | rounds | requests | errors | req/s (rounds' range) | p50 ms | herald-smtp CPU ms/req | "
+            "CPU / floor's (each round) | CPU / before #25's (each round) |",
+            "|---|---:|---:|---:|---|---:|---:|---|---|"]
+    for v in variants.values():
+        rates = [m.latencies.rps for m in v.rounds]
+        to_before = "-" if v is floor else _cpu_ratio(v, before)
+        out.append(f"| {FEATURE_LABELS[v.setup]} | {len(v.rounds)} | {v.requests} | {v.errors} | "
+                   f"{_num(v.rps)} ({min(rates):.0f}-{max(rates):.0f}) | {_num(v.p50_ms, 2)} | {_num(v.cpu_ms, 2)} | "
+                   f"{_cpu_ratio(v, floor)} | {to_before} |")
+    out += _oauth_logins(variants.get(FEATURES_OAUTH))
+    load = run.remarks.get(LOAD_DURING_FEATURES)
+    if load:
+        out += ["", f"Load average (1, 5, 15 min) during this section: {load}."]
+    return out
+
+
+def _cpu_ratio(v: Variant, base: Variant | None) -> str:
+    if base is None:
+        return "-"
+    if v is base:
+        return "1.00"
+    return f"{_num(_quotient(v.cpu_ms, base.cpu_ms), 2)} {_by_round(v, base, _cpu_ms)}"
+
+
+def _oauth_logins(oauth: Variant | None) -> list[str]:
+    """The proof that the XOAUTH2 variant logged in with a cached token: the server's logins, the endpoint's fetches."""
+    if oauth is None or any("oauth_token_fetches" not in m.smtp for m in oauth.rounds):
+        return []
+    logins = ", ".join(str(m.smtp.get("oauth_auths", 0)) for m in oauth.rounds)
+    fetches = ", ".join(str(m.smtp["oauth_token_fetches"]) for m in oauth.rounds)
+    return ["", f"The XOAUTH2 variant, round by round: XOAUTH2 logins at the SMTP server {logins} (new pooled "
+                f"connections); requests at the token endpoint {fetches}. A worker fetches a token at its first login "
+                "(in the warm-up, or in the first round if the warm-up did not reach it) and reuses it for every "
+                "later one."]
+
+
+@dataclass
+class FeatureBars:
+    """The plot's panel of the feature-set section: CPU ms per request by variant, and the target's line."""
+
+    values: list[tuple[str, float]]
+    target_ms: float | None  # CPU_TARGET times the floor's CPU per request in the same rounds
+
+
+BAR_LABELS = {FEATURES_FLOOR: "HTTP floor", FEATURES_BEFORE: "before #25", FEATURES_NO_SUPPRESSION: "suppression off",
+              FEATURES_PASSWORD: "password AUTH", FEATURES_OAUTH: "XOAUTH2 cached", FEATURES_ED25519: "+ DKIM Ed25519",
+              FEATURES_RSA: "+ DKIM RSA 2048"}
+
+
+def feature_bars(run: Run) -> FeatureBars | None:
+    variants = {setup: v for setup, v in feature_variants(run).items() if v.cpu_ms is not None}
+    if not any(setup != FEATURES_FLOOR for setup in variants):
+        return None
+    floor = variants.get(FEATURES_FLOOR)
+    return FeatureBars([(BAR_LABELS[setup], v.cpu_ms) for setup, v in variants.items()],
+                       CPU_TARGET * floor.cpu_ms if floor else None)
+
+
 def growth_table(run: Run) -> list[str]:
     lines = ["| setup | RTT ms | server PIPELINING | generator | req/s c=1 -> c=16 | throughput x | "
              "p50 ms c=1 -> c=16 | p50 x | CPU ms/req c=1 -> c=16 |",
@@ -510,6 +648,8 @@ def render(run: Run, plot_name: str | None = "benchmarks.png", recorded: Calibra
     out += ["## Targets", "", "| ratio | figures | value | target | result |", "|---|---|---:|---|---|"]
     for ratio in ratios(run):
         out.append(f"| {ratio.name} | {ratio.detail} | {ratio.value_text} | {ratio.target_text} | {ratio.verdict} |")
+    out += ["", "## CPU per send by feature set", ""]
+    out += feature_sets(run)
     out += ["", "## SMTP round trips per mail", "",
             "From the benchmark SMTP server's counts during each measurement. A reply write is one round trip; "
             "transaction writes are those answering MAIL, RCPT, DATA or the final dot (the session's greeting, "
@@ -559,6 +699,10 @@ def render(run: Run, plot_name: str | None = "benchmarks.png", recorded: Calibra
             f"- **{DKIM_OFF}**, **{DKIM_RSA}**, **{DKIM_ED25519}**: {HERALD} without DKIM_PRIVATE_KEY_FILE, and "
             "with a key made for the run (DKIM_SELECTOR=bench); **Mail.payload_for, ...**: the signature alone in "
             "the bench process. Measured in their own section, not in the Results table.",
+            f"- **{FEATURES_BEFORE}** and the other **every feature on** variants, **{FEATURES_FLOOR}**: {HERALD} "
+            f"from the tree before issue #25 (commit {BEFORE_25_COMMIT}) and from this tree with the suppression "
+            "list off, with a password, with XOAUTH2, with DKIM Ed25519 and RSA 2048 keys, and the HTTP floor, "
+            "measured in turn in the section CPU per send by feature set, not in the Results table.",
             "",
             "The benchmark SMTP server (bench/smtp_server.py) runs in its own process. It answers all the commands "
             "of one read in one write, one round trip after the read arrived; the greeting (which stands for the "

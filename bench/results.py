@@ -43,8 +43,22 @@ LOAD_DURING_DKIM_COST = "dkim load"
 # One round trip a mail (issue #25): a server that offers CHUNKING too, and the smtplib baseline on that server.
 CONNECT_PER_MESSAGE_CHUNKING = "connect-per-message, CHUNKING server"
 HERALD_CHUNKING = "herald-smtp, CHUNKING server"
+# CPU per send by feature set (issue #25): the tree before #25 and the current tree with features on and off, and the
+# HTTP floor, all running at once and measured in turn.
+FEATURES_BEFORE = "herald-smtp before #25 (c2011bb), every feature on"
+FEATURES_NO_SUPPRESSION = "herald-smtp, suppression off"
+FEATURES_PASSWORD = "herald-smtp, every feature on, password AUTH"
+FEATURES_OAUTH = "herald-smtp, every feature on, XOAUTH2 token cached"
+FEATURES_ED25519 = "herald-smtp, every feature on, DKIM Ed25519"
+FEATURES_RSA = "herald-smtp, every feature on, DKIM RSA 2048"
+FEATURES_FLOOR = "HTTP floor, in the feature-set rounds"
+FEATURE_SETS = (FEATURES_BEFORE, FEATURES_NO_SUPPRESSION, FEATURES_PASSWORD, FEATURES_OAUTH, FEATURES_ED25519,
+                FEATURES_RSA, FEATURES_FLOOR)
+# Run.remarks of that section: why the tree before was not measured, and the load average around it.
+SKIPPED_FEATURES_BEFORE = "features"
+LOAD_DURING_FEATURES = "features load"
 SETUPS = (CONNECT_PER_MESSAGE, WARM, DOT_APART, DOT_APART_NODELAY, CEILING, FLOOR, HERALD, TRACED, REPLAY,
-          *STATUS_COST, *DKIM_COST, *SIGNING_ALONE, CONNECT_PER_MESSAGE_CHUNKING, HERALD_CHUNKING)
+          *STATUS_COST, *DKIM_COST, *SIGNING_ALONE, CONNECT_PER_MESSAGE_CHUNKING, HERALD_CHUNKING, *FEATURE_SETS)
 
 
 @dataclass

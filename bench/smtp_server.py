@@ -1,8 +1,8 @@
-"""The benchmark SMTP server: STARTTLS, AUTH PLAIN/LOGIN, optional PIPELINING and CHUNKING, a simulated round
-trip, counts.
+"""The benchmark SMTP server: STARTTLS, AUTH PLAIN/LOGIN (and XOAUTH2 on demand), optional PIPELINING and
+CHUNKING, a simulated round trip, counts.
 
     python -m bench.smtp_server --port P --control-port C --cert F --key F [--delay-ms 20] [--no-pipelining]
-                                [--chunking]
+                                [--chunking] [--oauth-token-prefix at-]
 
 One asyncio process (so it shares no GIL with the load generator), cheap per
 command, and faithful where a client's round trips are concerned:
@@ -22,6 +22,12 @@ command, and faithful where a client's round trips are concerned:
   stays in step. Each BDAT is counted (bdat_commands).
 - AUTH is offered only after STARTTLS, as real submission servers do; MAIL
   before AUTH is 530.
+- XOAUTH2 is offered only with --oauth-token-prefix. The check is minimal:
+  the user must be --user and the bearer token must begin with the prefix
+  (the token endpoint runs in another process, so the server cannot ask it
+  whether it issued the token). A refusal is XOAUTH2's: a 334 with a JSON
+  error, then 535 once the client answers it. Logins are counted
+  (oauth_auths); the token itself is never kept.
 - Mail bodies are not kept: each is counted, only the last one is held
   (for the tests), and one over MAX_MESSAGE_BYTES is refused with 552.
 
@@ -58,6 +64,7 @@ class Counts:
     tls_handshakes: int = 0
     auths: int = 0
     auth_failures: int = 0
+    oauth_auths: int = 0  # of the auths, those with XOAUTH2
     mails: int = 0
     message_bytes: int = 0
     commands: int = 0
@@ -84,6 +91,7 @@ class ServerOptions:
     pipelining: bool
     tls: ssl.SSLContext | None
     chunking: bool = False
+    oauth_token_prefix: str = ""  # XOAUTH2 is offered when set: a bearer token must begin with it
     hostname: str = "bench.invalid"
 
 
@@ -265,7 +273,7 @@ class Session:
         if self.options.tls is not None and not self.secure:
             lines.append("STARTTLS")
         if self._auth_offered():
-            lines.append("AUTH PLAIN LOGIN")
+            lines.append("AUTH PLAIN LOGIN XOAUTH2" if self.options.oauth_token_prefix else "AUTH PLAIN LOGIN")
         self._reset_transaction()
         self._reply(*(f"250{'-' if i < len(lines) - 1 else ' '}{text}" for i, text in enumerate(lines)))
 
@@ -302,6 +310,12 @@ class Session:
             else:
                 self.auth_step = self._auth_login_user
                 self._reply("334 VXNlcm5hbWU6")
+        elif mechanism == "XOAUTH2" and self.options.oauth_token_prefix:
+            if initial:
+                self._auth_xoauth2(initial)
+            else:
+                self.auth_step = self._auth_xoauth2
+                self._reply("334 ")
         else:
             self._reply("504 5.5.4 unrecognized authentication type")
 
@@ -318,6 +332,20 @@ class Session:
 
         self.auth_step = password
         self._reply("334 UGFzc3dvcmQ6")
+
+    def _auth_xoauth2(self, response: str) -> None:
+        """user=U^Aauth=Bearer T^A^A: U must be --user, T must begin with the prefix (and hold more than it)."""
+        fields = dict(part.partition("=")[::2] for part in (_b64(response) or "").split("\x01") if part)
+        scheme, _, token = fields.get("auth", "").partition(" ")
+        prefix = self.options.oauth_token_prefix
+        if (fields.get("user") == self.options.user and scheme == "Bearer" and token.startswith(prefix)
+                and len(token) > len(prefix)):
+            self.counts.oauth_auths += 1
+            self._auth_result(True)
+            return
+        # As Google and Microsoft do: the error as a JSON challenge; the client's empty answer gets the 535.
+        self.auth_step = lambda _answer: self._auth_result(False)
+        self._reply("334 " + base64.b64encode(b'{"status":"401","schemes":"Bearer"}').decode())
 
     def _auth_result(self, ok: bool) -> None:
         if ok:
@@ -513,10 +541,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay-ms", type=float, default=0.0, help="simulated round trip per reply")
     parser.add_argument("--no-pipelining", action="store_true", help="leave PIPELINING out of the EHLO")
     parser.add_argument("--chunking", action="store_true", help="offer CHUNKING (BDAT, RFC 3030) in the EHLO")
+    parser.add_argument("--oauth-token-prefix", default="",
+                        help="offer XOAUTH2 and accept a bearer token that begins with this (empty: no XOAUTH2)")
     args = parser.parse_args(argv)
     options = ServerOptions(
         user=args.user, password=os.environ.get(args.password_env, ""), delay=args.delay_ms / 1000.0,
-        pipelining=not args.no_pipelining, chunking=args.chunking,
+        pipelining=not args.no_pipelining, chunking=args.chunking, oauth_token_prefix=args.oauth_token_prefix,
         tls=server_tls(args.cert, args.key) if args.cert else None,
     )
     asyncio.run(serve(options, args.host, args.port, args.control_port))

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BEFORE_COMMIT = "d7d430c"
+BEFORE_25_COMMIT = "c2011bb"  # the tree before issue #25's first change: the feature-set section's "before"
 _MARKER = ".bench-commit"  # the full hash the extracted tree came from; written last, so a half copy is redone
 
 

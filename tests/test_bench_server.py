@@ -22,6 +22,7 @@ from bench.results import (CONNECT_PER_MESSAGE, CONNECT_PER_MESSAGE_CHUNKING, DO
                            HERALD, HERALD_CHUNKING, REPLAY, WARM, Latencies, Machine, Measurement, Run)
 
 USER, PASSWORD = "bench-user", "bench-pa55word"
+TOKEN_PREFIX = "at-"  # what tests/support/oauth_server.py's access tokens begin with
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,13 @@ def server(certs, tmp_path_factory):
 def plain_server(certs, tmp_path_factory):
     with BenchSmtpProcess(tmp_path_factory.mktemp("bench-smtp-off"), certs, USER, PASSWORD,
                           delay_ms=5, pipelining=False) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def oauth_server(certs, tmp_path_factory):
+    with BenchSmtpProcess(tmp_path_factory.mktemp("bench-smtp-oauth"), certs, USER, PASSWORD,
+                          oauth_token_prefix=TOKEN_PREFIX) as process:
         yield process
 
 
@@ -182,6 +190,32 @@ def test_bdat_after_a_refused_mail_is_refused_once_its_octets_are_read(chunking_
     conn.quit()
 
 
+def _xoauth2(user: str, token: str):
+    """smtplib's authobject for XOAUTH2, as herald-smtp's transport sends it: the initial response, then "" to the
+    334 challenge that carries the server's JSON error."""
+    return lambda challenge=None: f"user={user}\x01auth=Bearer {token}\x01\x01" if challenge is None else ""
+
+
+def test_xoauth2_is_offered_only_when_switched_on_and_checks_the_user_and_the_bearer_token(server, oauth_server,
+                                                                                              certs):
+    assert "XOAUTH2" not in _connect(server, certs, login=False).esmtp_features["auth"].split()
+    oauth_server.reset()
+    conn = _connect(oauth_server, certs, login=False)
+    assert conn.esmtp_features["auth"].split() == ["PLAIN", "LOGIN", "XOAUTH2"]
+    for user, token in ((USER, "not-one-of-ours"), ("someone-else", "at-abc123"), (USER, TOKEN_PREFIX)):
+        with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+            conn.auth("XOAUTH2", _xoauth2(user, token))
+        assert refused.value.smtp_code == 535
+    assert conn.mail("a@herald.test")[0] == 530
+    conn.rset()
+    assert conn.auth("XOAUTH2", _xoauth2(USER, "at-abc123"))[0] == 235
+    assert not conn.sendmail("a@herald.test", ["b@example.com"], b"Subject: t\r\n\r\nbody\r\n")
+    conn.quit()
+    counts = oauth_server.stats()
+    assert counts["auths"] == 1 and counts["oauth_auths"] == 1 and counts["auth_failures"] == 3
+    assert counts["mails"] == 1
+
+
 def test_counts_of_a_session_without_pipelining(plain_server, certs):
     plain_server.reset()
     conn = _connect(plain_server, certs)
@@ -229,7 +263,7 @@ def test_the_report_computes_the_ratios_from_the_figures():
     latency = next(name for name in fast if "p50" in name)
     assert fast[latency].value == pytest.approx(0.15) and fast[latency].verdict == "PASS"
     assert slow[latency].value == pytest.approx(0.45) and slow[latency].verdict == "MISS"
-    throughput = next(name for name in fast if name.startswith("0 ms"))
+    throughput = next(name for name in fast if name.startswith("0 ms") and name.endswith("req/s / HTTP floor req/s"))
     assert fast[throughput].value == pytest.approx(1650 / 3000) and fast[throughput].verdict == "PASS"
     replay = next(name for name in fast if name.startswith("replay"))
     assert fast[replay].value == pytest.approx(2000 / 3000) and fast[replay].verdict == "MISS"
