@@ -196,7 +196,7 @@ def _environment(run: Run) -> list[str]:
         f"- Machine: {env['cpus']} CPUs, {env['platform']}, Python {env['python']}, redis-server {env['redis']}, "
         f"gunicorn {env['gunicorn']}, aiosmtpd {env['aiosmtpd']}; commit {env['commit'] or '?'}"
         + (" with uncommitted changes in herald_smtp/" if env["uncommitted"] else "") + f"; {env['date']}.",
-        f"- Passes: {'; '.join(f'{exchange_name(c)}: {len(names)} scenarios' for c, names in plan.passes)}; "
+        f"- Passes: {'; '.join(f'{exchange_name(c)}: ' + ', '.join(names) for c, names in plan.passes)}; "
         "each on a bench of its own (a fresh Redis, SMTP server and services), one after the other.",
         f"- Load: {plan.threads} threads, {plan.rate:g} requests/s offered for {plan.duration:g} s per scenario "
         f"(fault after {plan.before:g} s, lasting {plan.fault:g} s, then {plan.after:g} s), "

@@ -66,7 +66,7 @@ KEY_PREFIX = "herald-smtp:idempotency:"
 
 RECOVERY_BOUND = 15.0  # seconds from the end of a fault to ok:true and /readyz ready: the invariant
 RECOVERY_WAIT = 30.0  # how long canaries and the probe go on after the load, at most
-SLOW_REPLY_DELAY = SMTP_TIMEOUT_SECONDS + 1.5  # the server holds its reply to the final dot past the budget
+SLOW_REPLY_DELAY = SMTP_TIMEOUT_SECONDS + 1.5  # the server holds its reply to the end of the mail past the budget
 TRICKLE_SECONDS = 0.25  # per byte of every server reply: a 30-byte reply takes 7.5 s
 HOLD_SECONDS = reservation_hold_seconds(SMTP_TIMEOUT_SECONDS)  # how long a key stays reserved: 8 s here
 COMMIT_HOLD = 1.0  # worker kill: the server holds its 250 this long, so sends wait at their commit point
@@ -131,6 +131,10 @@ def _since(origin: float) -> float:
     return time.monotonic() - origin
 
 
+def _end_of_mail(bench: "Bench") -> str:
+    return "BDAT ... LAST" if bench.chunking else "the final dot"
+
+
 def no_fault(bench: "Bench", service: HeraldProcess, plan: Plan, origin: float) -> Fault:
     return Fault("none: the steady load alone (baseline)")
 
@@ -169,7 +173,7 @@ def smtp_slow(bench: "Bench", service: HeraldProcess, plan: Plan, origin: float)
     hits = bench.smtp.fault_hits["message"]
     bench.smtp.reset_faults()
     end = _since(origin)
-    return Fault(f"SMTP server holds its reply to the final dot {SLOW_REPLY_DELAY:g} s (budget "
+    return Fault(f"SMTP server holds its reply to {_end_of_mail(bench)} {SLOW_REPLY_DELAY:g} s (budget "
                  f"{SMTP_TIMEOUT_SECONDS:g} s) for {end - start:.1f} s", start, end,
                  {"mails held past the budget": hits})
 
@@ -205,7 +209,7 @@ def worker_kill(bench: "Bench", service: HeraldProcess, plan: Plan, origin: floa
     _sleep_until(origin + plan.before + plan.fault)
     bench.smtp.reset_faults()
     return Fault(f"1 of {len(in_flight)} workers SIGKILLed mid-send, the one with the most requests in flight "
-                 f"(replies to the final dot held {COMMIT_HOLD:g} s, so sends wait at their commit point)",
+                 f"(replies to {_end_of_mail(bench)} held {COMMIT_HOLD:g} s, so sends wait at their commit point)",
                  killed, killed,
                  {"requests in flight in the killed worker": in_flight[victim],
                   "committing records at the kill (all workers)": committing,
