@@ -1,6 +1,6 @@
 """Faults under load: the reduced fault run of `make faults` (tests/faults/), inside `make test`.
 
-One run (about 50 s) against herald-smtp under gunicorn with real Redis and SMTP servers: Redis killed
+One run (about 70 s) against herald-smtp under gunicorn with real Redis and SMTP servers: Redis killed
 and restarted in open and in closed mode, the SMTP server killed and restarted, slowed past the budget,
 trickling its replies, and a worker SIGKILLed mid-send; then the slow server again on a bench whose
 server offers CHUNKING, where every mail must come by BDAT (about 15 s more). Counted from what the
