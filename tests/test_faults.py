@@ -23,7 +23,7 @@ import pytest
 from tests.faults.counting import tally
 from tests.faults.load import CUT, NOT_JSON, TIMEOUT, Answer
 from tests.faults.report import render
-from tests.faults.scenarios import LATENCY_BOUND, RECOVERY_BOUND, REDUCED, SCENARIOS, _exchange_violations, run
+from tests.faults.scenarios import LATENCY_BOUND, RECOVERY_BOUND, REDUCED, SCENARIOS, exchange_violations, run
 from tests.support.smtp_server import SmtpTestServer
 
 pytestmark = pytest.mark.timeout(240)
@@ -126,10 +126,10 @@ def test_a_chunking_pass_without_bdat_breaks_the_run():
     def figures(chunking: bool, bdat: int, mails: int):
         return SimpleNamespace(chunking=chunking, bdat_mails=bdat, tally=SimpleNamespace(mails=mails))
 
-    assert "never used" in _exchange_violations(figures(True, 0, 40))[0]
-    assert "came by DATA" in _exchange_violations(figures(True, 39, 40))[0]
-    assert "does not offer CHUNKING" in _exchange_violations(figures(False, 1, 40))[0]
-    assert _exchange_violations(figures(True, 40, 40)) == _exchange_violations(figures(False, 0, 40)) == []
+    assert "never used" in exchange_violations(figures(True, 0, 40))[0]
+    assert "came by DATA" in exchange_violations(figures(True, 39, 40))[0]
+    assert "does not offer CHUNKING" in exchange_violations(figures(False, 1, 40))[0]
+    assert exchange_violations(figures(True, 40, 40)) == exchange_violations(figures(False, 0, 40)) == []
 
 
 # --- the fault run's CHUNKING server: aiosmtpd taking BDAT (tests/support/smtp_server.py)

@@ -599,14 +599,14 @@ def violations(f: Figures) -> list[str]:
         out.append("the gunicorn master died: the service did not recover without a restart")
     if not f.started_ready:
         out.append("/readyz was not ready before the scenario started")
-    out += _exchange_violations(f)
+    out += exchange_violations(f)
     effect = f.scenario.effect(f)
     if effect:
         out.append(f"the fault did not take effect: {effect}")
     return out
 
 
-def _exchange_violations(f: Figures) -> list[str]:
+def exchange_violations(f: Figures) -> list[str]:
     """The pass measured the exchange it names: in the CHUNKING pass every mail came by BDAT, else none did."""
     if f.chunking and not f.bdat_mails:
         return [f"CHUNKING was offered, yet none of the {f.tally.mails} mails came by BDAT: "
