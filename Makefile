@@ -23,8 +23,9 @@ test: $(VENV)/.installed-test
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The full fault run (tests/faults/): steady load while Redis, the SMTP server and a worker fail;
-# writes docs/RELIABILITY.md from the run's figures and fails if an invariant broke. About 3 minutes.
+# The full fault run (tests/faults/): steady load while Redis, the SMTP server and a worker fail, every scenario
+# against an SMTP server without CHUNKING, then with it (BDAT); writes docs/RELIABILITY.md from the run's figures
+# and fails if an invariant broke. About 6 minutes.
 # (`make test` runs a reduced version: tests/test_faults.py.)
 faults: $(VENV)/.installed-test
 	$(BIN)/python -m tests.faults --full --report docs/RELIABILITY.md

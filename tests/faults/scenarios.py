@@ -18,6 +18,15 @@ the first request sent after it answered `ok: true`, and /readyz `ready`
 again; if the load is over before both, canary requests and the probe go on,
 up to RECOVERY_WAIT. Mails are counted once, at the end of the run, from
 everything the SMTP server received (a late mail of a scenario still counts).
+
+Two passes (issue #25): the plan's scenarios against a server without
+CHUNKING (herald-smtp's 2-round-trip exchange: MAIL, RCPT and DATA pipelined,
+then the content and the dot), then its chunking_scenarios against one that
+offers it (the 1-round-trip exchange: the commit, then MAIL, RCPT and
+`BDAT <n> LAST` with the message in one write). Each pass has a bench of its
+own (a fresh Redis, SMTP server and services), so keys and mails never mix.
+In the CHUNKING pass every mail must have come by BDAT (the server marks each
+one), else the run fails: it would not have measured the exchange it names.
 """
 
 from __future__ import annotations
@@ -57,7 +66,7 @@ KEY_PREFIX = "herald-smtp:idempotency:"
 
 RECOVERY_BOUND = 15.0  # seconds from the end of a fault to ok:true and /readyz ready: the invariant
 RECOVERY_WAIT = 30.0  # how long canaries and the probe go on after the load, at most
-SLOW_REPLY_DELAY = SMTP_TIMEOUT_SECONDS + 1.5  # the server holds its reply to the final dot past the budget
+SLOW_REPLY_DELAY = SMTP_TIMEOUT_SECONDS + 1.5  # the server holds its reply to the end of the mail past the budget
 TRICKLE_SECONDS = 0.25  # per byte of every server reply: a 30-byte reply takes 7.5 s
 HOLD_SECONDS = reservation_hold_seconds(SMTP_TIMEOUT_SECONDS)  # how long a key stays reserved: 8 s here
 COMMIT_HOLD = 1.0  # worker kill: the server holds its 250 this long, so sends wait at their commit point
@@ -75,13 +84,29 @@ class Plan:
     before: float  # seconds of load before the fault
     fault: float  # seconds the fault lasts
     after: float  # seconds of load after it
-    scenarios: tuple[str, ...]
+    scenarios: tuple[str, ...]  # against the server without CHUNKING (2 round trips)
+    chunking_scenarios: tuple[str, ...] = ()  # again, against a server offering CHUNKING (1 round trip)
     duplicate_share: float = 0.2
-    max_seconds: float = 300.0  # the run's bound: no scenario starts after it
+    max_seconds: float = 300.0  # each pass's bound: no scenario starts after it
 
     @property
     def duration(self) -> float:
         return self.before + self.fault + self.after
+
+    @property
+    def passes(self) -> tuple[tuple[bool, tuple[str, ...]], ...]:
+        """(chunking, scenarios) of each pass that has scenarios, the 2-round-trip one first."""
+        return tuple((chunking, names) for chunking, names in ((False, self.scenarios),
+                                                               (True, self.chunking_scenarios)) if names)
+
+
+TWO_ROUND_TRIPS = "2 round trips"
+CHUNKING = "CHUNKING"
+
+
+def exchange_name(chunking: bool) -> str:
+    """The exchange herald-smtp uses against that server: how a pass is named in the output and the report."""
+    return CHUNKING if chunking else TWO_ROUND_TRIPS
 
 
 # --- the faults
@@ -104,6 +129,10 @@ def _sleep_until(at: float) -> None:
 
 def _since(origin: float) -> float:
     return time.monotonic() - origin
+
+
+def _end_of_mail(bench: "Bench") -> str:
+    return "BDAT ... LAST" if bench.chunking else "the final dot"
 
 
 def no_fault(bench: "Bench", service: HeraldProcess, plan: Plan, origin: float) -> Fault:
@@ -144,7 +173,7 @@ def smtp_slow(bench: "Bench", service: HeraldProcess, plan: Plan, origin: float)
     hits = bench.smtp.fault_hits["message"]
     bench.smtp.reset_faults()
     end = _since(origin)
-    return Fault(f"SMTP server holds its reply to the final dot {SLOW_REPLY_DELAY:g} s (budget "
+    return Fault(f"SMTP server holds its reply to {_end_of_mail(bench)} {SLOW_REPLY_DELAY:g} s (budget "
                  f"{SMTP_TIMEOUT_SECONDS:g} s) for {end - start:.1f} s", start, end,
                  {"mails held past the budget": hits})
 
@@ -180,7 +209,7 @@ def worker_kill(bench: "Bench", service: HeraldProcess, plan: Plan, origin: floa
     _sleep_until(origin + plan.before + plan.fault)
     bench.smtp.reset_faults()
     return Fault(f"1 of {len(in_flight)} workers SIGKILLed mid-send, the one with the most requests in flight "
-                 f"(replies to the final dot held {COMMIT_HOLD:g} s, so sends wait at their commit point)",
+                 f"(replies to {_end_of_mail(bench)} held {COMMIT_HOLD:g} s, so sends wait at their commit point)",
                  killed, killed,
                  {"requests in flight in the killed worker": in_flight[victim],
                   "committing records at the kill (all workers)": committing,
@@ -276,9 +305,14 @@ SCENARIOS = {s.name: s for s in [
              _saw("503 provider_down", "503 provider_down: closed mode never refused")),
 ]}
 
-FULL = Plan("full", rate=40, threads=16, before=6, fault=6, after=10, scenarios=tuple(SCENARIOS))
+# Both passes of the full plan run every scenario with the same load, so their figures compare one to one.
+FULL = Plan("full", rate=40, threads=16, before=6, fault=6, after=10, scenarios=tuple(SCENARIOS),
+            chunking_scenarios=tuple(SCENARIOS))
+# The reduced CHUNKING pass is the one scenario where the commit point and the unknown outcome meet (a reply
+# held past the budget): its bench and scenario cost make test about 15 s.
 REDUCED = Plan("reduced", rate=20, threads=8, before=1.5, fault=2.5, after=2.5, max_seconds=90,
-               scenarios=("redis-open", "smtp-restart", "smtp-slow", "smtp-trickle", "worker-kill", "redis-closed"))
+               scenarios=("redis-open", "smtp-restart", "smtp-slow", "smtp-trickle", "worker-kill", "redis-closed"),
+               chunking_scenarios=("smtp-slow",))
 
 
 # --- the bench
@@ -306,10 +340,11 @@ class PersistentRedis(RedisServer):
 
 
 class Bench:
-    """Redis, the SMTP server and its relay for the whole run; one herald-smtp per failure mode, in turn."""
+    """Redis, the SMTP server and its relay for one pass; one herald-smtp per failure mode, in turn."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, chunking: bool = False):
         self.workdir = Path(workdir)
+        self.chunking = chunking  # the SMTP server offers CHUNKING (and PIPELINING, as always)
         self.service: HeraldProcess | None = None
         self.mode: str | None = None
         self.masters: dict[str, int] = {}
@@ -320,7 +355,7 @@ class Bench:
         try:
             self.redis = PersistentRedis(self.workdir / "redis").start()
             self._stack.callback(self.redis.stop)
-            self.smtp = SmtpTestServer(starttls=True, auth=(SMTP_USER, SMTP_PASSWORD),
+            self.smtp = SmtpTestServer(starttls=True, auth=(SMTP_USER, SMTP_PASSWORD), chunking=self.chunking,
                                        certdir=self.workdir / "certs").start()
             self._stack.callback(self.smtp.stop)
             self.proxy = SmtpProxy(self.smtp.host, self.smtp.port).start()
@@ -424,6 +459,9 @@ class Figures:
     ready: float | None
     errors_until: float | None  # the last fresh failure of a request sent after the end of the fault
     tally: Tally = field(default_factory=Tally)
+    chunking: bool = False  # the pass against the server offering CHUNKING
+    bdat_mails: int = 0  # of the mails received, those that came by BDAT
+    unknown_answers: int = 0  # answers 500 "outcome unknown" (replays and retries of a cut request included)
     cut_keys: int = 0  # keys whose request was cut (its worker killed) and never answered ok
     cut_delivered: int = 0  # of those, the server has the mail
     master_alive: bool = True
@@ -489,7 +527,8 @@ def run_scenario(bench: Bench, plan: Plan, scenario: Scenario, say=print) -> Sce
                        started_ready)
 
 
-def figures_of(run: ScenarioRun, plan: Plan, mails: Counter, unguarded: set[str]) -> Figures:
+def figures_of(run: ScenarioRun, plan: Plan, mails: Counter, unguarded: set[str], chunking: bool = False,
+               bdat: Counter | None = None) -> Figures:
     answers, fault = run.answers, run.fault
     load_answers = [a for a in answers if not (a.canary or a.retry)]
     latencies = sorted(a.answered_at - a.sent_at for a in load_answers if a.status is not None)
@@ -512,6 +551,9 @@ def figures_of(run: ScenarioRun, plan: Plan, mails: Counter, unguarded: set[str]
         ready_states={p.state for p in run.probes},
         first_ok=rel(first_ok), ready=rel(ready), errors_until=rel(errors_until),
         tally=tally(answers, mails, unguarded),
+        chunking=chunking,
+        bdat_mails=sum((bdat or Counter())[k] for k in {a.key for a in answers}),
+        unknown_answers=sum(a.unknown for a in answers),
         cut_keys=len(cut),
         cut_delivered=sum(1 for k in cut if mails[k]),
         master_alive=run.master_alive, started_ready=run.started_ready,
@@ -557,10 +599,23 @@ def violations(f: Figures) -> list[str]:
         out.append("the gunicorn master died: the service did not recover without a restart")
     if not f.started_ready:
         out.append("/readyz was not ready before the scenario started")
+    out += exchange_violations(f)
     effect = f.scenario.effect(f)
     if effect:
         out.append(f"the fault did not take effect: {effect}")
     return out
+
+
+def exchange_violations(f: Figures) -> list[str]:
+    """The pass measured the exchange it names: in the CHUNKING pass every mail came by BDAT, else none did."""
+    if f.chunking and not f.bdat_mails:
+        return [f"CHUNKING was offered, yet none of the {f.tally.mails} mails came by BDAT: "
+                "the 1-round-trip exchange was never used"]
+    if f.chunking and f.bdat_mails < f.tally.mails:
+        return [f"{f.tally.mails - f.bdat_mails} of {f.tally.mails} mails came by DATA although CHUNKING was offered"]
+    if not f.chunking and f.bdat_mails:
+        return [f"{f.bdat_mails} mails came by BDAT from a server that does not offer CHUNKING"]
+    return []
 
 
 # --- the whole run
@@ -578,31 +633,69 @@ class Run:
 
     @property
     def violations(self) -> list[str]:
-        out = [f"{f.scenario.name}: {v}" for f in self.figures for v in f.violations]
-        out += [f"{name}: skipped, the run was over its {self.plan.max_seconds:g} s bound" for name in self.skipped]
+        out = [f"{f.scenario.name} ({exchange_name(f.chunking)}): {v}" for f in self.figures for v in f.violations]
+        out += [f"{name}: skipped, its pass was over its {self.plan.max_seconds:g} s bound" for name in self.skipped]
         return out
+
+    def pass_figures(self, chunking: bool) -> list[Figures]:
+        return [f for f in self.figures if f.chunking == chunking]
+
+    @property
+    def compared(self) -> list[str]:
+        """The scenarios run in both passes, in order: the ones the two exchanges can be compared on."""
+        chunked = {f.scenario.name for f in self.pass_figures(True)}
+        return [f.scenario.name for f in self.pass_figures(False) if f.scenario.name in chunked]
+
+    def unknown_answers(self, chunking: bool) -> int:
+        """The pass's answers "outcome unknown", over the scenarios both passes ran."""
+        return sum(f.unknown_answers for f in self.pass_figures(chunking) if f.scenario.name in self.compared)
+
+    def unknown_keys(self, chunking: bool) -> int:
+        return sum(f.tally.unknown_keys for f in self.pass_figures(chunking) if f.scenario.name in self.compared)
+
+
+@dataclass
+class PassRun:
+    figures: list[Figures]
+    environment: dict
+    skipped: list[str]
+    workers_booted: int
+    restarts: int
 
 
 def run(plan: Plan, workdir: Path, say=print) -> Run:
     started = time.monotonic()
+    passes = []
+    for chunking, names in plan.passes:
+        say(f"pass: {exchange_name(chunking)} ({'with' if chunking else 'without'} CHUNKING)")
+        passes.append(run_pass(plan, chunking, names, Path(workdir) / ("chunking" if chunking else "pipelining"),
+                               say))
+    return Run(plan, [f for p in passes for f in p.figures], passes[0].environment, time.monotonic() - started,
+               [name for p in passes for name in p.skipped], workers_booted=sum(p.workers_booted for p in passes),
+               restarts=sum(p.restarts for p in passes))
+
+
+def run_pass(plan: Plan, chunking: bool, names: tuple[str, ...], workdir: Path, say=print) -> PassRun:
+    """`names` one after another on a bench of their own, its SMTP server offering CHUNKING or not."""
+    started = time.monotonic()
     runs: list[ScenarioRun] = []
     skipped: list[str] = []
-    with Bench(workdir) as bench:
+    with Bench(workdir, chunking) as bench:
         environment = environment_of(bench)
-        for name in plan.scenarios:
+        for name in names:
             if time.monotonic() - started > plan.max_seconds:
-                skipped.append(name)
+                skipped.append(f"{name} ({exchange_name(chunking)})")
                 continue
             runs.append(run_scenario(bench, plan, SCENARIOS[name], say))
         time.sleep(1.0)  # a mail still on its way counts too
-        mails = mails_by_key(bench.smtp.messages)
+        messages = bench.smtp.messages
         logs = bench.all_logs()
         masters = len(bench.masters)
+    mails, bdat = mails_by_key(messages), mails_by_key([m for m in messages if m.chunked])
     unguarded = unguarded_keys(logs)
-    figures = [figures_of(r, plan, mails, unguarded) for r in runs]
-    return Run(plan, figures, environment, time.monotonic() - started, skipped,
-               workers_booted=logs.count("Booting worker"),
-               restarts=masters - len({SCENARIOS[n].mode for n in plan.scenarios if n not in skipped}))
+    figures = [figures_of(r, plan, mails, unguarded, chunking, bdat) for r in runs]
+    return PassRun(figures, environment, skipped, workers_booted=logs.count("Booting worker"),
+                   restarts=masters - len({r.scenario.mode for r in runs}))
 
 
 def environment_of(bench: Bench) -> dict:

@@ -5,8 +5,12 @@ TLS certificates come from trustme; faults are injected per SMTP phase
 aiosmtpd's Controller does by default; smtputf8=False makes a server that does
 not (no SMTPUTF8 in the EHLO, non-ASCII commands refused). It offers
 PIPELINING (RFC 2920), as real servers do; pipelining=False leaves it out of
-the EHLO, which makes clients talk one command at a time. Anything that cannot
-start raises RuntimeError saying what is missing; nothing here skips a test.
+the EHLO, which makes clients talk one command at a time. chunking=True offers
+CHUNKING (RFC 3030) too and takes BDAT: the chunks of a transaction are joined
+and `BDAT <n> LAST` ends the mail as the final dot does (the "message" phase's
+faults, the same recording; Received.chunked says which way a mail came).
+Anything that cannot start raises RuntimeError saying what is missing; nothing
+here skips a test.
 
 OAuth (issue #22): oauth=<OAuthTestServer> adds XOAUTH2 and OAUTHBEARER
 (RFC 7628) logins whose bearer token is checked against that token server, with
@@ -33,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope
 
 from .net import LOCALHOST, free_port
 
@@ -57,6 +61,7 @@ class Received:
     mail_options: list[str] = field(default_factory=list)  # the MAIL FROM parameters, upper-cased ("SMTPUTF8")
     rcpt_options: list[str] = field(default_factory=list)
     smtp_utf8: bool = False  # MAIL FROM asked for SMTPUTF8
+    chunked: bool = False  # came by BDAT (CHUNKING), not DATA
 
 
 def _parse(envelope) -> Received:
@@ -68,7 +73,15 @@ def _parse(envelope) -> Received:
     else:
         message = BytesParser(policy=email.policy.default).parsebytes(raw)
     return Received(envelope.mail_from, list(envelope.rcpt_tos), raw, message, list(envelope.mail_options),
-                    list(envelope.rcpt_options), envelope.smtp_utf8)
+                    list(envelope.rcpt_options), envelope.smtp_utf8, bool(envelope.chunks))
+
+
+class _ChunkedEnvelope(Envelope):
+    """An envelope that also holds the BDAT chunks received so far (RSET and the end of a mail drop it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunks: list[bytes] = []
 
 
 @dataclass
@@ -109,7 +122,8 @@ def _user_and_token(user: str | None, auth: str | None) -> tuple[str, str] | Non
 
 
 # Where a fault can be injected, in the order a session meets them.
-# "data" is the DATA command (before 354); "message" is the end of the mail (after the final dot).
+# "data" is the DATA command (before 354); "message" is the end of the mail (after the final dot, or the
+# octets of BDAT ... LAST).
 PHASES = ("ehlo", "mail", "rcpt", "data", "message", "quit")
 
 
@@ -136,6 +150,8 @@ class _FaultyHandler:
         if self.owner.pipelining:
             # aiosmtpd reads one command at a time from its buffer, so it serves a pipelined group as is.
             responses.insert(1, "250-PIPELINING")
+        if self.owner.chunking:
+            responses.insert(1, "250-CHUNKING")
         return responses
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
@@ -194,7 +210,7 @@ class _TrackedSMTP(SMTP):
     async def auth_OAUTHBEARER(self, _, args: list[str]) -> AuthResult:
         return await self._owner._oauth_login(self, "OAUTHBEARER", args)
 
-    # Every MAIL, RCPT and RSET as it arrived, before any check: "nothing was sent" can be seen.
+    # Every MAIL, RCPT, RSET (and BDAT, below) as it arrived, before any check: "nothing was sent" can be seen.
     async def smtp_MAIL(self, arg):
         self._owner._note("MAIL", arg)
         # What came in the same write is already buffered: a pipelining client's RCPT and DATA.
@@ -220,6 +236,36 @@ class _TrackedSMTP(SMTP):
                 await self.push(reply)
                 return
         await super().smtp_DATA(arg)
+
+    def _create_envelope(self) -> Envelope:
+        return _ChunkedEnvelope()
+
+    async def smtp_BDAT(self, arg):
+        """RFC 3030: `BDAT <size> [LAST]` and exactly <size> octets; LAST ends the mail as the final dot does."""
+        if not self._owner.chunking:
+            await self.push('500 Error: command "BDAT" not recognized')  # aiosmtpd's answer to any unknown verb
+            return
+        size, _, last = (arg or "").partition(" ")
+        if not size.isdigit() or last.upper() not in ("", "LAST"):
+            # The chunk's size is unknown, so where the next command starts is too: end the session.
+            await self.push("501 5.5.4 Syntax: BDAT <size> [LAST]")
+            self.transport.close()
+            return
+        self._owner._note("BDAT", arg)
+        chunk = await self._reader.readexactly(int(size))  # a lost connection cancels this, as inside DATA
+        envelope = self.envelope
+        if not envelope.rcpt_tos:  # MAIL or RCPT refused (pipelined with it): the octets are read and dropped
+            self._set_post_data_state()
+            await self.push("503 5.5.1 Error: need MAIL and RCPT first")
+            return
+        envelope.chunks.append(chunk)
+        if not last:
+            await self.push(f"250 2.0.0 {len(chunk)} octets received")
+            return
+        envelope.original_content = envelope.content = b"".join(envelope.chunks)
+        status = await self._call_handler_hook("DATA")  # the handler's end of mail: faults, recording
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
 
     async def smtp_QUIT(self, arg):
         reply = await self._owner._apply_fault("quit", self)
@@ -249,7 +295,7 @@ class SmtpTestServer:
     connections silent for that many seconds, as real servers do. smtputf8
     (default True) offers SMTPUTF8 in the EHLO; False leaves it out and refuses
     non-ASCII commands, as a server without RFC 6531 does. pipelining (default
-    True) offers PIPELINING.
+    True) offers PIPELINING; chunking (default False) offers CHUNKING and takes BDAT.
     OAuth: oauth (an OAuthTestServer whose valid() decides XOAUTH2/OAUTHBEARER
     logins), oauth_scope (the scope a token must carry, also named in the
     refusal's JSON), oauth_refusal (the final 535; GOOGLE_REFUSAL or
@@ -257,7 +303,7 @@ class SmtpTestServer:
     default: LOGIN and PLAIN, plus XOAUTH2 and OAUTHBEARER with oauth).
     Observations: messages, dropped, connections, auth_attempts, auth_failures,
     auth_mechanisms_used, oauth_logins (presented_tokens),
-    commands ((verb, argument) of every MAIL, RCPT and RSET received),
+    commands ((verb, argument) of every MAIL, RCPT, RSET and BDAT received),
     pipelined_groups (what arrived with each MAIL).
     """
 
@@ -272,6 +318,7 @@ class SmtpTestServer:
         cert_names: tuple[str, ...] = ("localhost", LOCALHOST),
         smtputf8: bool = True,
         pipelining: bool = True,
+        chunking: bool = False,
         oauth: "OAuthTestServer | None" = None,
         auth_mechanisms: tuple[str, ...] | None = None,
         oauth_scope: str | None = None,
@@ -293,6 +340,7 @@ class SmtpTestServer:
         self.cert_names = cert_names
         self.smtputf8 = smtputf8
         self.pipelining = pipelining
+        self.chunking = chunking
         self.oauth = oauth
         self.auth_mechanisms = auth_mechanisms
         self.oauth_scope = oauth_scope
@@ -589,7 +637,7 @@ class SmtpTestServer:
 
     @property
     def commands(self) -> list[tuple[str, str]]:
-        """A snapshot of every MAIL, RCPT and RSET received, e.g. ("MAIL", "FROM:<a@b.test> SMTPUTF8")."""
+        """A snapshot of every MAIL, RCPT, RSET and BDAT received, e.g. ("MAIL", "FROM:<a@b.test> SMTPUTF8")."""
         with self._lock:
             return list(self._commands)
 
