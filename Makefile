@@ -52,7 +52,7 @@ test-all: test test-topologies test-mta faults
 
 # The benchmark (bench/, issue #14): herald-smtp against a benchmark SMTP server at 0 and 20 ms round trips,
 # PIPELINING on and off, with the baselines; rewrites docs/BENCHMARKS.md and docs/benchmarks.png. Loopback only,
-# starts and stops its own servers, under 10 minutes. Uses wrk when it is on PATH, else a Python load generator.
+# starts and stops its own servers, under 14 minutes (about 8). Uses wrk when it is on PATH, else a Python load generator.
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench --report docs/BENCHMARKS.md --plot docs/benchmarks.png \
 	  --calibration docs/benchmarks-calibration.json --json var/bench/results.json
