@@ -7,8 +7,9 @@ The setup is bench's status-cost one: a Redis server, the benchmark SMTP
 server at 0 ms round trip with PIPELINING, herald-smtp (gunicorn, Redis store)
 started against them, all on 127.0.0.1; the Python load generator sends fresh
 keys at `--concurrency` (or, with `--replays K`, replays of K keys). py-spy
-(on PATH or in the venv) samples the gunicorn master and its workers (`--subprocesses`) while the load runs and the top of
-the profile is printed: the functions with the most samples on their own
+(on PATH or in the venv) samples the gunicorn master and its workers
+(`--subprocesses`) while the load runs and the top of the profile is
+printed: the functions with the most samples on their own
 (self) and with their callees (total), as a share of the workers' samples.
 
 `--before COMMIT` also runs herald-smtp from that commit's tree (extracted
