@@ -320,17 +320,8 @@ def measure_status_cost(context: Context) -> None:
     with ExitStack() as stack:
         smtp = stack.enter_context(BenchSmtpProcess(context.workdir, context.certs, workload.SMTP_USER,
                                                     workload.SMTP_PASSWORD, 0.0, True))
-        services = {}
-        for setup, service in _status_variants(context, smtp):
-            try:
-                services[setup] = stack.enter_context(service)
-            except RuntimeError as exc:  # the old tree may not start here: say so, measure the others
-                if setup != STATUS_BEFORE:
-                    raise
-                _skip(context, f"the tree before ({status_cost.BEFORE_COMMIT}) was not measured: it did not "
-                               f"start ({str(exc).splitlines()[0]})")
-                continue
-            warm_up(context, services[setup])
+        services = _start(context, stack, _status_variants(context, smtp), STATUS_BEFORE,
+                          f"the tree before ({status_cost.BEFORE_COMMIT})", SKIPPED_BEFORE)
         client = stack.enter_context(redis.Redis.from_url(context.redis_url, socket_timeout=10))
         in_rounds(context, services,
                   lambda setup, herald: measure_with_redis(context, client, herald, smtp, setup, concurrency))
@@ -403,6 +394,24 @@ def _old_tree_process(context: Context, env: dict[str, str], commit: str, into: 
     return old
 
 
+def _start(context: Context, stack: ExitStack, variants, before: str, before_name: str, remark: str,
+           cold: tuple[str, ...] = ()) -> dict:
+    """Each variant's service started (and warmed up, but those in `cold`); the old tree's may not start here:
+    that is said in the report, and the others are measured."""
+    services = {}
+    for setup, service in variants:
+        try:
+            services[setup] = stack.enter_context(service)
+        except RuntimeError as exc:
+            if setup != before:
+                raise
+            _skip(context, f"{before_name} was not measured: it did not start ({str(exc).splitlines()[0]})", remark)
+            continue
+        if setup not in cold:
+            warm_up(context, services[setup])
+    return services
+
+
 def _skip(context: Context, why: str, remark: str = SKIPPED_BEFORE) -> None:
     context.remarks[remark] = why
     context.say(f"  {why}")
@@ -423,18 +432,9 @@ def measure_features(context: Context) -> None:
                                                     oauth_token_prefix=OAUTH_TOKEN_PREFIX))
         oauth = stack.enter_context(OAuthTestServer(token_lifetime=OAUTH_TOKEN_LIFETIME))
         oauth.register_client(OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET, OAUTH_SCOPE)
-        services = {}
-        for setup, service in _feature_variants(context, smtp, oauth, keys):
-            try:
-                services[setup] = stack.enter_context(service)
-            except RuntimeError as exc:  # the old tree may not start here: say so, measure the others
-                if setup != FEATURES_BEFORE:
-                    raise
-                _skip(context, f"the tree before #25 ({status_cost.BEFORE_25_COMMIT}) was not measured: it did not "
-                               f"start ({str(exc).splitlines()[0]})", SKIPPED_FEATURES_BEFORE)
-                continue
-            if setup != FEATURES_FLOOR:
-                warm_up(context, services[setup])
+        services = _start(context, stack, _feature_variants(context, smtp, oauth, keys), FEATURES_BEFORE,
+                          f"the tree before #25 ({status_cost.BEFORE_25_COMMIT})", SKIPPED_FEATURES_BEFORE,
+                          cold=(FEATURES_FLOOR,))
         in_rounds(context, services, lambda setup, service: _measure_feature_set(context, setup, service, smtp, oauth),
                   context.budget.feature_rounds)
     context.remarks[LOAD_DURING_FEATURES] = f"{load_before} at the start of the section, {_load()} at its end"
