@@ -151,7 +151,7 @@ def _decode(raw: str | bytes) -> Record:
                   data.get("hold_until"))
 
 
-class _TranslateErrors:
+class _translate_errors:  # noqa: N801 - used as a function: `with _translate_errors():`
     """redis-py errors -> StoreUnavailable with the cause, for the failure mode to act on.
 
     A class, not @contextmanager: it wraps every store call, and a generator per call was a measurable
@@ -164,8 +164,6 @@ class _TranslateErrors:
         if exc is not None and isinstance(exc, redis_clients.ERRORS):
             raise StoreUnavailable(f"idempotency store (Redis) unavailable: {type(exc).__name__}: {exc}") from None
 
-
-_translate_errors = _TranslateErrors
 
 
 RedisClient = redis.Redis | RedisCluster

@@ -6,7 +6,8 @@ timeout once per command, so a server that trickles its reply one byte at a
 time can hold a request far past its budget. Here the DNS lookup runs in a
 thread joined against the deadline, each TCP connect and the TLS handshake
 get what is left, and DeadlineSMTP re-arms the socket timeout to what is left
-before every read. Expiry is raised as TimeoutError ("timed out").
+before every read (unless it is within 10 ms of that already: set_timeout).
+Expiry is raised as TimeoutError ("timed out").
 
 It also refuses what it cannot read: a line that is not an SMTP reply
 (NotSmtpReply) and a reply line longer than 8192 bytes (ReplyTooLong; smtplib
