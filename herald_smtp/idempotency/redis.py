@@ -259,18 +259,14 @@ class RedisStore:
         of_thread.client, of_thread.pid = client, os.getpid()
         return client
 
-    @property
-    def _on_cluster(self) -> bool:
-        return isinstance(self._shared_client(), RedisCluster)
-
     def reserve(self, key: str, fingerprint: str, hold_seconds: float, suppression: str | None = None) -> Claim:
         token = secrets.token_hex(16)
         reservation = _encode(Record(fingerprint), token)
         args = [reservation, max(1, int(hold_seconds * 1000))]
         with _translate_errors():  # the first operation builds the client: a Cluster client dials its nodes
-            client, on_cluster = self._redis, self._on_cluster
+            client = self._redis
         entry: dict | None = None
-        if suppression is not None and not on_cluster:
+        if suppression is not None and not isinstance(client, RedisCluster):
             with _translate_errors():
                 existing, suppressed = _SCRIPT_RESERVE_AND_LOOK(
                     client, [self._prefix + key, self._suppression_prefix + suppression], args)
@@ -294,15 +290,15 @@ class RedisStore:
         if status is None:
             return self._replace_with(claim, final, ttl_seconds)
         with _translate_errors():
-            on_cluster = self._on_cluster
-        if on_cluster:  # two slots, two commands; the final record first, it is what protects the key
+            client = self._redis
+        if isinstance(client, RedisCluster):  # two slots, two commands; the final record first, it protects the key
             finished = self._replace_with(claim, final, ttl_seconds)
             self._on_another_node(lambda: self.put_status(status), "message status write")
             return finished
         keys = [self._prefix + claim.key, self._status_prefix + status.message_id]
         args = [claim.token, final, int(ttl_seconds), _json(status.record), int(status.ttl_seconds)]
         with _translate_errors():
-            return bool(_SCRIPT_FINISH_WITH_STATUS(self._redis, keys, args))
+            return bool(_SCRIPT_FINISH_WITH_STATUS(client, keys, args))
 
     @staticmethod
     def _on_another_node(call: Callable, what: str):
